@@ -1,0 +1,188 @@
+"""The retry policy: one decision function, four thin drivers (sync, async, streams)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from typing import Any
+
+from resilient import (
+    AsyncHandler,
+    AsyncStreamHandler,
+    Call,
+    Handler,
+    Order,
+    Outcome,
+    Policy,
+    Runtime,
+    Section,
+    StreamHandler,
+    Target,
+)
+
+from ._backoff import next_delay
+from ._events import RetryGaveUp, RetryScheduled
+from ._options import RetryOptions
+
+__all__ = ["RetryPolicy"]
+
+
+class RetryPolicy(Policy):
+    """Retries retryable failures; raises the last error, unchanged, when it gives up.
+
+    A stream is retried only while it has not produced its first chunk: once
+    a chunk reached the caller, an error mid-stream propagates.
+    """
+
+    name = "retry"
+    order = Order.RETRY
+
+    def __init__(self, section: Section[RetryOptions], runtime: Runtime) -> None:
+        self._section = section
+        self._runtime = runtime
+        self._clock = runtime.clock
+        self._events = runtime.events
+
+    def _options(self, call: Call) -> RetryOptions:
+        section = self._section
+        return section.for_call(call.provider, call.model, call.tenant) if section.varies else section.base
+
+    def _decide(self, call: Call, options: RetryOptions, exc: BaseException, start: float) -> float | None:
+        """Classify ``exc``; return the delay before the next attempt, or None to re-raise."""
+        outcome = self._runtime.classify(exc)
+        call.outcome = outcome
+        delay, reason = next_delay(
+            options, outcome, call.attempt, self._clock.monotonic() - start, self._runtime.random
+        )
+        if self._events.enabled:
+            self._emit(call, outcome, delay, reason)
+        return delay
+
+    def _emit(self, call: Call, outcome: Outcome, delay: float | None, reason: str) -> None:
+        common = {"provider": call.provider, "operation": call.operation, "model": call.model}
+        if delay is None:
+            if reason != "not_retryable" or call.attempt > 1:
+                self._events.emit(
+                    RetryGaveUp(
+                        attempts=call.attempt, reason=reason, outcome=outcome.kind, status=outcome.status, **common
+                    )
+                )
+        else:
+            self._events.emit(
+                RetryScheduled(attempt=call.attempt, delay=delay, outcome=outcome.kind, status=outcome.status, **common)
+            )
+
+    def wrap(self, nxt: Handler, target: Target) -> Handler:
+        def retrying(call: Call) -> Any:
+            try:
+                return nxt(call)  # the success path: one try, no clock read
+            except Exception as exc:
+                error: Exception = exc
+            options = self._options(call)
+            start = self._clock.monotonic()
+            while True:
+                delay = self._decide(call, options, error, start)
+                if delay is None:
+                    raise error
+                self._clock.sleep(delay)
+                call.attempt += 1
+                try:
+                    return nxt(call)
+                except Exception as exc:
+                    error = exc
+
+        return retrying
+
+    def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
+        async def retrying(call: Call) -> Any:
+            try:
+                return await nxt(call)
+            except Exception as exc:
+                error: Exception = exc
+            options = self._options(call)
+            start = self._clock.monotonic()
+            while True:
+                delay = self._decide(call, options, error, start)
+                if delay is None:
+                    raise error
+                await self._clock.asleep(delay)
+                call.attempt += 1
+                try:
+                    return await nxt(call)
+                except Exception as exc:
+                    error = exc
+
+        return retrying
+
+    def wrap_stream(self, nxt: StreamHandler, target: Target) -> StreamHandler:
+        def retrying(call: Call) -> Iterator[Any]:
+            start: float | None = None
+            while True:
+                it = nxt(call)
+                try:
+                    first = next(it)
+                except StopIteration:
+                    return iter(())
+                except Exception as exc:
+                    if start is None:
+                        start = self._clock.monotonic()
+                    delay = self._decide(call, self._options(call), exc, start)
+                    if delay is None:
+                        raise
+                    self._clock.sleep(delay)
+                    call.attempt += 1
+                    continue
+                return _resume(first, it)
+
+        return retrying
+
+    def wrap_astream(self, nxt: AsyncStreamHandler, target: Target) -> AsyncStreamHandler:
+        async def first_chunk(call: Call) -> tuple[Any, AsyncIterator[Any]] | None:
+            start: float | None = None
+            while True:
+                it = nxt(call)
+                try:
+                    first = await anext(it)
+                except StopAsyncIteration:
+                    return None
+                except Exception as exc:
+                    if start is None:
+                        start = self._clock.monotonic()
+                    delay = self._decide(call, self._options(call), exc, start)
+                    if delay is None:
+                        raise
+                    await self._clock.asleep(delay)
+                    call.attempt += 1
+                    continue
+                return first, it
+
+        def retrying(call: Call) -> AsyncIterator[Any]:
+            return _aresume(first_chunk(call))
+
+        return retrying
+
+
+def _resume(first: Any, it: Iterator[Any]) -> Iterator[Any]:
+    """Yield ``first`` then the rest of ``it``; closing this closes ``it``."""
+    try:
+        yield first
+    except GeneratorExit:
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+        raise
+    yield from it
+
+
+async def _aresume(started: Awaitable[tuple[Any, AsyncIterator[Any]] | None]) -> AsyncIterator[Any]:
+    pair = await started
+    if pair is None:
+        return
+    first, it = pair
+    try:
+        yield first
+        async for chunk in it:
+            yield chunk
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()

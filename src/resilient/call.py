@@ -1,0 +1,194 @@
+"""One provider call as the policies see it.
+
+A :class:`Target` is what a guarded function or wrapped SDK method *is*
+(provider, operation, static model, kind); it is fixed when the pipeline
+compiles the chain. A :class:`Call` is one invocation of it: the arguments,
+the tenant, the attempt number, timings, usage and outcome. Policies read and
+annotate the ``Call``; it is created once per invocation and shared by every
+attempt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from . import context as _context
+
+__all__ = ["Call", "Kind", "Outcome", "Target", "Usage", "SUCCESS", "ABANDONED"]
+
+Kind = Literal["sync", "async", "stream", "astream"]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What is being called, known when the chain is compiled.
+
+    ``model`` is the static model when the guard names one; otherwise a call's
+    model is read from its ``model`` keyword argument (see :attr:`Call.model`).
+    ``tenant`` is an optional key function giving the tenant of a call; without
+    it the tenant comes from the request context.
+    """
+
+    provider: str
+    operation: str
+    kind: Kind
+    model: str | None = None
+    name: str = ""
+    tenant: Callable[[Call], str | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens a call used, as read from the provider's response."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read_tokens + other.cache_read_tokens,
+            self.cache_write_tokens + other.cache_write_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended, classified once so every policy agrees.
+
+    ``kind`` is one of ``success``, ``abandoned`` (a stream the consumer
+    stopped reading), ``timeout``, ``connection``, ``rate_limited``,
+    ``overloaded``, ``server_error``, ``client_error``, ``cancelled``,
+    ``refused`` (a policy said no) or ``error`` (anything unrecognised).
+    ``retryable`` says whether trying again may help; ``provider_fault``
+    whether it counts against the provider (breaker failures): a 400 caused
+    by the caller's input is neither.
+    """
+
+    kind: str
+    ok: bool = False
+    status: int | None = None
+    retryable: bool = False
+    provider_fault: bool = False
+    retry_after: float | None = None
+    error: BaseException | None = None
+
+
+SUCCESS: Final = Outcome("success", ok=True)
+ABANDONED: Final = Outcome("abandoned", ok=True)
+
+ChunkWatcher = Callable[["Call", Any], None]
+EndWatcher = Callable[["Call", Outcome], None]
+
+
+class Call:
+    """One invocation of a :class:`Target`, shared by all its attempts.
+
+    ``args`` and ``kwargs`` are what the function will be called with; a
+    policy may rewrite ``kwargs`` (e.g. a model router). ``attempt`` counts
+    from 1 and is advanced by a retrying policy. ``started`` and ``ended`` are
+    monotonic seconds set by whichever policy times calls. ``metadata`` is a
+    dict for results a policy wants to surface (``cache: "hit"``, ...).
+    """
+
+    __slots__ = (
+        "_metadata",
+        "_on_chunk",
+        "_on_end",
+        "args",
+        "attempt",
+        "ended",
+        "kwargs",
+        "outcome",
+        "started",
+        "target",
+        "usage",
+    )
+
+    def __init__(self, target: Target, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.target = target
+        self.args = args
+        self.kwargs = kwargs
+        self.attempt = 1
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.usage: Usage | None = None
+        self.outcome: Outcome | None = None
+        self._metadata: dict[str, Any] | None = None
+        self._on_chunk: list[ChunkWatcher] | None = None
+        self._on_end: list[EndWatcher] | None = None
+
+    @property
+    def provider(self) -> str:
+        return self.target.provider
+
+    @property
+    def operation(self) -> str:
+        return self.target.operation
+
+    @property
+    def model(self) -> str | None:
+        """The static model of the target, else the call's ``model`` argument."""
+        model = self.target.model
+        if model is None:
+            value = self.kwargs.get("model")
+            model = value if isinstance(value, str) else None
+        return model
+
+    @property
+    def context(self) -> _context.RequestContext | None:
+        """The request context the call runs in, if any."""
+        return _context.current()
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant: from the target's key function, else the request context."""
+        key = self.target.tenant
+        if key is not None:
+            return key(self)
+        ctx = _context.current()
+        return ctx.tenant if ctx is not None else None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            self._metadata = {}
+        return self._metadata
+
+    def add_usage(self, usage: Usage) -> None:
+        """Add usage read from a response (streams report it in pieces)."""
+        self.usage = usage if self.usage is None else self.usage + usage
+
+    def on_chunk(self, watcher: ChunkWatcher) -> None:
+        """Have ``watcher(call, chunk)`` see each chunk of this stream.
+
+        Register it while handling the call (before the chunks flow). Chunks
+        are not buffered; the watcher sees each one as it passes.
+        """
+        if self._on_chunk is None:
+            self._on_chunk = []
+        self._on_chunk.append(watcher)
+
+    def on_end(self, watcher: EndWatcher) -> None:
+        """Have ``watcher(call, outcome)`` called once when this stream ends.
+
+        ``outcome`` is :data:`SUCCESS` when the stream was exhausted,
+        :data:`ABANDONED` when the consumer closed it early, or the classified
+        failure when it raised.
+        """
+        if self._on_end is None:
+            self._on_end = []
+        self._on_end.append(watcher)
+
+    def __repr__(self) -> str:
+        t = self.target
+        return f"<Call {t.provider}:{t.operation} model={self.model!r} attempt={self.attempt}>"

@@ -1,0 +1,151 @@
+"""The ``resilient`` command.
+
+``resilient plugins`` lists the plugins found (broken ones marked, with the
+cause) and the policy order in force; ``resilient config`` shows the
+effective configuration and where each value came from, secrets masked.
+Plugins add subcommands through the ``resilient_cli`` hook.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import __version__
+from ._plugins import load_plugins
+from .errors import ConfigurationError, PluginError
+from .pipeline import Pipeline
+
+__all__ = ["main"]
+
+
+def _pipeline(args: argparse.Namespace, **extra: Any) -> Pipeline:
+    env = dict(os.environ)
+    if args.file:
+        env["RESILIENT_CONFIG"] = args.file
+    return Pipeline(env=env, **extra)
+
+
+def _cmd_plugins(args: argparse.Namespace) -> int:
+    policies: list[dict[str, Any]] = []
+    env = dict(os.environ)
+    if args.file:
+        env["RESILIENT_CONFIG"] = args.file
+    # Build with on_plugin_error=warn so one broken plugin does not hide the rest.
+    env["RESILIENT_ON_PLUGIN_ERROR"] = "warn"
+    try:
+        pipeline = Pipeline(env=env)
+    except (ConfigurationError, PluginError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        found = load_plugins()
+        infos = found.infos
+    else:
+        infos = pipeline.plugins
+        policies = [
+            {
+                "position": i + 1,
+                "name": p.name,
+                "order": p.order,
+                "plugin": pipeline.plugin_of(p),
+                "kinds": list(p.kinds()),
+            }
+            for i, p in enumerate(pipeline.policies)
+        ]
+    plugins: list[dict[str, Any]] = [
+        {
+            "name": i.name,
+            "status": "disabled" if i.disabled else ("broken" if i.error else "ok"),
+            "source": i.source,
+            "hooks": list(i.hooks),
+            "error": i.error,
+        }
+        for i in infos
+    ]
+    if args.json:
+        print(json.dumps({"plugins": plugins, "policies": policies}, indent=2))
+    else:
+        print("Plugins (entry-point group 'resilient' and explicit):")
+        if not plugins:
+            print("  (none)")
+        width = max((len(p["name"]) for p in plugins), default=0)
+        for p in plugins:
+            mark = {"ok": "ok", "broken": "BROKEN", "disabled": "disabled"}[p["status"]]
+            print(f"  {p['name']:<{width}}  {mark:<8}  {p['source']}")
+            if p["error"]:
+                print(f"  {'':<{width}}  {'':<8}  {p['error']}")
+            elif p["hooks"]:
+                print(f"  {'':<{width}}  {'':<8}  hooks: {', '.join(p['hooks'])}")
+        print("\nPolicy order in force, outermost first:")
+        if not policies:
+            print("  (no policies)")
+        for q in policies:
+            print(
+                f"  {q['position']}. {q['name']}  (order {q['order']}, plugin {q['plugin']},"
+                f" acts on {', '.join(q['kinds']) or 'nothing'})"
+            )
+        print("  -> provider call")
+    return 1 if any(p["status"] == "broken" for p in plugins) else 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    try:
+        pipeline = _pipeline(args)
+    except (ConfigurationError, PluginError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    rows = pipeline.settings.describe()
+    if args.json:
+        out = {
+            "file": pipeline.settings.file,
+            "settings": [{"key": r.key, "value": r.value, "source": r.source} for r in rows],
+        }
+        print(json.dumps(out, indent=2))
+        return 0
+    print(f"Configuration file: {pipeline.settings.file or '(none)'}")
+    width = max((len(r.key) for r in rows), default=0)
+    for r in rows:
+        print(f"  {r.key:<{width}} = {r.value}    [{r.source}]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="resilient", description="Production policies around provider calls.")
+    parser.add_argument("--version", action="version", version=f"resilient {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list plugins, their hooks and the policy order in force")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--file", help="configuration file (default: resilient.toml or pyproject.toml here)")
+    p.set_defaults(func=_cmd_plugins)
+
+    c = sub.add_parser("config", help="show the effective configuration and where each value came from")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    c.add_argument("--file", help="configuration file (default: resilient.toml or pyproject.toml here)")
+    c.set_defaults(func=_cmd_config)
+
+    # Plugins may add their own subcommands; a broken plugin must not break the CLI.
+    plugins = load_plugins()
+    for impl in plugins.pm.hook.resilient_cli.get_hookimpls():
+        try:
+            impl.function(subparsers=sub)
+        except Exception as exc:
+            print(f"warning: plugin {impl.plugin_name!r} failed to add CLI commands: {exc!r}", file=sys.stderr)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,584 @@
+"""Configuration: defaults < file (or ``config=``) < environment.
+
+Sources, lowest precedence first:
+
+1. the defaults declared by each options class;
+2. ``resilient.toml`` in the working directory (the whole file), else the
+   ``[tool.resilient]`` table of ``pyproject.toml``, else the file named by
+   ``RESILIENT_CONFIG``; or a mapping passed as ``Pipeline(config=...)``,
+   which takes the file's place;
+3. environment variables ``RESILIENT_<KEY>`` for core keys and
+   ``RESILIENT_<SECTION>__<KEY>`` for plugin sections, with ``__`` between
+   levels: ``RESILIENT_RETRY__PROVIDERS__ANTHROPIC__MAX_ATTEMPTS=5``.
+
+Core keys sit at the top level; each plugin owns a section (a table) whose
+keys are the fields of its options class, a frozen keyword-only dataclass
+declared with :func:`option`. A section may hold ``providers``, ``models``
+and ``tenants`` tables of overrides; for a call, the most specific wins:
+tenant > model > provider > section.
+
+Everything is validated when the pipeline is built: an error names the key,
+the bad value, where it came from and what is allowed; an unknown key is an
+error with a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Generic, Literal, TypeVar, get_args, get_origin
+
+from .errors import ConfigurationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "DURATION",
+    "CoreOptions",
+    "Duration",
+    "Section",
+    "Settings",
+    "mask_secret",
+    "option",
+    "parse_duration",
+]
+
+T = TypeVar("T")
+
+ENV_PREFIX = "RESILIENT_"
+#: Environment variables with the prefix that are not configuration keys.
+RESERVED_ENV = frozenset({"RESILIENT_CONFIG", "RESILIENT_REQUIRE_REDIS"})
+OVERRIDE_KINDS = ("providers", "models", "tenants")
+
+
+class _DurationMarker:
+    def __repr__(self) -> str:
+        return "DURATION"
+
+
+#: Marks a ``float`` field as a duration in seconds that also accepts "250ms", "2s", "5m", "1h".
+DURATION = _DurationMarker()
+Duration = Annotated[float, DURATION]
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a string such as ``"250ms"``, ``"2s"``, ``"5m"``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '250ms'")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError("a duration is a number of seconds or a string like '250ms', '2s', '5m'")
+
+
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    doc: str,
+    min: float | None = None,
+    max: float | None = None,
+    secret: bool = False,
+    default_factory: Callable[[], Any] | None = None,
+) -> Any:
+    """Declare a configuration field: its default, what it means, its bounds.
+
+    ``doc`` is shown by ``resilient config`` and in the docs; ``min``/``max``
+    bound numbers (inclusive); ``secret`` masks the value wherever it is
+    shown or named in an error.
+    """
+    metadata = {"doc": doc, "min": min, "max": max, "secret": secret}
+    if default_factory is not None:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+_URL_PASSWORD_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@")
+
+
+def mask_secret(value: object, secret: bool = False) -> str:
+    """Render ``value`` for display with secrets hidden (passwords in URLs, secret fields)."""
+    if secret:
+        return "'****'" if value not in (None, "") else repr(value)
+    text = repr(value)
+    return _URL_PASSWORD_RE.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:****@", text)
+
+
+# --------------------------------------------------------------------------- coercion
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Annotated:
+        base, *marks = get_args(tp)
+        return "duration (seconds, or '250ms', '2s', '5m')" if DURATION in marks else _type_name(base)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("none" if a is type(None) else _type_name(a) for a in get_args(tp))
+    if origin is tuple:
+        return f"a list of {_type_name(get_args(tp)[0])}"
+    if origin in (dict, Mapping):
+        return f"a table of {_type_name(get_args(tp)[1])}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _coerce(value: Any, tp: Any, from_env: bool) -> Any:
+    """Convert ``value`` to ``tp`` or raise ValueError. Strings from env are parsed leniently."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        base, *marks = get_args(tp)
+        if DURATION in marks:
+            return parse_duration(value)
+        return _coerce(value, base, from_env)
+    if origin is Literal:
+        if value in get_args(tp):
+            return value
+        raise ValueError
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        is_none = value is None or (from_env and isinstance(value, str) and value.lower() in ("none", "null", ""))
+        if is_none and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, from_env)
+            except ValueError:
+                continue
+        raise ValueError
+    if origin is tuple:
+        (item,) = get_args(tp)[:1]
+        if from_env and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError
+        return tuple(_coerce(v, item, from_env) for v in value)
+    if origin in (dict, Mapping):
+        _, vt = get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ValueError
+        return {str(k): _coerce(v, vt, from_env) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if from_env and isinstance(value, (str, int)):
+            text = str(value).lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+        raise ValueError
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if from_env and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ValueError
+    raise TypeError(f"unsupported option type {tp!r}")
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Parse an environment value as a TOML value if it is one, else keep the string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    type: Any
+    default: Any
+    doc: str
+    min: float | None
+    max: float | None
+    secret: bool
+
+    def check(self, key: str, value: Any, source: str, from_env: bool) -> Any:
+        shown = "****" if self.secret else value
+        try:
+            out = _coerce(value, self.type, from_env)
+        except ValueError:
+            raise ConfigurationError(key, shown, f"must be {_type_name(self.type)}", source=source) from None
+        if isinstance(out, (int, float)) and not isinstance(out, bool):
+            if self.min is not None and out < self.min:
+                raise ConfigurationError(key, shown, f"must be >= {self.min:g}", source=source)
+            if self.max is not None and out > self.max:
+                raise ConfigurationError(key, shown, f"must be <= {self.max:g}", source=source)
+        return out
+
+
+def _schema(cls: type[Any]) -> dict[str, _Field]:
+    if not (dataclasses.is_dataclass(cls) and isinstance(cls, type)):
+        raise TypeError(f"options class {cls!r} must be a dataclass")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields: dict[str, _Field] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            raise TypeError(f"option {cls.__name__}.{f.name} needs a default")
+        if f.name in OVERRIDE_KINDS:
+            raise TypeError(f"option {cls.__name__}.{f.name}: {f.name!r} is reserved for overrides")
+        fields[f.name] = _Field(
+            f.name,
+            hints[f.name],
+            default,
+            f.metadata.get("doc", ""),
+            f.metadata.get("min"),
+            f.metadata.get("max"),
+            bool(f.metadata.get("secret", False)),
+        )
+    return fields
+
+
+def _unknown(key: str, value: Any, known: Iterable[str], source: str, what: str) -> ConfigurationError:
+    choices = sorted(known)
+    name = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, choices, n=2, cutoff=0.6)
+    allowed = f"unknown {what}; known: {', '.join(choices) if choices else '(none)'}"
+    return ConfigurationError(key, value, allowed, source=source, suggestions=close)
+
+
+# --------------------------------------------------------------------------- core options
+
+
+@dataclass(frozen=True, kw_only=True)
+class CoreOptions:
+    """Top-level keys: the ones every plugin shares."""
+
+    store: str = option(
+        "memory://",
+        doc="Default store URI for stateful plugins: memory://, redis://, rediss://, redis+cluster://.",
+    )
+    key_prefix: str = option("resilient:", doc="Prefix of every key a plugin writes to a shared store.")
+    order: tuple[str, ...] = option(
+        default_factory=tuple,
+        doc="Policy names, outermost first; listed ones go before the rest, which keep their default order.",
+    )
+    disable: tuple[str, ...] = option(default_factory=tuple, doc="Plugin or policy names to leave out.")
+    on_plugin_error: Literal["raise", "warn"] = option(
+        "raise", doc="A plugin that fails to load: 'raise' stops the build, 'warn' logs and skips it."
+    )
+
+
+CORE_SECTION = ""
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class Section(Generic[T]):
+    """A plugin's options: the section's values and its per-call overrides.
+
+    ``base`` is the section without overrides. :meth:`for_call` merges the
+    overrides that apply to a provider, model and tenant (most specific
+    wins) and caches the result. ``varies`` is false when there are no
+    overrides, so a policy can read ``base`` once and skip the lookup.
+    """
+
+    __slots__ = ("_cache", "_overrides", "_values", "base", "cls", "name", "varies")
+
+    def __init__(
+        self,
+        name: str,
+        cls: type[T],
+        values: dict[str, Any],
+        overrides: dict[str, dict[str, dict[str, Any]]],
+    ) -> None:
+        self.name = name
+        self.cls = cls
+        self._values = values
+        self._overrides = overrides
+        self.base: T = cls(**values)
+        self.varies = any(overrides.get(k) for k in OVERRIDE_KINDS)
+        self._cache: dict[tuple[str | None, str | None, str | None], T] = {}
+
+    def for_call(self, provider: str | None = None, model: str | None = None, tenant: str | None = None) -> T:
+        if not self.varies:
+            return self.base
+        key = (provider, model, tenant)
+        found = self._cache.get(key)
+        if found is None:
+            merged = dict(self._values)
+            for kind, name in zip(OVERRIDE_KINDS, key, strict=True):
+                if name is not None:
+                    merged.update(self._overrides.get(kind, {}).get(name, {}))
+            found = self.cls(**merged)
+            if len(self._cache) < 10_000:  # tenants are unbounded; keep memory bounded
+                self._cache[key] = found
+        return found
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One effective value and where it came from, for ``resilient config``."""
+
+    key: str
+    value: str
+    source: str
+    doc: str
+
+
+class Settings:
+    """The validated configuration: core options and every plugin's section."""
+
+    def __init__(
+        self,
+        core: CoreOptions,
+        sections: dict[str, Section[Any]],
+        rows: list[Setting],
+        file: str | None,
+    ) -> None:
+        self.core = core
+        self._sections = sections
+        self._rows = rows
+        #: The file the configuration was read from, if any.
+        self.file = file
+
+    def section(self, cls: type[T]) -> Section[T]:
+        """The section whose options class is ``cls``."""
+        for section in self._sections.values():
+            if section.cls is cls:
+                return typing.cast("Section[T]", section)
+        raise KeyError(
+            f"no configuration section uses {cls.__name__}; is its plugin's resilient_options hook registered?"
+        )
+
+    def options(self, cls: type[T]) -> T:
+        """Shorthand for ``section(cls).base``."""
+        return self.section(cls).base
+
+    @property
+    def sections(self) -> Mapping[str, Section[Any]]:
+        return types.MappingProxyType(self._sections)
+
+    def describe(self) -> list[Setting]:
+        """Every effective value with its source, secrets masked."""
+        return list(self._rows)
+
+    # ----------------------------------------------------------------- loading
+
+    @staticmethod
+    def read_sources(
+        *,
+        config: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> tuple[dict[str, Any], str | None, dict[str, str]]:
+        """Read the raw file (or mapping) layer and the ``RESILIENT_*`` environment."""
+        env = os.environ if env is None else env
+        env_vars = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX) and k not in RESERVED_ENV}
+        if config is not None:
+            return dict(config), "config=", env_vars
+        base = Path(cwd) if cwd is not None else Path.cwd()
+        explicit = env.get("RESILIENT_CONFIG")
+        if explicit:
+            path = Path(explicit)
+            if not path.is_absolute():
+                path = base / path
+            if not path.is_file():
+                raise ConfigurationError("RESILIENT_CONFIG", explicit, "must name an existing TOML file")
+            return _read_toml(path, pyproject=path.name == "pyproject.toml"), str(path), env_vars
+        own = base / "resilient.toml"
+        if own.is_file():
+            return _read_toml(own, pyproject=False), str(own), env_vars
+        pyproject = base / "pyproject.toml"
+        if pyproject.is_file():
+            data = _read_toml(pyproject, pyproject=True)
+            if data:
+                return data, f"{pyproject} [tool.resilient]", env_vars
+        return {}, None, env_vars
+
+    @classmethod
+    def load(
+        cls,
+        sections: Mapping[str, type[Any]] | None = None,
+        *,
+        config: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> Settings:
+        """Read every source and validate it against the core and ``sections`` schemas."""
+        raw, file, env_vars = cls.read_sources(config=config, env=env, cwd=cwd)
+        return cls.build(raw, file, env_vars, dict(sections or {}))
+
+    @classmethod
+    def build(
+        cls,
+        raw: Mapping[str, Any],
+        file: str | None,
+        env_vars: Mapping[str, str],
+        sections: dict[str, type[Any]],
+    ) -> Settings:
+        """Validate raw sources (see :meth:`read_sources`) against the schemas."""
+        file_label = file or "config"
+        schemas: dict[str, dict[str, _Field]] = {CORE_SECTION: _schema(CoreOptions)}
+        for name, options_cls in sections.items():
+            schemas[name] = _schema(options_cls)
+
+        # values[section][key] = (value, source); overrides[section][kind][name][key] = (value, source)
+        values: dict[str, dict[str, tuple[Any, str]]] = {s: {} for s in schemas}
+        overrides: dict[str, dict[str, dict[str, dict[str, tuple[Any, str]]]]] = {
+            s: {k: {} for k in OVERRIDE_KINDS} for s in schemas if s
+        }
+        top_known = set(schemas[CORE_SECTION]) | {s for s in schemas if s}
+
+        def put(section: str, path: list[str], value: Any, source: str, from_env: bool, shown_key: str) -> None:
+            schema = schemas[section]
+            if len(path) == 1:
+                key = path[0]
+                if key not in schema:
+                    known = set(schema) | (set(OVERRIDE_KINDS) if section else top_known)
+                    raise _unknown(shown_key, value, known, source, "key")
+                values[section][key] = (schema[key].check(shown_key, value, source, from_env), source)
+                return
+            kind, name, *rest = path
+            if section and kind in OVERRIDE_KINDS and len(rest) == 1:
+                key = rest[0]
+                if key not in schema:
+                    raise _unknown(shown_key, value, schema, source, "key")
+                checked = schema[key].check(shown_key, value, source, from_env)
+                overrides[section][kind].setdefault(name, {})[key] = (checked, source)
+                return
+            known = set(OVERRIDE_KINDS) if section else top_known
+            raise _unknown(shown_key, value, known, source, "key" if section else "section")
+
+        # Layer 2: the file (or config= mapping).
+        for top, value in raw.items():
+            if top in schemas[CORE_SECTION]:
+                put(CORE_SECTION, [top], value, file_label, False, top)
+            elif top in schemas and top:
+                if not isinstance(value, Mapping):
+                    raise ConfigurationError(top, value, f"must be a table of {top} options", source=file_label)
+                for path, leaf in _flatten(value):
+                    put(top, path, leaf, file_label, False, ".".join([top, *path]))
+            else:
+                raise _unknown(top, value, top_known, file_label, "key or section")
+
+        # Layer 3: the environment, which wins over the file.
+        for var in sorted(env_vars):
+            parts = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
+            source = f"env {var}"
+            parsed = _parse_env_value(env_vars[var])
+            head = parts[0]
+            if len(parts) == 1 and head in schemas[CORE_SECTION]:
+                put(CORE_SECTION, [head], parsed, source, True, head)
+            elif head in schemas and head and len(parts) >= 2:
+                put(head, parts[1:], parsed, source, True, ".".join(parts))
+            else:
+                known_env = [ENV_PREFIX + k.upper() for k in schemas[CORE_SECTION]] + [
+                    f"{ENV_PREFIX}{s.upper()}__<KEY>" for s in schemas if s
+                ]
+                close = difflib.get_close_matches(var, known_env, n=2, cutoff=0.6)
+                raise ConfigurationError(
+                    var,
+                    "****",
+                    "unknown environment variable; known: " + ", ".join(sorted(known_env)),
+                    source="environment",
+                    suggestions=close,
+                )
+
+        rows: list[Setting] = []
+
+        def finish(section: str, options_cls: type[Any]) -> dict[str, Any]:
+            merged: dict[str, Any] = {}
+            for key, fld in schemas[section].items():
+                value, source = values[section].get(key, (fld.default, "default"))
+                merged[key] = value
+                shown = f"{section}.{key}" if section else key
+                rows.append(Setting(shown, mask_secret(value, fld.secret), source, fld.doc))
+            _construct(options_cls, merged, section, file_label)
+            return merged
+
+        core = CoreOptions(**finish(CORE_SECTION, CoreOptions))
+        built: dict[str, Section[Any]] = {}
+        for name, options_cls in sections.items():
+            base_values = finish(name, options_cls)
+            plain: dict[str, dict[str, dict[str, Any]]] = {}
+            for kind, by_name in overrides[name].items():
+                plain[kind] = {}
+                for target, kv in by_name.items():
+                    plain[kind][target] = {k: v for k, (v, _) in kv.items()}
+                    for key, (value, source) in kv.items():
+                        shown = f"{name}.{kind}.{target}.{key}"
+                        rows.append(Setting(shown, mask_secret(value, schemas[name][key].secret), source, ""))
+                    # Validate each override on top of the section now, not at the first call.
+                    _construct(
+                        options_cls, {**base_values, **plain[kind][target]}, f"{name}.{kind}.{target}", file_label
+                    )
+            built[name] = Section(name, options_cls, base_values, plain)
+        return cls(core, built, rows, file)
+
+
+def _construct(cls: type[Any], kwargs: dict[str, Any], where: str, source: str) -> Any:
+    """Build an options object; turn its own cross-field checks into ConfigurationError."""
+    try:
+        return cls(**kwargs)
+    except ConfigurationError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(where or "resilient", "(combination)", str(exc), source=source) from None
+
+
+def _flatten(table: Mapping[str, Any], prefix: list[str] | None = None) -> Iterable[tuple[list[str], Any]]:
+    """Yield (path, value) for every leaf; an override table is descended, a plain mapping value is a leaf."""
+    prefix = prefix or []
+    for key, value in table.items():
+        path = [*prefix, str(key)]
+        descend = isinstance(value, Mapping) and (
+            (not prefix and key in OVERRIDE_KINDS) or (len(prefix) == 1 and prefix[0] in OVERRIDE_KINDS)
+        )
+        if descend:
+            yield from _flatten(value, path)
+        else:
+            yield path, value
+
+
+def _read_toml(path: Path, *, pyproject: bool) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(str(path), "(file)", f"is not valid TOML: {exc}") from None
+    if pyproject:
+        tool = data.get("tool", {})
+        section = tool.get("resilient", {}) if isinstance(tool, dict) else {}
+        return dict(section) if isinstance(section, dict) else {}
+    return dict(data)
