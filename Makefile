@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy src plugins
+	$(BIN)/mypy tests/typing
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest

@@ -72,13 +72,15 @@ class RetryPolicy(Policy):
             )
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:
+        monotonic = self._clock.monotonic
+
         def retrying(call: Call) -> Any:
+            start = monotonic()
             try:
-                return nxt(call)  # the success path: one try, no clock read
+                return nxt(call)
             except Exception as exc:
                 error: Exception = exc
             options = self._options(call)
-            start = self._clock.monotonic()
             while True:
                 delay = self._decide(call, options, error, start)
                 if delay is None:
@@ -93,13 +95,15 @@ class RetryPolicy(Policy):
         return retrying
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
+        monotonic = self._clock.monotonic
+
         async def retrying(call: Call) -> Any:
+            start = monotonic()
             try:
                 return await nxt(call)
             except Exception as exc:
                 error: Exception = exc
             options = self._options(call)
-            start = self._clock.monotonic()
             while True:
                 delay = self._decide(call, options, error, start)
                 if delay is None:
@@ -115,7 +119,7 @@ class RetryPolicy(Policy):
 
     def wrap_stream(self, nxt: StreamHandler, target: Target) -> StreamHandler:
         def retrying(call: Call) -> Iterator[Any]:
-            start: float | None = None
+            start = self._clock.monotonic()
             while True:
                 it = nxt(call)
                 try:
@@ -123,8 +127,6 @@ class RetryPolicy(Policy):
                 except StopIteration:
                     return iter(())
                 except Exception as exc:
-                    if start is None:
-                        start = self._clock.monotonic()
                     delay = self._decide(call, self._options(call), exc, start)
                     if delay is None:
                         raise
@@ -137,7 +139,7 @@ class RetryPolicy(Policy):
 
     def wrap_astream(self, nxt: AsyncStreamHandler, target: Target) -> AsyncStreamHandler:
         async def first_chunk(call: Call) -> tuple[Any, AsyncIterator[Any]] | None:
-            start: float | None = None
+            start = self._clock.monotonic()
             while True:
                 it = nxt(call)
                 try:
@@ -145,8 +147,6 @@ class RetryPolicy(Policy):
                 except StopAsyncIteration:
                     return None
                 except Exception as exc:
-                    if start is None:
-                        start = self._clock.monotonic()
                     delay = self._decide(call, self._options(call), exc, start)
                     if delay is None:
                         raise

@@ -343,14 +343,26 @@ def _build_wrapper(pipeline: Pipeline, fn: Callable[..., Any], target: Target) -
     if ashandler is asterminal:
 
         async def asbare(*args: Any, **kwargs: Any) -> Any:
-            async for item in agfn(*args, **kwargs):
-                yield item
+            inner = agfn(*args, **kwargs)
+            try:
+                async for item in inner:
+                    yield item
+            finally:
+                # An async generator is not closed with the one iterating it;
+                # close it now rather than whenever the loop finalizes it.
+                aclose = getattr(inner, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
         return asbare
 
     async def astream_wrapper(*args: Any, **kwargs: Any) -> Any:
-        async for item in drive_astream(Call(target, args, kwargs), ashandler, classify):
-            yield item
+        driver = drive_astream(Call(target, args, kwargs), ashandler, classify)
+        try:
+            async for item in driver:
+                yield item
+        finally:
+            await driver.aclose()
 
     return astream_wrapper
 

@@ -1,0 +1,123 @@
+"""A guarded call against a provider that fails now and then, in the terminal.
+
+This is what `make demo` runs until the FastAPI example lands. It builds a
+pipeline from the installed plugins (the first-party `retry` plugin comes
+through the `resilient` entry-point group) plus one plugin written right
+here, calls a scripted provider that answers 500, 529 or 429 about a third
+of the time, and prints what the policies did.
+
+Run it with `make demo`, or `python examples/terminal_demo.py`.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from resilient import Call, Clock, Event, Handler, Pipeline, Policy, Runtime, Target, hookimpl, request_context
+from resilient.testing import HTTPStatus, ProviderHTTPError, ScriptedProvider
+
+CALLS = 24
+FAIL_RATE = 0.35
+
+
+class Stopwatch(Policy):
+    """A custom policy: times each call and counts attempts. Outermost, like metrics."""
+
+    name = "stopwatch"
+    order = 100
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+
+    def wrap(self, nxt: Handler, target: Target) -> Handler:
+        def timed(call: Call) -> Any:
+            start = time.perf_counter()
+            try:
+                return nxt(call)
+            finally:
+                self.durations.append(time.perf_counter() - start)
+
+        return timed
+
+
+class DemoPlugin:
+    """A plugin defined in place: one policy and one observer that prints events."""
+
+    name = "demo"
+
+    def __init__(self) -> None:
+        self.stopwatch = Stopwatch()
+        self.events: collections.Counter[str] = collections.Counter()
+
+    @hookimpl
+    def resilient_policies(self, runtime: Runtime) -> Sequence[Policy]:
+        return [self.stopwatch]
+
+    @hookimpl
+    def resilient_observers(self, runtime: Runtime) -> Sequence[Any]:
+        return [self.on_event]
+
+    def on_event(self, event: Event) -> None:
+        self.events[event.name] += 1
+        fields = {k: getattr(event, k, None) for k in ("attempt", "attempts", "delay", "outcome", "status", "reason")}
+        shown = ", ".join(
+            f"{k}={v:.3f}s" if k == "delay" else f"{k}={v}" for k, v in fields.items() if v is not None and v != ""
+        )
+        print(f"      event {event.name:<16} {shown}")
+
+
+def main(clock: Clock | None = None) -> int:
+    demo = DemoPlugin()
+    pipeline = Pipeline(
+        plugins=[demo],
+        clock=clock,
+        # Short waits so the demo is quick; in production these come from
+        # [tool.resilient.retry] in pyproject.toml or RESILIENT_RETRY__* variables.
+        config={"retry": {"max_attempts": 4, "base_delay": "20ms", "max_delay": "200ms"}},
+    )
+    print("Policies in force, outermost first:")
+    for i, policy in enumerate(pipeline.policies, 1):
+        print(f"  {i}. {policy.name:<10} (plugin {pipeline.plugin_of(policy)})")
+    print("  -> provider call\n")
+
+    failures = (HTTPStatus(500), HTTPStatus(529), HTTPStatus(429, {"retry-after": "0.25"}))
+    provider = ScriptedProvider.flaky(FAIL_RATE, seed=7, failures=failures, value="Hello from the scripted provider")
+
+    @pipeline.guard(provider="scripted", operation="messages.create", model="demo-model")
+    def ask(prompt: str) -> str:
+        """The call being protected: here a scripted provider, in real life an SDK call."""
+        return str(provider(prompt=prompt))
+
+    results: collections.Counter[str] = collections.Counter()
+    for i in range(1, CALLS + 1):
+        before = provider.calls
+        with request_context(tenant="tenant-a" if i % 2 else "tenant-b"):
+            try:
+                ask(f"question {i}")
+            except ProviderHTTPError as exc:
+                outcome = f"FAILED after {provider.calls - before} attempts (HTTP {exc.status_code})"
+                results["failed"] += 1
+            else:
+                attempts = provider.calls - before
+                outcome = "ok" if attempts == 1 else f"ok after {attempts} attempts"
+                results["first try" if attempts == 1 else "recovered by retry"] += 1
+        print(f"  call {i:>2}: {outcome}")
+
+    slowest = max(demo.stopwatch.durations)
+    print("\nSummary")
+    print(f"  calls made by the app:      {CALLS}")
+    print(f"  provider requests:          {provider.calls}")
+    print(f"  succeeded on the first try: {results['first try']}")
+    print(f"  recovered by retry:         {results['recovered by retry']}")
+    print(f"  failed after all attempts:  {results['failed']}")
+    print(f"  events: {dict(demo.events)}")
+    print(f"  slowest call including backoff: {slowest * 1000:.0f} ms")
+    print("\nTry: .venv/bin/resilient plugins   and   .venv/bin/resilient config")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""`make demo` runs examples/terminal_demo.py: its story must add up."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from resilient.testing import FakeClock
+
+DEMO = Path(__file__).resolve().parents[1] / "examples" / "terminal_demo.py"
+
+
+def test_terminal_demo_shows_retries_recovering_failures(capsys: pytest.CaptureFixture[str]) -> None:
+    spec = importlib.util.spec_from_file_location("terminal_demo", DEMO)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["terminal_demo"] = module
+    try:
+        spec.loader.exec_module(module)
+        clock = FakeClock()
+        assert module.main(clock=clock) == 0
+    finally:
+        del sys.modules["terminal_demo"]
+    out = capsys.readouterr().out
+    numbers = {k: int(v) for k, v in re.findall(r"^\s+([a-z ,]+?):\s+(\d+)$", out, re.M)}
+    assert numbers["calls made by the app"] == 24
+    ok = numbers["succeeded on the first try"]
+    recovered = numbers["recovered by retry"]
+    failed = numbers["failed after all attempts"]
+    assert ok + recovered + failed == 24
+    assert recovered > 0, "the demo must show retries at work"
+    assert numbers["provider requests"] > 24
+    assert "retry.scheduled" in out
+    assert clock.sleeps, "backoff waits went through the injected clock"
+    assert "1. stopwatch" in out
+    assert "2. retry" in out

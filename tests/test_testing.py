@@ -1,0 +1,107 @@
+"""The testing toolkit users build on: FakeClock, ScriptedProvider, fixtures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from resilient import Pipeline
+from resilient.testing import Chunks, FakeClock, HTTPStatus, Latency, ProviderHTTPError, ScriptedProvider
+
+
+@given(steps=st.lists(st.floats(0, 1e6), max_size=20))
+def test_fake_clock_moves_only_when_told(steps: list[float]) -> None:
+    clock = FakeClock(start=5.0, start_wall=100.0)
+    for step in steps:
+        clock.sleep(step)
+    assert clock.monotonic() == pytest.approx(5.0 + sum(steps))
+    assert clock.time() - clock.monotonic() == pytest.approx(95.0)
+    assert clock.sleeps == steps
+
+
+def test_fake_clock_async_sleep_and_no_going_back() -> None:
+    clock = FakeClock()
+    asyncio.run(clock.asleep(3))
+    assert clock.monotonic() == 3
+    with pytest.raises(ValueError, match="backwards"):
+        clock.advance(-1)
+
+
+def test_scripted_provider_plays_its_script_then_the_default() -> None:
+    clock = FakeClock()
+
+    class Boom(Exception):
+        pass
+
+    provider = ScriptedProvider(
+        ["a", Boom, HTTPStatus(429, {"retry-after": "2"}), Latency(1.5, "slow"), Boom("x")],
+        default="z",
+        clock=clock,
+    )
+    assert provider(model="m") == "a"
+    with pytest.raises(Boom):
+        provider()
+    with pytest.raises(ProviderHTTPError) as info:
+        provider()
+    assert info.value.status_code == 429
+    assert info.value.response.headers == {"retry-after": "2"}
+    assert provider() == "slow"
+    assert clock.monotonic() == 1.5
+    with pytest.raises(Boom, match="x"):
+        provider()
+    assert provider() == "z"
+    assert provider.calls == 6
+    assert provider.requests[0] == {"model": "m"}
+
+
+def test_scripted_streams_and_cut_streams() -> None:
+    provider = ScriptedProvider([Chunks(["a", "b"]), Chunks(["c"], error=ConnectionResetError())])
+    assert list(provider.stream()) == ["a", "b"]
+    got: list[str] = []
+    with pytest.raises(ConnectionResetError):
+        for chunk in provider.stream():
+            got.append(chunk)
+    assert got == ["c"]
+
+    async def collect() -> list[Any]:
+        return [c async for c in ScriptedProvider([Chunks([1, 2, 3])]).astream()]
+
+    assert asyncio.run(collect()) == [1, 2, 3]
+
+
+@given(rate=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_flaky_provider_is_repeatable(rate: float, seed: int) -> None:
+    def run() -> list[str]:
+        provider = ScriptedProvider.flaky(rate, seed=seed)
+        out = []
+        for _ in range(20):
+            try:
+                out.append(provider())
+            except ProviderHTTPError as exc:
+                out.append(str(exc.status_code))
+        return out
+
+    first = run()
+    assert first == run()
+    if rate == 0:
+        assert set(first) == {"ok"}
+    if rate == 1:
+        assert "ok" not in first
+
+
+def test_pytest_fixtures_are_registered(
+    fake_clock: FakeClock,
+    scripted_provider: Callable[..., ScriptedProvider],
+    resilient_pipeline: Callable[..., Pipeline],
+) -> None:
+    pipeline = resilient_pipeline(config={"retry": {"max_attempts": 2}})
+    assert pipeline.runtime.clock is fake_clock
+    provider = scripted_provider([HTTPStatus(503), "ok"])
+    assert pipeline.guard(provider)() == "ok"
+    assert fake_clock.sleeps  # the backoff ran on the fake clock
+    assert provider.clock is fake_clock

@@ -1,0 +1,56 @@
+"""Checked by mypy only (``make typecheck``): the public API keeps users' types."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+from typing_extensions import assert_type
+
+from resilient import Call, Pipeline, Target
+
+pipeline = Pipeline()
+
+
+@pipeline.guard
+def bare(prompt: str, *, max_tokens: int = 16) -> str:
+    return prompt
+
+
+@pipeline.guard(provider="anthropic", operation="messages.create", model="m")
+def configured(prompt: str) -> int:
+    return len(prompt)
+
+
+@pipeline.guard(tenant=lambda call: str(call.args[0]))
+async def asynchronous(user: str) -> bytes:
+    return user.encode()
+
+
+@pipeline.guard
+def stream(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+@pipeline.guard
+async def astream(n: int) -> AsyncIterator[str]:
+    for i in range(n):
+        yield str(i)
+
+
+assert_type(bare("hi", max_tokens=3), str)
+assert_type(configured("hi"), int)
+assert_type(stream(3), Iterator[int])
+assert_type(astream(3), AsyncIterator[str])
+assert_type(bare.target, Target)
+
+
+async def use() -> None:
+    assert_type(await asynchronous("u"), bytes)
+
+
+def key(call: Call) -> str | None:
+    return call.tenant
+
+
+bare("hi", max_tokens="3")  # type: ignore[arg-type]
+configured(1)  # type: ignore[arg-type]
