@@ -22,8 +22,8 @@ class Noop(Policy):
     """Steps into every chain and does nothing."""
 
     def __init__(self, name: str, order: int = 500) -> None:
-        self.name = name  # type: ignore[misc]
-        self.order = order  # type: ignore[misc]
+        self.name = name
+        self.order = order
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:
         def handler(call: Call) -> Any:
@@ -54,8 +54,8 @@ class Recorder(Policy):
     """Records the order in which policies are entered, into a shared list."""
 
     def __init__(self, name: str, log: list[str], order: int = 500) -> None:
-        self.name = name  # type: ignore[misc]
-        self.order = order  # type: ignore[misc]
+        self.name = name
+        self.order = order
         self.log = log
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:

@@ -561,7 +561,7 @@ def test_close_reaches_every_policy_and_survives_failures() -> None:
 
     class Closing(Policy):
         def __init__(self, name: str, fail: bool) -> None:
-            self.name = name  # type: ignore[misc]
+            self.name = name
             self.fail = fail
 
         def close(self) -> None:

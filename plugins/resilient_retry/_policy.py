@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from resilient import (
@@ -71,8 +71,19 @@ class RetryPolicy(Policy):
                 RetryScheduled(attempt=call.attempt, delay=delay, outcome=outcome.kind, status=outcome.status, **common)
             )
 
+    def _start_clock(self) -> Callable[[], float]:
+        """What reads the start of a call: the clock when a deadline may apply, else a constant.
+
+        Without any deadline configured the start time is never used, so
+        the success path skips the clock read.
+        """
+        section = self._section
+        if section.varies or section.base.deadline is not None:
+            return self._clock.monotonic
+        return _zero
+
     def wrap(self, nxt: Handler, target: Target) -> Handler:
-        monotonic = self._clock.monotonic
+        monotonic = self._start_clock()
 
         def retrying(call: Call) -> Any:
             start = monotonic()
@@ -95,7 +106,7 @@ class RetryPolicy(Policy):
         return retrying
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
-        monotonic = self._clock.monotonic
+        monotonic = self._start_clock()
 
         async def retrying(call: Call) -> Any:
             start = monotonic()
@@ -159,6 +170,10 @@ class RetryPolicy(Policy):
             return _aresume(first_chunk(call))
 
         return retrying
+
+
+def _zero() -> float:
+    return 0.0
 
 
 def _resume(first: Any, it: Iterator[Any]) -> Iterator[Any]:

@@ -56,8 +56,9 @@ def _plugin_name(obj: object) -> str:
 
 
 def _describe_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """One line: the type and the whole message (pluggy spreads the cause over several lines)."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class PluginSet:
@@ -96,6 +97,20 @@ class PluginSet:
             # A hook implementation whose name matches no hook: almost always a typo.
             self.pm.unregister(obj)
             info.error = f"unknown hook: {_describe_error(exc)}"
+            return
+        wrappers = [
+            caller.name
+            for caller in self.pm.get_hookcallers(obj) or ()
+            for impl in caller.get_hookimpls()
+            if impl.plugin is obj and (impl.wrapper or impl.hookwrapper)
+        ]
+        if wrappers:
+            # Our hooks collect contributions at build time; a wrapper has nothing to wrap.
+            self.pm.unregister(obj)
+            info.error = (
+                f"hook {', '.join(sorted(wrappers))} is declared as a wrapper; resilient hooks take plain "
+                "implementations (wrap provider calls with a Policy instead)"
+            )
             return
         info.hooks = tuple(sorted(h.name for h in self.pm.get_hookcallers(obj) or ()))
 

@@ -32,6 +32,7 @@ def _pipeline(args: argparse.Namespace, **extra: Any) -> Pipeline:
 
 def _cmd_plugins(args: argparse.Namespace) -> int:
     policies: list[dict[str, Any]] = []
+    failed = False
     env = dict(os.environ)
     if args.file:
         env["RESILIENT_CONFIG"] = args.file
@@ -41,8 +42,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         pipeline = Pipeline(env=env)
     except (ConfigurationError, PluginError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        found = load_plugins()
-        infos = found.infos
+        failed = True
+        infos = load_plugins().infos
     else:
         infos = pipeline.plugins
         policies = [
@@ -88,6 +89,8 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
                 f" acts on {', '.join(q['kinds']) or 'nothing'})"
             )
         print("  -> provider call")
+    if failed:
+        return 2
     return 1 if any(p["status"] == "broken" for p in plugins) else 0
 
 

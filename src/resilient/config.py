@@ -3,9 +3,9 @@
 Sources, lowest precedence first:
 
 1. the defaults declared by each options class;
-2. ``resilient.toml`` in the working directory (the whole file), else the
-   ``[tool.resilient]`` table of ``pyproject.toml``, else the file named by
-   ``RESILIENT_CONFIG``; or a mapping passed as ``Pipeline(config=...)``,
+2. the file named by ``RESILIENT_CONFIG``, else ``resilient.toml`` in the
+   working directory (the whole file), else the ``[tool.resilient]`` table
+   of ``pyproject.toml``; or a mapping passed as ``Pipeline(config=...)``,
    which takes the file's place;
 3. environment variables ``RESILIENT_<KEY>`` for core keys and
    ``RESILIENT_<SECTION>__<KEY>`` for plugin sections, with ``__`` between
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import os
 import re
 import sys
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Generic, Literal, TypeVar, get_args, get_origin
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, redact_url_passwords
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -109,15 +110,11 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
-_URL_PASSWORD_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@")
-
-
 def mask_secret(value: object, secret: bool = False) -> str:
     """Render ``value`` for display with secrets hidden (passwords in URLs, secret fields)."""
     if secret:
         return "'****'" if value not in (None, "") else repr(value)
-    text = repr(value)
-    return _URL_PASSWORD_RE.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:****@", text)
+    return redact_url_passwords(repr(value))
 
 
 # --------------------------------------------------------------------------- coercion
@@ -144,7 +141,15 @@ _FALSE = {"false", "0", "no", "off"}
 
 
 def _coerce(value: Any, tp: Any, from_env: bool) -> Any:
-    """Convert ``value`` to ``tp`` or raise ValueError. Strings from env are parsed leniently."""
+    """Convert ``value`` to ``tp`` or raise ValueError.
+
+    A value from the environment arrives as the raw string: a string field
+    keeps it as is, any other type first reads it as a TOML value.
+    """
+    if from_env and isinstance(value, str) and tp is not str:
+        parsed = _parse_env_value(value)
+        if not isinstance(parsed, str):
+            value = parsed
     origin = get_origin(tp)
     if origin is Annotated:
         base, *marks = get_args(tp)
@@ -235,6 +240,7 @@ class _Field:
         except ValueError:
             raise ConfigurationError(key, shown, f"must be {_type_name(self.type)}", source=source) from None
         if isinstance(out, (int, float)) and not isinstance(out, bool):
+            shown = "****" if self.secret else out
             if self.min is not None and out < self.min:
                 raise ConfigurationError(key, shown, f"must be >= {self.min:g}", source=source)
             if self.max is not None and out > self.max:
@@ -336,14 +342,40 @@ class Section(Generic[T]):
         key = (provider, model, tenant)
         found = self._cache.get(key)
         if found is None:
-            merged = dict(self._values)
-            for kind, name in zip(OVERRIDE_KINDS, key, strict=True):
-                if name is not None:
-                    merged.update(self._overrides.get(kind, {}).get(name, {}))
-            found = self.cls(**merged)
+            found = self.cls(**self.merged(*key))
             if len(self._cache) < 10_000:  # tenants are unbounded; keep memory bounded
                 self._cache[key] = found
         return found
+
+    def merged(self, provider: str | None, model: str | None, tenant: str | None) -> dict[str, Any]:
+        """The section's values with the matching overrides applied, most specific last."""
+        merged = dict(self._values)
+        for kind, name in zip(OVERRIDE_KINDS, (provider, model, tenant), strict=True):
+            if name is not None:
+                merged.update(self._overrides.get(kind, {}).get(name, {}))
+        return merged
+
+    def validate(self, source: str, limit: int = 100_000) -> None:
+        """Build every combination of overrides now, so none fails at call time.
+
+        Past ``limit`` combinations (many tenants times many models), each
+        override is checked on its own instead.
+        """
+        names = [(None, *self._overrides.get(kind, {})) for kind in OVERRIDE_KINDS]
+        total = len(names[0]) * len(names[1]) * len(names[2])
+        if total > limit:
+            names_iter: Iterable[tuple[str | None, ...]] = [
+                tuple(n if i == j else None for j in range(3)) for i, kinds in enumerate(names) for n in kinds[1:]
+            ]
+        else:
+            names_iter = itertools.product(*names)
+        for combo in names_iter:
+            if combo == (None, None, None):
+                continue
+            where = " + ".join(
+                f"{self.name}.{kind}.{n}" for kind, n in zip(OVERRIDE_KINDS, combo, strict=True) if n is not None
+            )
+            _construct(self.cls, self.merged(*combo), where, source)
 
 
 @dataclass(frozen=True)
@@ -446,8 +478,14 @@ class Settings:
         file: str | None,
         env_vars: Mapping[str, str],
         sections: dict[str, type[Any]],
+        ignore: Iterable[str] = (),
     ) -> Settings:
-        """Validate raw sources (see :meth:`read_sources`) against the schemas."""
+        """Validate raw sources (see :meth:`read_sources`) against the schemas.
+
+        Sections named in ``ignore`` (those of disabled plugins) are skipped
+        unvalidated, so disabling a plugin does not require deleting its table.
+        """
+        ignored = {name for name in ignore if name not in sections}
         file_label = file or "config"
         schemas: dict[str, dict[str, _Field]] = {CORE_SECTION: _schema(CoreOptions)}
         for name, options_cls in sections.items():
@@ -482,6 +520,8 @@ class Settings:
 
         # Layer 2: the file (or config= mapping).
         for top, value in raw.items():
+            if top in ignored:
+                continue
             if top in schemas[CORE_SECTION]:
                 put(CORE_SECTION, [top], value, file_label, False, top)
             elif top in schemas and top:
@@ -496,12 +536,14 @@ class Settings:
         for var in sorted(env_vars):
             parts = [p.lower() for p in var[len(ENV_PREFIX) :].split("__")]
             source = f"env {var}"
-            parsed = _parse_env_value(env_vars[var])
+            raw_value = env_vars[var]
             head = parts[0]
+            if head in ignored and len(parts) >= 2:
+                continue
             if len(parts) == 1 and head in schemas[CORE_SECTION]:
-                put(CORE_SECTION, [head], parsed, source, True, head)
+                put(CORE_SECTION, [head], raw_value, source, True, head)
             elif head in schemas and head and len(parts) >= 2:
-                put(head, parts[1:], parsed, source, True, ".".join(parts))
+                put(head, parts[1:], raw_value, source, True, ".".join(parts))
             else:
                 known_env = [ENV_PREFIX + k.upper() for k in schemas[CORE_SECTION]] + [
                     f"{ENV_PREFIX}{s.upper()}__<KEY>" for s in schemas if s
@@ -539,11 +581,8 @@ class Settings:
                     for key, (value, source) in kv.items():
                         shown = f"{name}.{kind}.{target}.{key}"
                         rows.append(Setting(shown, mask_secret(value, schemas[name][key].secret), source, ""))
-                    # Validate each override on top of the section now, not at the first call.
-                    _construct(
-                        options_cls, {**base_values, **plain[kind][target]}, f"{name}.{kind}.{target}", file_label
-                    )
             built[name] = Section(name, options_cls, base_values, plain)
+            built[name].validate(file_label)
         return cls(core, built, rows, file)
 
 

@@ -22,6 +22,7 @@ from a provider's exception text, so it cannot carry a prompt or a secret.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -37,6 +38,13 @@ __all__ = [
 ]
 
 PROBLEM_TYPE_BASE = "urn:resilient:problem:"
+
+_URL_PASSWORD_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@")
+
+
+def redact_url_passwords(text: str) -> str:
+    """Replace the password of every ``scheme://user:password@host`` in ``text`` with ``****``."""
+    return _URL_PASSWORD_RE.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:****@", text)
 
 
 class ResilientError(Exception):
@@ -181,13 +189,16 @@ class ConfigurationError(ValueError):
         source: str | None = None,
         suggestions: Sequence[str] = (),
     ) -> None:
+        shown = repr(value)
+        redacted = redact_url_passwords(shown)
         self.key = key
-        self.value = value
+        #: The bad value, or its redacted text when it held a password in a URL.
+        self.value = value if redacted == shown else redacted
         self.allowed = allowed
         self.source = source
         where = f" (from {source})" if source else ""
         hint = f"; did you mean {' or '.join(repr(s) for s in suggestions)}?" if suggestions else ""
-        super().__init__(f"{key} = {value!r}{where}: {allowed}{hint}")
+        super().__init__(f"{key} = {redacted}{where}: {redact_url_passwords(allowed)}{hint}")
 
 
 class PluginError(RuntimeError):

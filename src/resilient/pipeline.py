@@ -105,7 +105,7 @@ class Pipeline:
                 if name in CoreOptions.__dataclass_fields__:
                     raise PluginError(plugin, f"configuration section {name!r} clashes with a core key")
                 sections[name] = cls
-        self.settings: Settings = Settings.build(raw, file, env_vars, sections)
+        self.settings: Settings = Settings.build(raw, file, env_vars, sections, ignore=core.disable)
 
         base = Runtime(settings=self.settings, clock=clock or SYSTEM_CLOCK)
         if random is not None:

@@ -19,7 +19,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from .call import Call, Outcome, Target
 from .clock import SYSTEM_CLOCK, Clock
@@ -80,8 +80,10 @@ class Policy:
     :class:`Order`).
     """
 
-    name: ClassVar[str] = ""
-    order: ClassVar[int] = Order.INNERMOST
+    # Plain attributes, not ClassVars: a class may set them for all its
+    # instances, or one instance may set its own (two breakers with two names).
+    name: str = ""
+    order: int = Order.INNERMOST
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:
         """Wrap a sync handler. Return ``nxt`` to stay out of the chain."""

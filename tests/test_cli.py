@@ -1,0 +1,378 @@
+"""The ``resilient`` command: ``plugins`` and ``config``."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from resilient import __version__
+from resilient.cli import main
+
+RESILIENT_SCRIPT = Path(sys.executable).parent / "resilient"
+PASSWORD = "hunter2"
+
+AddDist = Callable[..., None]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in an empty directory with no RESILIENT_* variable from the real environment."""
+    monkeypatch.chdir(tmp_path)
+    for var in list(os.environ):
+        if var.startswith("RESILIENT_"):
+            monkeypatch.delenv(var)
+    return tmp_path
+
+
+@pytest.fixture
+def add_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AddDist]:
+    """Install throwaway distributions (a dist-info and optional module) on sys.path for one test."""
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    modules: list[str] = []
+
+    def add(dist: str, entry_points: dict[str, str], modules_src: dict[str, str] | None = None) -> None:
+        info = site / f"{dist}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[resilient]\n{lines}")
+        for mod, src in (modules_src or {}).items():
+            (site / f"{mod}.py").write_text(textwrap.dedent(src))
+            modules.append(mod)
+        importlib.invalidate_caches()
+
+    yield add
+    for mod in modules:
+        sys.modules.pop(mod, None)
+    importlib.invalidate_caches()
+
+
+EXTRA_PLUGIN = """
+from resilient import Policy, hookimpl
+
+class Extra(Policy):
+    name = "extra_cli_xyz"
+    order = 100
+
+    def wrap(self, nxt, target):
+        return nxt
+
+@hookimpl
+def resilient_policies(runtime):
+    return [Extra()]
+"""
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ---------------------------------------------------------------- plugins
+
+
+def test_plugins_lists_retry_with_hooks_and_policy_order(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "plugins")
+    assert code == 0
+    assert err == ""
+    lines = out.splitlines()
+    retry = next(i for i, line in enumerate(lines) if line.split()[:2] == ["retry", "ok"])
+    assert "entry point resilient_retry" in lines[retry]
+    assert lines[retry + 1].split() == ["hooks:", "resilient_options,", "resilient_policies"]
+    assert "Policy order in force, outermost first:" in out
+    order = lines[lines.index("Policy order in force, outermost first:") + 1 :]
+    assert order[0].strip().startswith("1. retry  (order 400, plugin retry, acts on sync, async, stream, astream)")
+    assert order[-1].strip() == "-> provider call"
+
+
+def test_plugins_json_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "plugins", "--json")
+    assert code == 0
+    data = json.loads(out)
+    retry = next(p for p in data["plugins"] if p["name"] == "retry")
+    assert retry == {
+        "name": "retry",
+        "status": "ok",
+        "source": "entry point resilient_retry",
+        "hooks": ["resilient_options", "resilient_policies"],
+        "error": None,
+    }
+    assert data["policies"] == [
+        {
+            "position": 1,
+            "name": "retry",
+            "order": 400,
+            "plugin": "retry",
+            "kinds": ["sync", "async", "stream", "astream"],
+        }
+    ]
+
+
+def test_plugins_shows_disabled_plugin_and_no_policies(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "resilient.toml").write_text('disable = ["retry"]\n')
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0
+    assert any(line.split()[:2] == ["retry", "disabled"] for line in out.splitlines())
+    assert "(no policies)" in out
+    data = json.loads(run(capsys, "plugins", "--json")[1])
+    assert [p["status"] for p in data["plugins"] if p["name"] == "retry"] == ["disabled"]
+    assert data["policies"] == []
+
+
+def test_plugins_prints_the_order_in_force(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, add_dist: AddDist
+) -> None:
+    add_dist("extra_cli_xyz", {"extra": "extra_cli_xyz"}, {"extra_cli_xyz": EXTRA_PLUGIN})
+    data = json.loads(run(capsys, "plugins", "--json")[1])
+    assert [(p["position"], p["name"], p["plugin"]) for p in data["policies"]] == [
+        (1, "extra_cli_xyz", "extra"),
+        (2, "retry", "retry"),
+    ]
+    assert data["policies"][0]["kinds"] == ["sync"]
+
+    (tmp_path / "resilient.toml").write_text('order = ["retry"]\n')
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0
+    assert out.index("1. retry ") < out.index("2. extra_cli_xyz ")
+
+
+def test_plugins_file_option(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "other.toml").write_text('disable = ["retry"]\n')
+    data = json.loads(run(capsys, "plugins", "--json", "--file", "other.toml")[1])
+    assert data["policies"] == []
+
+
+def test_plugins_with_bad_config_reports_it_and_still_lists(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "resilient.toml").write_text("[retry]\nmax_attempts = 0\n")
+    code, out, err = run(capsys, "plugins")
+    assert code == 2
+    assert "error: retry.max_attempts = 0" in err
+    assert any(line.split()[:2] == ["retry", "ok"] for line in out.splitlines())
+    assert "(no policies)" in out
+
+
+def test_plugin_cli_hook_adds_a_command(capsys: pytest.CaptureFixture[str], add_dist: AddDist) -> None:
+    add_dist(
+        "hello_cli_xyz",
+        {"hello": "hello_cli_xyz"},
+        {
+            "hello_cli_xyz": """
+            from resilient import hookimpl
+
+            def _hello(args):
+                print(f"hello {args.who}")
+                return 3
+
+            @hookimpl
+            def resilient_cli(subparsers):
+                p = subparsers.add_parser("hello")
+                p.add_argument("who")
+                p.set_defaults(func=_hello)
+            """
+        },
+    )
+    code, out, _ = run(capsys, "hello", "world")
+    assert (code, out) == (3, "hello world\n")
+
+
+def test_plugin_cli_hook_that_raises_does_not_break_the_cli(
+    capsys: pytest.CaptureFixture[str], add_dist: AddDist
+) -> None:
+    add_dist(
+        "bad_cli_xyz",
+        {"badcli": "bad_cli_xyz"},
+        {
+            "bad_cli_xyz": """
+            from resilient import hookimpl
+
+            @hookimpl
+            def resilient_cli(subparsers):
+                raise RuntimeError("no commands today")
+            """
+        },
+    )
+    code, out, err = run(capsys, "config")
+    assert code == 0
+    assert "warning: plugin 'badcli' failed to add CLI commands" in err
+    assert "no commands today" in err
+    assert "retry.max_attempts" in out
+
+
+# ---------------------------------------------------------------- config
+
+
+def config_lines(out: str) -> dict[str, tuple[str, str]]:
+    """key -> (value, source) from ``resilient config`` output."""
+    rows: dict[str, tuple[str, str]] = {}
+    for line in out.splitlines()[1:]:
+        key, rest = line.strip().split(" = ", 1)
+        value, source = rest.rsplit("    [", 1)
+        rows[key.strip()] = (value, source.rstrip("]"))
+    return rows
+
+
+def test_config_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "config")
+    assert code == 0
+    assert out.splitlines()[0] == "Configuration file: (none)"
+    rows = config_lines(out)
+    assert rows["retry.max_attempts"] == ("3", "default")
+    assert rows["store"] == ("'memory://'", "default")
+    assert rows["on_plugin_error"] == ("'raise'", "default")
+
+
+def test_config_shows_values_with_sources(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "resilient.toml").write_text('key_prefix = "app:"\n[retry]\nmax_attempts = 5\nbase_delay = "250ms"\n')
+    monkeypatch.setenv("RESILIENT_RETRY__MAX_ATTEMPTS", "6")
+    monkeypatch.setenv("RESILIENT_RETRY__PROVIDERS__ANTHROPIC__MAX_DELAY", "5s")
+    code, out, _ = run(capsys, "config")
+    assert code == 0
+    path = str(tmp_path / "resilient.toml")
+    assert out.splitlines()[0] == f"Configuration file: {path}"
+    rows = config_lines(out)
+    assert rows["key_prefix"] == ("'app:'", path)
+    assert rows["retry.max_attempts"] == ("6", "env RESILIENT_RETRY__MAX_ATTEMPTS")
+    assert rows["retry.base_delay"] == ("0.25", path)
+    assert rows["retry.max_delay"] == ("30.0", "default")
+    assert rows["retry.providers.anthropic.max_delay"] == (
+        "5.0",
+        "env RESILIENT_RETRY__PROVIDERS__ANTHROPIC__MAX_DELAY",
+    )
+
+
+def test_config_masks_store_password(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESILIENT_STORE", f"redis://:{PASSWORD}@localhost:6379/0")
+    code, out, err = run(capsys, "config")
+    assert code == 0
+    assert config_lines(out)["store"] == ("'redis://:****@localhost:6379/0'", "env RESILIENT_STORE")
+    code, json_out, json_err = run(capsys, "config", "--json")
+    assert code == 0
+    assert PASSWORD not in out + err + json_out + json_err
+
+
+def test_config_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "resilient.toml").write_text("[retry]\nmax_attempts = 5\n")
+    code, out, _ = run(capsys, "config", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["file"] == str(tmp_path / "resilient.toml")
+    settings = {s["key"]: s for s in data["settings"]}
+    assert settings["retry.max_attempts"] == {
+        "key": "retry.max_attempts",
+        "value": "5",
+        "source": str(tmp_path / "resilient.toml"),
+    }
+    assert settings["key_prefix"]["source"] == "default"
+
+
+def test_config_file_option(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "resilient.toml").write_text("[retry]\nmax_attempts = 5\n")
+    (tmp_path / "some.toml").write_text("[retry]\nmax_attempts = 8\n")
+    code, out, _ = run(capsys, "config", "--file", "some.toml")
+    assert code == 0
+    assert out.splitlines()[0] == f"Configuration file: {tmp_path / 'some.toml'}"
+    assert config_lines(out)["retry.max_attempts"] == ("8", str(tmp_path / "some.toml"))
+
+
+def test_config_file_option_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "config", "--file", "missing.toml")
+    assert code == 2
+    assert out == ""
+    assert "missing.toml" in err
+    assert "existing TOML file" in err
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragments"),
+    [
+        ("[retry]\nmax_attempts = 0\n", ["retry.max_attempts = 0", "must be >= 1"]),
+        ("[retry]\nmax_attemps = 2\n", ["retry.max_attemps", "did you mean 'max_attempts'"]),
+        ('on_plugin_error = "explode"\n', ["on_plugin_error = 'explode'", "'raise', 'warn'"]),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, toml: str, fragments: list[str]
+) -> None:
+    (tmp_path / "resilient.toml").write_text(toml)
+    code, out, err = run(capsys, "config")
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: ")
+    assert str(tmp_path / "resilient.toml") in err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_bad_env_exits_2(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESILIENT_RETYR__MAX_ATTEMPTS", "2")
+    code, _, err = run(capsys, "config")
+    assert code == 2
+    assert "RESILIENT_RETYR__MAX_ATTEMPTS" in err
+    assert "did you mean" in err
+
+
+# ---------------------------------------------------------------- the program
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys)
+    assert code == 0
+    assert "usage: resilient" in out
+    assert "plugins" in out
+    assert "config" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"resilient {__version__}"
+
+
+def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_console_script_plugins(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(RESILIENT_SCRIPT), "plugins"],
+        cwd=tmp_path,
+        env={},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert any(line.split()[:2] == ["retry", "ok"] for line in result.stdout.splitlines())
+    assert "1. retry" in result.stdout
+
+
+def test_console_script_bad_config_exit_status(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(RESILIENT_SCRIPT), "config"],
+        cwd=tmp_path,
+        env={"RESILIENT_RETRY__MAX_ATTEMPTS": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "retry.max_attempts = 0 (from env RESILIENT_RETRY__MAX_ATTEMPTS)" in result.stderr
