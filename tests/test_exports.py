@@ -61,5 +61,7 @@ def test_testing_exports() -> None:
         "HTTPStatus",
         "Latency",
         "ProviderHTTPError",
+        "RedisServer",
         "ScriptedProvider",
+        "redis_server",
     ]

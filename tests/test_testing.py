@@ -11,7 +11,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from resilient import Pipeline
-from resilient.testing import Chunks, FakeClock, HTTPStatus, Latency, ProviderHTTPError, ScriptedProvider
+from resilient.testing import (
+    Chunks,
+    FakeClock,
+    HTTPStatus,
+    Latency,
+    ProviderHTTPError,
+    RedisServer,
+    ScriptedProvider,
+    redis_server,
+)
 
 
 @given(steps=st.lists(st.floats(0, 1e6), max_size=20))
@@ -105,3 +114,35 @@ def test_pytest_fixtures_are_registered(
     assert pipeline.guard(provider)() == "ok"
     assert fake_clock.sleeps  # the backoff ran on the fake clock
     assert provider.clock is fake_clock
+
+
+def test_redis_store_fixture_is_a_real_private_server(redis_store: RedisServer) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_store.url, socket_timeout=5)
+    try:
+        assert client.ping()
+        info = client.info("server")
+        assert info["tcp_port"] == redis_store.port
+        assert info["process_id"] == redis_store.pid
+        client.set("resilient:test", "1", ex=10)
+        assert client.get("resilient:test") == b"1"
+    finally:
+        client.delete("resilient:test")
+        client.close()
+
+
+def test_redis_server_is_stopped_after_the_block() -> None:
+    import shutil
+    import socket
+
+    from resilient.testing._redis import redis_required
+
+    if shutil.which("redis-server") is None:
+        if redis_required():
+            pytest.fail("RESILIENT_REQUIRE_REDIS is set but redis-server is not installed")
+        pytest.skip("redis-server is not installed")
+    with redis_server() as server:
+        port = server.port
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        pass

@@ -9,6 +9,7 @@ import pytest
 
 from ..pipeline import Pipeline
 from ._clock import FakeClock
+from ._redis import RedisServer, redis_required, redis_server
 from ._scripted import ScriptedProvider
 
 
@@ -51,3 +52,21 @@ def resilient_pipeline(fake_clock: FakeClock) -> Iterator[Callable[..., Pipeline
     yield make
     for pipeline in built:
         pipeline.close()
+
+
+@pytest.fixture(scope="session")
+def redis_store() -> Iterator[RedisServer]:
+    """A throwaway redis-server on a free loopback port for the test session.
+
+    Skips when ``redis-server`` is not installed, unless
+    ``RESILIENT_REQUIRE_REDIS=1`` (as in CI), where it fails instead. Use
+    ``redis_store.url`` as the store URI; flush it between tests if they
+    must not see each other's keys.
+    """
+    try:
+        with redis_server() as server:
+            yield server
+    except FileNotFoundError as exc:
+        if redis_required():
+            pytest.fail(f"RESILIENT_REQUIRE_REDIS is set but {exc}")
+        pytest.skip(str(exc))
