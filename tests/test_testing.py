@@ -144,5 +144,5 @@ def test_redis_server_is_stopped_after_the_block() -> None:
         pytest.skip("redis-server is not installed")
     with redis_server() as server:
         port = server.port
-    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+    with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
         pass
