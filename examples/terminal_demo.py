@@ -1,10 +1,12 @@
 """A guarded call against a provider that fails now and then, in the terminal.
 
 This is what `make demo` runs until the FastAPI example lands. It builds a
-pipeline from the installed plugins (the first-party `retry` plugin comes
-through the `resilient` entry-point group) plus one plugin written right
-here, calls a scripted provider that answers 500, 529 or 429 about a third
-of the time, and prints what the policies did.
+pipeline from the installed plugins (the first-party `quota` and `retry`
+plugins come through the `resilient` entry-point group) plus one plugin
+written right here, calls a scripted provider that answers 500, 529 or 429
+about a third of the time on behalf of two tenants, and prints what the
+policies did: retries recover failures, a 429 pauses the key, and each
+tenant's quota of 10 calls a minute refuses the rest.
 
 Run it with `make demo`, or `python examples/terminal_demo.py`.
 """
@@ -16,7 +18,19 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from resilient import Call, Clock, Event, Handler, Pipeline, Policy, Runtime, Target, hookimpl, request_context
+from resilient import (
+    Call,
+    Clock,
+    Event,
+    Handler,
+    Pipeline,
+    Policy,
+    QuotaExceeded,
+    Runtime,
+    Target,
+    hookimpl,
+    request_context,
+)
 from resilient.testing import HTTPStatus, ProviderHTTPError, ScriptedProvider
 
 CALLS = 24
@@ -62,9 +76,12 @@ class DemoPlugin:
 
     def on_event(self, event: Event) -> None:
         self.events[event.name] += 1
-        fields = {k: getattr(event, k, None) for k in ("attempt", "attempts", "delay", "outcome", "status", "reason")}
+        keys = ("attempt", "attempts", "delay", "outcome", "status", "reason", "limit", "seconds", "source")
+        fields = {k: getattr(event, k, None) for k in keys}
         shown = ", ".join(
-            f"{k}={v:.3f}s" if k == "delay" else f"{k}={v}" for k, v in fields.items() if v is not None and v != ""
+            f"{k}={v:.3f}s" if k in ("delay", "seconds") else f"{k}={v}"
+            for k, v in fields.items()
+            if v is not None and v != ""
         )
         print(f"      event {event.name:<16} {shown}")
 
@@ -76,7 +93,12 @@ def main(clock: Clock | None = None) -> int:
         clock=clock,
         # Short waits so the demo is quick; in production these come from
         # [tool.resilient.retry] in pyproject.toml or RESILIENT_RETRY__* variables.
-        config={"retry": {"max_attempts": 4, "base_delay": "20ms", "max_delay": "200ms"}},
+        config={
+            "retry": {"max_attempts": 4, "base_delay": "20ms", "max_delay": "200ms"},
+            # Each tenant may make 10 calls a minute; when the provider says 429,
+            # calls wait out its retry-after (up to 1 s) instead of hammering it.
+            "quota": {"requests": "10/minute", "wait": True, "max_wait": "1s"},
+        },
     )
     print("Policies in force, outermost first:")
     for i, policy in enumerate(pipeline.policies, 1):
@@ -97,6 +119,9 @@ def main(clock: Clock | None = None) -> int:
         with request_context(tenant="tenant-a" if i % 2 else "tenant-b"):
             try:
                 ask(f"question {i}")
+            except QuotaExceeded as exc:
+                outcome = f"REFUSED by quota: {exc.limit} (retry after {exc.retry_after:.0f}s), provider not called"
+                results["refused"] += 1
             except ProviderHTTPError as exc:
                 outcome = f"FAILED after {provider.calls - before} attempts (HTTP {exc.status_code})"
                 results["failed"] += 1
@@ -113,6 +138,7 @@ def main(clock: Clock | None = None) -> int:
     print(f"  succeeded on the first try: {results['first try']}")
     print(f"  recovered by retry:         {results['recovered by retry']}")
     print(f"  failed after all attempts:  {results['failed']}")
+    print(f"  refused by quota:           {results['refused']}")
     print(f"  events: {dict(demo.events)}")
     print(f"  slowest call including backoff: {slowest * 1000:.0f} ms")
     print("\nTry: .venv/bin/resilient plugins   and   .venv/bin/resilient config")

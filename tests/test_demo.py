@@ -32,10 +32,15 @@ def test_terminal_demo_shows_retries_recovering_failures(capsys: pytest.CaptureF
     ok = numbers["succeeded on the first try"]
     recovered = numbers["recovered by retry"]
     failed = numbers["failed after all attempts"]
-    assert ok + recovered + failed == 24
+    refused = numbers["refused by quota"]
+    assert ok + recovered + failed + refused == 24
     assert recovered > 0, "the demo must show retries at work"
+    # Two tenants alternate, 12 calls each, against 10 requests a minute per tenant.
+    assert refused == 4
+    assert "quota.rejected" in out
     assert numbers["provider requests"] > 24
     assert "retry.scheduled" in out
     assert clock.sleeps, "backoff waits went through the injected clock"
     assert "1. stopwatch" in out
-    assert "2. retry" in out
+    assert "2. quota" in out
+    assert "3. retry" in out

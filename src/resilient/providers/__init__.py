@@ -21,8 +21,9 @@ from typing import Any
 
 from ..call import Outcome
 from ..errors import ResilientError
+from ._usage import usage_from
 
-__all__ = ["classify", "classify_status", "parse_retry_after", "response_headers"]
+__all__ = ["classify", "classify_status", "parse_retry_after", "response_headers", "usage_from"]
 
 _TIMEOUT_NAMES = frozenset({"TimeoutException", "APITimeoutError", "ReadTimeout", "ConnectTimeout"})
 _CONNECTION_NAMES = frozenset(

@@ -1,0 +1,70 @@
+"""Which limits apply to a call, and what it costs: pure, cached per key."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import limits
+
+from resilient import Call, Usage
+
+from ._estimate import estimate_input_tokens, estimate_output_tokens
+from ._options import TOKEN_KINDS, QuotaOptions, parse_limits
+
+__all__ = ["Plan", "actual_tokens", "make_plan", "needed_tokens"]
+
+
+def _part(value: str | None) -> str:
+    # limits joins identifiers with "/": keep a tenant or model from spanning two.
+    return "-" if not value else value.replace("/", "%2F")
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The limits for one (provider, model, tenant) and the identifiers they are counted under."""
+
+    options: QuotaOptions
+    ids: tuple[str, ...]
+    requests: tuple[limits.RateLimitItem, ...]
+    tokens: tuple[tuple[str, limits.RateLimitItem, tuple[str, ...]], ...]
+    pause_key: str
+    label: str
+
+    @property
+    def empty(self) -> bool:
+        return not self.requests and not self.tokens and not self.options.provider_signals
+
+
+def make_plan(options: QuotaOptions, provider: str, model: str | None, tenant: str | None) -> Plan:
+    parts = {"provider": provider, "model": model, "tenant": tenant}
+    ids = ("quota", *(f"{name}={_part(parts[name])}" for name in options.key))
+    tokens = tuple((kind, item, (*ids, kind)) for kind in TOKEN_KINDS for item in parse_limits(getattr(options, kind)))
+    label = "/".join(f"{name}={_part(parts[name])}" for name in options.key) or "global"
+    return Plan(
+        options=options,
+        ids=ids,
+        requests=tuple(parse_limits(options.requests)),
+        tokens=tokens,
+        pause_key="/".join(("pause", *ids)),
+        label=label,
+    )
+
+
+def needed_tokens(plan: Plan, call: Call) -> dict[str, int]:
+    """The reservation for a call: input estimate, output cap, and their sum."""
+    if not plan.tokens:
+        return {}
+    options = plan.options
+    tokens_in = estimate_input_tokens(call.args, call.kwargs, options.chars_per_token)
+    tokens_out = estimate_output_tokens(call.kwargs, options.default_max_tokens)
+    return {"input_tokens": tokens_in, "output_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
+
+
+def actual_tokens(usage: Usage) -> dict[str, int]:
+    """What a call really used, per token kind; input counts cache reads and writes too."""
+    tokens_in = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+    return {
+        "input_tokens": tokens_in,
+        "output_tokens": usage.output_tokens,
+        "total_tokens": tokens_in + usage.output_tokens,
+    }

@@ -1,0 +1,204 @@
+"""The limits storage and limiters behind the quota policy, sync and async.
+
+Everything that counts is the ``limits`` library: its storages (chosen by
+URI) and its strategies. What is written here is the glue: picking sync or
+async storages, the local fallback when the store fails, and moving a
+token reservation to the real usage, which ``limits`` has no call for.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import limits
+import limits.aio.strategies
+import limits.storage
+import limits.strategies
+
+from ._options import Strategy
+
+__all__ = ["AsyncLimiters", "Limiters", "current_window_key"]
+
+_log = logging.getLogger("resilient.quota")
+
+_SYNC: dict[str, type[limits.strategies.RateLimiter]] = {
+    "moving-window": limits.strategies.MovingWindowRateLimiter,
+    "fixed-window": limits.strategies.FixedWindowRateLimiter,
+    "sliding-window-counter": limits.strategies.SlidingWindowCounterRateLimiter,
+}
+_ASYNC: dict[str, Any] = {
+    "moving-window": limits.aio.strategies.MovingWindowRateLimiter,
+    "fixed-window": limits.aio.strategies.FixedWindowRateLimiter,
+    "sliding-window-counter": limits.aio.strategies.SlidingWindowCounterRateLimiter,
+}
+
+
+def _is_memory(uri: str) -> bool:
+    return uri.split("://", 1)[0] in ("memory", "async+memory")
+
+
+def _redis_options(uri: str, prefix: str) -> dict[str, Any]:
+    scheme = uri.split("://", 1)[0]
+    if "redis" in scheme or "valkey" in scheme:
+        # Keys carry the app's prefix, so two apps sharing one Redis never collide.
+        return {"key_prefix": f"{prefix}quota", "socket_timeout": 2, "socket_connect_timeout": 2}
+    return {}
+
+
+def current_window_key(storage: Any, item: limits.RateLimitItem, key: str) -> str | None:
+    """The storage key holding the current window of a sliding-window counter.
+
+    ``limits`` keeps it per storage: timestamped keys in memory, a
+    ``{key}`` that shifts to ``{key}/-1`` in Redis. ``None`` when the storage
+    is of a kind not known here (then reservations are not reconciled).
+    """
+    keys = getattr(storage, "sliding_window_keys", None)
+    if keys is not None:
+        return str(keys(key, item.get_expiry(), time.time())[1])
+    current = getattr(storage, "_current_window_key", None)
+    if current is not None:
+        return str(current(key))
+    return None
+
+
+class Limiters:
+    """Sync limiters on the configured storage, and on a local memory fallback."""
+
+    def __init__(self, uri: str, prefix: str) -> None:
+        self.uri = uri
+        storage = limits.storage.storage_from_string(uri, wrap_exceptions=True, **_redis_options(uri, prefix))
+        if not isinstance(storage, limits.storage.Storage):
+            raise ValueError(f"quota store {uri!r} is an async-only storage; give its sync URI")
+        self.storage = storage
+        self.local = limits.storage.MemoryStorage()
+        self._by_strategy = {name: cls(self.storage) for name, cls in _SYNC.items()}
+        self._local_by_strategy = {name: cls(self.local) for name, cls in _SYNC.items()}
+
+    def limiter(self, strategy: Strategy, local: bool) -> limits.strategies.RateLimiter:
+        return (self._local_by_strategy if local else self._by_strategy)[strategy]
+
+    def adjust(
+        self, strategy: Strategy, item: limits.RateLimitItem, ids: tuple[str, ...], delta: int, local: bool
+    ) -> None:
+        """Move a token reservation by ``delta`` (positive: more used; negative: refund)."""
+        storage = self.local if local else self.storage
+        key = item.key_for(*ids)
+        if strategy == "sliding-window-counter":
+            window = current_window_key(storage, item, key)
+            if window is None:
+                return
+            key, expiry = window, 2 * item.get_expiry()
+        else:
+            expiry = item.get_expiry()
+        if delta < 0:
+            # Never refund more than the window holds: after the window rolled,
+            # the reservation is gone with it and a refund would credit the next one.
+            delta = -min(-delta, max(storage.get(key), 0))
+            if delta == 0:
+                return
+        storage.incr(key, expiry, amount=delta)
+
+    def pause_get(self, key: str, local: bool) -> float:
+        """Seconds a shared pause key has left, 0 when not paused."""
+        storage = self.local if local else self.storage
+        if storage.get(key) <= 0:
+            return 0.0
+        return max(storage.get_expiry(key) - time.time(), 0.0)
+
+    def pause_set(self, key: str, seconds: float, local: bool) -> None:
+        """Pause ``key`` for ``seconds`` (whole seconds, rounded up): a counter that expires then."""
+        storage = self.local if local else self.storage
+        if storage.get(key) > 0:
+            storage.clear(key)  # a new signal replaces the old pause
+        storage.incr(key, max(int(seconds + 0.999), 1))
+
+    def close(self) -> None:
+        reset = getattr(self.storage, "get_connection", None)
+        if reset is not None:
+            try:
+                reset().close()
+            except Exception:  # pragma: no cover - closing a dead connection
+                _log.debug("closing the quota store failed", exc_info=True)
+
+
+class AsyncLimiters:
+    """Async limiters: ``limits.aio`` for network stores; the sync ones for memory.
+
+    In-memory counting does no I/O, so async calls use the very same sync
+    memory storage as sync calls and the two share one count.
+    """
+
+    def __init__(self, sync: Limiters, prefix: str) -> None:
+        self.sync = sync
+        self.in_memory = _is_memory(sync.uri)
+        self.storage: Any = None
+        self._by_strategy: dict[str, Any] = {}
+        if not self.in_memory:
+            options = _redis_options(sync.uri, prefix)
+            if "redis" in sync.uri.split("://", 1)[0]:
+                options["implementation"] = "redispy"
+            # One factory for both: an "async+" scheme gives the limits.aio storage.
+            self.storage = limits.storage.storage_from_string("async+" + sync.uri, wrap_exceptions=True, **options)
+            self._by_strategy = {name: cls(self.storage) for name, cls in _ASYNC.items()}
+
+    async def hit(
+        self, strategy: Strategy, item: limits.RateLimitItem, ids: tuple[str, ...], cost: int, local: bool
+    ) -> bool:
+        if self.in_memory or local:
+            return self.sync.limiter(strategy, local).hit(item, *ids, cost=cost)
+        return bool(await self._by_strategy[strategy].hit(item, *ids, cost=cost))
+
+    async def reset_at(
+        self, strategy: Strategy, item: limits.RateLimitItem, ids: tuple[str, ...], local: bool
+    ) -> float:
+        if self.in_memory or local:
+            return float(self.sync.limiter(strategy, local).get_window_stats(item, *ids).reset_time)
+        stats = await self._by_strategy[strategy].get_window_stats(item, *ids)
+        return float(stats.reset_time)
+
+    async def adjust(
+        self, strategy: Strategy, item: limits.RateLimitItem, ids: tuple[str, ...], delta: int, local: bool
+    ) -> None:
+        if self.in_memory or local:
+            self.sync.adjust(strategy, item, ids, delta, local)
+            return
+        key = item.key_for(*ids)
+        if strategy == "sliding-window-counter":
+            window = current_window_key(self.storage, item, key)
+            if window is None:
+                return
+            key, expiry = window, 2 * item.get_expiry()
+        else:
+            expiry = item.get_expiry()
+        if delta < 0:
+            delta = -min(-delta, max(int(await self.storage.get(key)), 0))
+            if delta == 0:
+                return
+        await self.storage.incr(key, expiry, amount=delta)
+
+    async def aclose(self) -> None:
+        """Close the async client's connections (they belong to the running event loop)."""
+        bridge = getattr(self.storage, "bridge", None)
+        client = getattr(bridge, "storage", None)
+        close = getattr(client, "aclose", None) or getattr(client, "close", None)
+        if close is not None:
+            await close()
+
+    async def pause_get(self, key: str, local: bool) -> float:
+        """Seconds a shared pause key has left, 0 when not paused."""
+        if self.in_memory or local:
+            storage = self.sync.local if local else self.sync.storage
+            return max(storage.get_expiry(key) - time.time(), 0.0) if storage.get(key) > 0 else 0.0
+        if int(await self.storage.get(key)) <= 0:
+            return 0.0
+        return max(float(await self.storage.get_expiry(key)) - time.time(), 0.0)
+
+    async def pause_set(self, key: str, seconds: float, local: bool) -> None:
+        if self.in_memory or local:
+            self.sync.pause_set(key, seconds, local)
+            return
+        if int(await self.storage.get(key)) > 0:
+            await self.storage.clear(key)
+        await self.storage.incr(key, max(int(seconds + 0.999), 1))

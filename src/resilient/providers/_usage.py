@@ -1,0 +1,65 @@
+"""Token usage read from provider responses, by duck typing (no SDK imported)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..call import Usage
+
+__all__ = ["usage_from"]
+
+
+def _get(obj: Any, name: str) -> Any:
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def usage_from(response: Any) -> Usage | None:
+    """The :class:`~resilient.Usage` of a response, or ``None`` when it carries none.
+
+    Reads anthropic ``Message.usage`` (``input_tokens``, ``output_tokens``,
+    ``cache_read_input_tokens``, ``cache_creation_input_tokens``), openai
+    ``ChatCompletion.usage`` (``prompt_tokens``, ``completion_tokens``, with
+    cached prompt tokens split out), Gemini ``usage_metadata``
+    (``prompt_token_count``, ``candidates_token_count``,
+    ``cached_content_token_count``), and the dict forms of each; also the
+    anthropic stream events ``message_start`` (``message.usage``) and
+    ``message_delta`` (``usage``).
+    """
+    usage = _get(response, "usage")
+    if usage is None:
+        message = _get(response, "message")  # anthropic message_start event
+        usage = _get(message, "usage") if message is not None else None
+    if usage is None:
+        meta = _get(response, "usage_metadata")
+        if meta is not None:
+            cached = _int(_get(meta, "cached_content_token_count"))
+            return Usage(
+                input_tokens=max(_int(_get(meta, "prompt_token_count")) - cached, 0),
+                output_tokens=_int(_get(meta, "candidates_token_count")),
+                cache_read_tokens=cached,
+            )
+        return None
+    if _get(usage, "prompt_tokens") is not None or _get(usage, "completion_tokens") is not None:
+        details = _get(usage, "prompt_tokens_details")
+        cached = _int(_get(details, "cached_tokens")) if details is not None else 0
+        return Usage(
+            input_tokens=max(_int(_get(usage, "prompt_tokens")) - cached, 0),
+            output_tokens=_int(_get(usage, "completion_tokens")),
+            cache_read_tokens=cached,
+        )
+    fields = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+    if all(_get(usage, f) is None for f in fields):
+        return None
+    return Usage(
+        input_tokens=_int(_get(usage, "input_tokens")),
+        output_tokens=_int(_get(usage, "output_tokens")),
+        cache_read_tokens=_int(_get(usage, "cache_read_input_tokens")),
+        cache_write_tokens=_int(_get(usage, "cache_creation_input_tokens")),
+    )
