@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,11 +17,11 @@ from resilient.testing import HTTPStatus, ProviderHTTPError, RedisServer, Script
 
 
 @pytest.fixture
-def redis_url(redis_store: RedisServer) -> Iterator[str]:
+def redis_url(redis_store: RedisServer) -> str:
     client = redis.Redis.from_url(redis_store.url)
     client.flushdb()
     client.close()
-    yield redis_store.url
+    return redis_store.url
 
 
 def build(url: str, **quota: Any) -> Pipeline:
