@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -79,54 +80,124 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+# The first-party plugins and what they contribute with the default configuration. More
+# first-party plugins may be discovered too: the tests check these, not the complete list.
+FIRST_PARTY_HOOKS = {
+    "quota": ["resilient_cli", "resilient_options", "resilient_policies"],
+    "retry": ["resilient_options", "resilient_policies"],
+}
+ALL_KINDS = ["sync", "async", "stream", "astream"]
+
+POLICY_LINE = re.compile(r"(\d+)\. (\S+)  \(order (-?\d+), plugin (\S+), acts on (.*)\)")
+PolicyRow = tuple[int, str, int, str, str]
+
+
+def policy_rows(out: str) -> list[PolicyRow]:
+    """(position, name, order, plugin, kinds) for each line of the printed policy order."""
+    lines = [line.strip() for line in out.splitlines()]
+    start = lines.index("Policy order in force, outermost first:") + 1
+    end = lines.index("-> provider call", start)
+    rows: list[PolicyRow] = []
+    for line in lines[start:end]:
+        match = POLICY_LINE.fullmatch(line)
+        assert match, line
+        rows.append((int(match[1]), match[2], int(match[3]), match[4], match[5]))
+    return rows
+
+
+def assert_in_policy_order(rows: list[tuple[int, str, int]]) -> None:
+    """(position, name, order) rows numbered 1..n, outermost first by ``Policy.order`` then name."""
+    assert [position for position, _, _ in rows] == list(range(1, len(rows) + 1))
+    assert [(order, name) for _, name, order in rows] == sorted((order, name) for _, name, order in rows)
+    names = [name for _, name, _ in rows]
+    # quota admits once per call; retry repeats attempts; quota_signals sees every attempt's failure.
+    assert names.index("quota") < names.index("retry") < names.index("quota_signals")
+
+
 # ---------------------------------------------------------------- plugins
 
 
-def test_plugins_lists_retry_with_hooks_and_policy_order(capsys: pytest.CaptureFixture[str]) -> None:
+def test_plugins_lists_first_party_plugins_with_hooks_and_policy_order(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "plugins")
     assert code == 0
     assert err == ""
     lines = out.splitlines()
-    retry = next(i for i, line in enumerate(lines) if line.split()[:2] == ["retry", "ok"])
-    assert "entry point resilient_retry" in lines[retry]
-    assert lines[retry + 1].split() == ["hooks:", "resilient_options,", "resilient_policies"]
+    for name, hooks in FIRST_PARTY_HOOKS.items():
+        found = [i for i, line in enumerate(lines) if line.split()[:2] == [name, "ok"]]
+        assert len(found) == 1, out
+        assert lines[found[0]].split()[2:] == ["entry", "point", f"resilient_{name}"]
+        assert lines[found[0] + 1].strip() == f"hooks: {', '.join(hooks)}"
     assert "Policy order in force, outermost first:" in out
-    order = lines[lines.index("Policy order in force, outermost first:") + 1 :]
-    assert order[0].strip().startswith("1. retry  (order 400, plugin retry, acts on sync, async, stream, astream)")
-    assert order[-1].strip() == "-> provider call"
+    assert lines[-1].strip() == "-> provider call"
+    rows = policy_rows(out)
+    assert_in_policy_order([r[:3] for r in rows])
+    by_name = {r[1]: r for r in rows}
+    assert by_name["retry"][2:] == (400, "retry", ", ".join(ALL_KINDS))
+    assert by_name["quota"][2:] == (300, "quota", ", ".join(ALL_KINDS))
+    assert by_name["quota_signals"][2:4] == (450, "quota")
 
 
 def test_plugins_json_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "plugins", "--json")
     assert code == 0
     data = json.loads(out)
-    retry = next(p for p in data["plugins"] if p["name"] == "retry")
-    assert retry == {
+    assert set(data) == {"plugins", "policies"}
+    for name, hooks in FIRST_PARTY_HOOKS.items():
+        assert [p for p in data["plugins"] if p["name"] == name] == [
+            {
+                "name": name,
+                "status": "ok",
+                "source": f"entry point resilient_{name}",
+                "hooks": hooks,
+                "error": None,
+            }
+        ]
+    policies = data["policies"]
+    assert all(set(p) == {"position", "name", "order", "plugin", "kinds"} for p in policies)
+    assert_in_policy_order([(p["position"], p["name"], p["order"]) for p in policies])
+    by_name = {p["name"]: p for p in policies}
+    assert by_name["retry"] == {
+        "position": by_name["retry"]["position"],
         "name": "retry",
-        "status": "ok",
-        "source": "entry point resilient_retry",
-        "hooks": ["resilient_options", "resilient_policies"],
-        "error": None,
+        "order": 400,
+        "plugin": "retry",
+        "kinds": ALL_KINDS,
     }
-    assert data["policies"] == [
-        {
-            "position": 1,
-            "name": "retry",
-            "order": 400,
-            "plugin": "retry",
-            "kinds": ["sync", "async", "stream", "astream"],
-        }
-    ]
+    assert by_name["quota"] == {
+        "position": by_name["quota"]["position"],
+        "name": "quota",
+        "order": 300,
+        "plugin": "quota",
+        "kinds": ALL_KINDS,
+    }
+    assert (by_name["quota_signals"]["order"], by_name["quota_signals"]["plugin"]) == (450, "quota")
 
 
 def test_plugins_shows_disabled_plugin_and_no_policies(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "resilient.toml").write_text('disable = ["retry"]\n')
     code, out, _ = run(capsys, "plugins")
     assert code == 0
-    assert any(line.split()[:2] == ["retry", "disabled"] for line in out.splitlines())
-    assert "(no policies)" in out
+    lines = out.splitlines()
+    assert any(line.split()[:2] == ["retry", "disabled"] for line in lines)
+    assert any(line.split()[:2] == ["quota", "ok"] for line in lines)  # the others still load
+    assert "retry" not in [r[1] for r in policy_rows(out)]
     data = json.loads(run(capsys, "plugins", "--json")[1])
     assert [p["status"] for p in data["plugins"] if p["name"] == "retry"] == ["disabled"]
+    assert [p["status"] for p in data["plugins"] if p["name"] == "quota"] == ["ok"]
+    assert data["policies"] != []
+    assert all(p["name"] != "retry" and p["plugin"] != "retry" for p in data["policies"])
+
+    # With every plugin found disabled, none contributes a policy.
+    everyone = [p["name"] for p in data["plugins"]]
+    assert set(everyone) >= set(FIRST_PARTY_HOOKS)
+    (tmp_path / "resilient.toml").write_text(f"disable = {json.dumps(everyone)}\n")
+    code, out, _ = run(capsys, "plugins")
+    assert code == 0
+    assert "(no policies)" in out
+    for name in everyone:
+        assert any(line.split()[:2] == [name, "disabled"] for line in out.splitlines())
+    data = json.loads(run(capsys, "plugins", "--json")[1])
+    assert [(p["name"], p["status"]) for p in data["plugins"]] == [(n, "disabled") for n in everyone]
     assert data["policies"] == []
 
 
@@ -135,11 +206,12 @@ def test_plugins_prints_the_order_in_force(
 ) -> None:
     add_dist("extra_cli_xyz", {"extra": "extra_cli_xyz"}, {"extra_cli_xyz": EXTRA_PLUGIN})
     data = json.loads(run(capsys, "plugins", "--json")[1])
-    assert [(p["position"], p["name"], p["plugin"]) for p in data["policies"]] == [
-        (1, "extra_cli_xyz", "extra"),
-        (2, "retry", "retry"),
-    ]
-    assert data["policies"][0]["kinds"] == ["sync"]
+    policies = data["policies"]
+    # order 100 puts it outermost, ahead of every first-party policy.
+    assert (policies[0]["position"], policies[0]["name"], policies[0]["plugin"]) == (1, "extra_cli_xyz", "extra")
+    assert policies[0]["kinds"] == ["sync"]
+    assert ("retry", "retry") in [(p["name"], p["plugin"]) for p in policies]
+    assert_in_policy_order([(p["position"], p["name"], p["order"]) for p in policies])
 
     (tmp_path / "resilient.toml").write_text('order = ["retry"]\n')
     code, out, _ = run(capsys, "plugins")
@@ -149,8 +221,13 @@ def test_plugins_prints_the_order_in_force(
 
 def test_plugins_file_option(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     (tmp_path / "other.toml").write_text('disable = ["retry"]\n')
+    default = json.loads(run(capsys, "plugins", "--json")[1])
+    assert "retry" in [p["name"] for p in default["policies"]]
     data = json.loads(run(capsys, "plugins", "--json", "--file", "other.toml")[1])
-    assert data["policies"] == []
+    assert [p["status"] for p in data["plugins"] if p["name"] == "retry"] == ["disabled"]
+    # Only retry is gone; the rest keep their order, renumbered.
+    assert [p["name"] for p in data["policies"]] == [p["name"] for p in default["policies"] if p["name"] != "retry"]
+    assert [p["position"] for p in data["policies"]] == list(range(1, len(data["policies"]) + 1))
 
 
 def test_plugins_with_bad_config_reports_it_and_still_lists(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -360,8 +437,10 @@ def test_console_script_plugins(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert any(line.split()[:2] == ["retry", "ok"] for line in result.stdout.splitlines())
-    assert "1. retry" in result.stdout
+    for name in FIRST_PARTY_HOOKS:
+        assert any(line.split()[:2] == [name, "ok"] for line in result.stdout.splitlines())
+    rows = policy_rows(result.stdout)
+    assert_in_policy_order([r[:3] for r in rows])
 
 
 def test_console_script_bad_config_exit_status(tmp_path: Path) -> None:

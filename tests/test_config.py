@@ -580,7 +580,7 @@ def test_duration_options_in_file(tmp_path: Path, value: object, seconds: float)
 def test_bad_duration_names_what_is_allowed(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as info:
         load(tmp_path, config={"retry": {"base_delay": "soon"}})
-    assert str(info.value).startswith("retry.base_delay = 'soon' (from config=): must be duration")
+    assert str(info.value).startswith("retry.base_delay = 'soon' (from config=): must be a finite duration")
     assert "'250ms'" in str(info.value)
 
 
@@ -641,7 +641,7 @@ def test_env_list(tmp_path: Path, text: str, expected: tuple[str, ...]) -> None:
 
 
 def test_file_list_must_be_a_list(tmp_path: Path) -> None:
-    with pytest.raises(ConfigurationError, match=r"disable = 'a,b' .*must be a list of a string"):
+    with pytest.raises(ConfigurationError, match=r"disable = 'a,b' .*must be a list, each item a string"):
         load(tmp_path, config={"disable": "a,b"})
 
 
@@ -816,3 +816,44 @@ def test_pipeline_config_mapping_is_validated_even_without_plugins(tmp_path: Pat
     # Without the retry plugin there is no retry section: its keys are unknown.
     with pytest.raises(ConfigurationError, match="unknown key or section"):
         Pipeline(discover=False, config={"retry": {"max_attempts": 2}}, env={}, cwd=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("config", "env"),
+    [
+        ({"retry": {"base_delay": float("inf")}}, {}),
+        ({"retry": {"max_delay": float("nan")}}, {}),
+        ({}, {"RESILIENT_RETRY__DEADLINE": "1e400"}),
+        ({}, {"RESILIENT_RETRY__BASE_DELAY": "inf"}),
+    ],
+)
+def test_non_finite_numbers_are_refused(tmp_path: Path, config: dict[str, Any], env: dict[str, str]) -> None:
+    with pytest.raises(ConfigurationError, match="finite"):
+        load(tmp_path, config=config, env=env)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"retry": {"api_kee": "sk-SECRET1"}},
+        {"nosuchsection": {"token": "sk-SECRET1"}},
+        {"retry": {"providers": {"x": {"api_kee": "sk-SECRET1"}}}},
+        {"store": "redis://h:6379/0?password=sk-SECRET1"},
+        {"stor": "redis://h:6379/0?password=sk-SECRET1"},
+    ],
+)
+def test_values_under_unknown_keys_are_never_echoed(tmp_path: Path, config: dict[str, Any]) -> None:
+    try:
+        settings = load(tmp_path, config=config)
+    except ConfigurationError as exc:
+        assert "SECRET1" not in str(exc)
+        assert "SECRET1" not in repr(exc.value)
+    else:
+        assert all("SECRET1" not in row.value for row in settings.describe())
+
+
+def test_override_kind_must_be_a_table_of_tables(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match=r"retry\.providers = \(value not shown\).*one per provider"):
+        load(tmp_path, config={"retry": {"providers": 5}})
+    with pytest.raises(ConfigurationError, match=r"retry\.providers\.anthropic"):
+        load(tmp_path, config={"retry": {"providers": {"anthropic": 5}}})

@@ -581,3 +581,77 @@ def test_close_reaches_every_policy_and_survives_failures() -> None:
 def test_guard_rejects_a_non_callable() -> None:
     with pytest.raises(TypeError, match="callable"):
         build().guard(42)  # type: ignore[call-overload]
+
+
+def test_kind_is_detected_through_functools_wraps() -> None:
+    import functools
+
+    def logged(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def inner(*a: Any, **kw: Any) -> Any:
+            return fn(*a, **kw)
+
+        return inner
+
+    @logged
+    async def create() -> str:
+        return "x"
+
+    guarded = build(*NOOPS).guard(create)
+    assert guarded.target.kind == "async"
+    assert asyncio.run(guarded()) == "x"
+
+
+def test_astream_kind_on_a_coroutine_returning_an_async_iterator() -> None:
+    """The SDK shape: ``return await client.messages.create(stream=True)``."""
+    watcher = Watcher()
+
+    async def chunks() -> AsyncIterator[int]:
+        for i in range(3):
+            yield i
+
+    async def create() -> AsyncIterator[int]:
+        await asyncio.sleep(0)
+        return chunks()
+
+    async def collect(pipeline: Pipeline) -> list[int]:
+        return [c async for c in pipeline.guard(kind="astream")(create)()]
+
+    assert asyncio.run(collect(build())) == [0, 1, 2]
+    assert asyncio.run(collect(build(watcher))) == [0, 1, 2]
+    assert watcher.ends == [SUCCESS]
+
+
+def test_sync_stream_failing_before_its_first_chunk_reaches_end_watchers() -> None:
+    watcher = Watcher()
+
+    class Refuse(Policy):
+        name = "refuse"
+        order = 2000  # inside the watcher, which registers first
+
+        def wrap_stream(self, nxt: StreamHandler, target: Target) -> StreamHandler:
+            def handler(call: Call) -> Any:
+                raise ProviderHTTPError(503)
+
+            return handler
+
+    def gen() -> Iterator[int]:
+        yield 1
+
+    with pytest.raises(ProviderHTTPError):
+        next(build(watcher, Refuse()).guard(gen)())
+    assert [o.kind for o in watcher.ends] == ["server_error"]
+
+
+def test_generator_return_value_survives_the_chain() -> None:
+    def gen() -> Any:
+        yield 1
+        return "done"
+
+    def outer() -> Any:
+        result = yield from guarded()
+        yield result
+
+    for pipeline in (build(), build(*NOOPS), Pipeline(env={}, config={"disable": ["quota"]})):
+        guarded = pipeline.guard(gen)
+        assert list(outer()) == [1, "done"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import sys
 import types
 from collections.abc import Callable, Iterator, Sequence
@@ -28,6 +29,10 @@ AddDist = Callable[..., None]
 def build(*plugins: object, **kwargs: Any) -> Pipeline:
     kwargs.setdefault("config", {})
     return Pipeline(plugins=list(plugins), discover=False, env={}, **kwargs)
+
+
+def policy_names(pipeline: Pipeline) -> list[str]:
+    return [p.name for p in pipeline.policies]
 
 
 def info_of(pipeline: Pipeline, name: str) -> Any:
@@ -111,10 +116,14 @@ def test_explicit_class_plugin_is_instantiated() -> None:
 
 
 def test_explicit_plugins_add_to_discovered_ones() -> None:
+    discovered = Pipeline(env={}, config={})
+    assert {"quota", "retry"} <= {i.name for i in discovered.plugins}
+    assert {"quota", "quota_signals", "retry"} <= set(policy_names(discovered))
     pipeline = Pipeline(plugins=[Contribute(Noop("mine"))], env={}, config={})
-    assert {i.name for i in pipeline.plugins} >= {"retry", "test-policies"}
-    assert sorted(p.name for p in pipeline.policies) == ["mine", "retry"]
+    assert {i.name for i in pipeline.plugins} == {i.name for i in discovered.plugins} | {"test-policies"}
+    assert sorted(policy_names(pipeline)) == sorted([*policy_names(discovered), "mine"])
     assert pipeline.plugin_of(next(p for p in pipeline.policies if p.name == "retry")) == "retry"
+    assert pipeline.plugin_of(next(p for p in pipeline.policies if p.name == "mine")) == "test-policies"
 
 
 def test_first_party_retry_can_be_registered_explicitly() -> None:
@@ -338,6 +347,8 @@ def test_policies_hook_returning_a_non_policy_is_an_error() -> None:
 
 
 def test_entry_point_that_fails_to_import(add_dist: AddDist, caplog: pytest.LogCaptureFixture) -> None:
+    healthy = policy_names(Pipeline(env={}, config={}))  # what the first-party plugins contribute
+    assert "retry" in healthy
     add_dist("broken_plugin_xyz", {"broken": "no_such_module_xyz"})
     with pytest.raises(PluginError) as info:
         Pipeline(env={}, config={})
@@ -346,7 +357,7 @@ def test_entry_point_that_fails_to_import(add_dist: AddDist, caplog: pytest.LogC
     assert "no_such_module_xyz" in str(info.value)
 
     pipeline = Pipeline(env={}, config={"on_plugin_error": "warn"})
-    assert [p.name for p in pipeline.policies] == ["retry"]
+    assert policy_names(pipeline) == healthy
     broken = info_of(pipeline, "broken")
     assert broken.error is not None
     assert broken.error.startswith("failed to load: ModuleNotFoundError")
@@ -356,7 +367,7 @@ def test_entry_point_that_fails_to_import(add_dist: AddDist, caplog: pytest.LogC
 
     pipeline = Pipeline(env={}, config={"disable": ["broken"]})
     assert info_of(pipeline, "broken").disabled
-    assert [p.name for p in pipeline.policies] == ["retry"]
+    assert policy_names(pipeline) == healthy
 
 
 def test_entry_point_that_fails_to_import_in_the_cli(
@@ -373,7 +384,10 @@ def test_entry_point_that_fails_to_import_in_the_cli(
     assert lines[broken].split()[:2] == ["broken", "BROKEN"]
     assert "ModuleNotFoundError: No module named 'no_such_module_xyz'" in lines[broken + 1]
     assert any(line.split()[:2] == ["retry", "ok"] for line in lines)
-    assert any(line.strip().startswith("1. retry ") for line in lines)
+    assert any(line.split()[:2] == ["quota", "ok"] for line in lines)
+    # The policy order is still printed, numbered from 1, with retry in it.
+    assert any(line.strip().startswith("1. ") for line in lines)
+    assert any(re.fullmatch(r"\d+\. retry  \(order 400, plugin retry, .*\)", line.strip()) for line in lines)
 
 
 def test_entry_point_raising_on_import(add_dist: AddDist) -> None:
@@ -410,33 +424,52 @@ def test_order_setting_against_the_retry_plugin() -> None:
     outer = Named("outer", order=100)
     inner = Named("inner", order=900)
     pipeline = Pipeline(plugins=[Contribute(outer, inner)], env={}, config={})
-    assert [p.name for p in pipeline.policies] == ["outer", "retry", "inner"]
+    default = policy_names(pipeline)
+    # By Policy.order: outer (100) outside every first-party policy, inner (900) inside them all.
+    assert default[0] == "outer"
+    assert default[-1] == "inner"
+    assert "retry" in default
+    assert [p.order for p in pipeline.policies] == sorted(p.order for p in pipeline.policies)
+
     pipeline = Pipeline(plugins=[Contribute(outer, inner)], env={"RESILIENT_ORDER": "inner,retry"}, config={})
-    assert [p.name for p in pipeline.policies] == ["inner", "retry", "outer"]
+    names = policy_names(pipeline)
+    # The listed ones first, as listed; the rest after them in their default order.
+    assert names[:2] == ["inner", "retry"]
+    assert names[2:] == [n for n in default if n not in ("inner", "retry")]
+    assert names[2] == "outer"
 
 
 def test_unknown_name_in_order_is_a_configuration_error() -> None:
+    first_party = policy_names(Pipeline(env={}, config={}))
+    assert {"quota", "quota_signals", "retry"} <= set(first_party)
+    # "mine" is an explicit policy: known, so only the misspelt name is refused.
     with pytest.raises(ConfigurationError) as info:
-        Pipeline(plugins=[Contribute(Named("cache"))], env={}, config={"order": ["cache", "retyr"]})
+        Pipeline(plugins=[Contribute(Named("mine"))], env={}, config={"order": ["mine", "retyr"]})
     err = info.value
     assert err.key == "order"
     message = str(err)
     assert "'retyr' is not a policy" in message
     assert "did you mean 'retry'" in message
-    assert "cache, retry" in message  # the known policies
+    # The known policies: every policy contributed, explicit and first-party, sorted.
+    assert f"known: {', '.join(sorted([*first_party, 'mine']))}" in message
 
 
 def test_disable_retry_removes_it() -> None:
+    without_retry = [n for n in policy_names(Pipeline(env={}, config={})) if n != "retry"]
     pipeline = Pipeline(env={}, config={"disable": ["retry"]})
-    assert pipeline.policies == ()
+    assert policy_names(pipeline) == without_retry
     assert info_of(pipeline, "retry").disabled
+    assert info_of(pipeline, "quota").ok
     pipeline = Pipeline(env={"RESILIENT_DISABLE": "retry"}, config={})
-    assert pipeline.policies == ()
+    assert policy_names(pipeline) == without_retry
+    assert info_of(pipeline, "retry").disabled
 
 
 def test_disabled_plugin_may_keep_its_configuration_table() -> None:
     config = {"disable": ["retry"], "retry": {"max_attempts": 9}}
-    assert Pipeline(env={"RESILIENT_RETRY__MAX_ATTEMPTS": "4"}, config=config).policies == ()
+    pipeline = Pipeline(env={"RESILIENT_RETRY__MAX_ATTEMPTS": "4"}, config=config)
+    assert info_of(pipeline, "retry").disabled
+    assert "retry" not in policy_names(pipeline)
     # A table for a plugin that is neither loaded nor disabled is still an error.
     with pytest.raises(ConfigurationError, match="retyr"):
         Pipeline(env={}, config={"retyr": {"max_attempts": 9}})

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+import importlib.metadata
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -12,11 +13,18 @@ from hypothesis import strategies as st
 
 from resilient import Event, Pipeline, Runtime, hookimpl
 from resilient.testing import FakeClock, HTTPStatus, Latency, ProviderHTTPError, ScriptedProvider
+from resilient_quota import QuotaPaused
 from resilient_retry import RetryGaveUp, RetryOptions, RetryScheduled
 from resilient_retry._backoff import backoff_cap, next_delay
 
 RETRYABLE = [408, 409, 429, 500, 502, 503, 504, 529]
 NOT_RETRYABLE = [400, 401, 403, 404, 413, 422]
+
+# Every other plugin found (quota, and whichever first-party plugins come next), disabled so
+# these tests see the retry plugin alone: quota, for one, pauses a key after a 429.
+OTHER_PLUGINS = tuple(
+    sorted(ep.name for ep in importlib.metadata.entry_points(group="resilient") if ep.name != "retry")
+)
 
 
 class Collect:
@@ -28,20 +36,33 @@ class Collect:
         return [self.events.append]
 
 
-def pipeline(clock: FakeClock, *, rand: float = 0.5, observer: Collect | None = None, **retry: Any) -> Pipeline:
+def pipeline(
+    clock: FakeClock,
+    *,
+    rand: float = 0.5,
+    observer: Collect | None = None,
+    disable: Sequence[str] = OTHER_PLUGINS,
+    **retry: Any,
+) -> Pipeline:
     return Pipeline(
         plugins=[observer] if observer else [],
         env={},
-        config={"retry": retry},
+        config={"disable": list(disable), "retry": retry},
         clock=clock,
         random=lambda: rand,
     )
 
 
 def test_retry_plugin_is_discovered_through_the_entry_point(clock: FakeClock) -> None:
+    assert "quota" in OTHER_PLUGINS
     p = pipeline(clock)
     assert [x.name for x in p.policies] == ["retry"]
     assert p.plugin_of(p.policies[0]) == "retry"
+    (info,) = [i for i in p.plugins if i.name == "retry"]
+    assert (info.source, info.ok) == ("entry point resilient_retry", True)
+    # Found with the others too, when nothing is disabled.
+    p = pipeline(clock, disable=())
+    assert [p.plugin_of(x) for x in p.policies if x.name == "retry"] == ["retry"]
 
 
 @pytest.mark.parametrize("status", RETRYABLE)
@@ -235,7 +256,7 @@ def test_async_stream_is_retried_before_its_first_chunk_only(clock: FakeClock) -
 
 def test_per_provider_override(clock: FakeClock) -> None:
     config = {"max_attempts": 2, "providers": {"anthropic": {"max_attempts": 5}}}
-    p = Pipeline(env={}, config={"retry": config}, clock=clock, random=lambda: 0.0)
+    p = Pipeline(env={}, config={"disable": list(OTHER_PLUGINS), "retry": config}, clock=clock, random=lambda: 0.0)
     a = ScriptedProvider([HTTPStatus(500)] * 10, clock=clock)
     o = ScriptedProvider([HTTPStatus(500)] * 10, clock=clock)
     for provider, name in ((a, "anthropic"), (o, "openai")):
@@ -247,6 +268,9 @@ def test_per_provider_override(clock: FakeClock) -> None:
 def test_disabled_retry_leaves_the_chain(clock: FakeClock) -> None:
     p = pipeline(clock, enabled=False)
     assert p.policies == ()
+    p = pipeline(clock, disable=(), enabled=False)
+    assert "retry" not in [x.name for x in p.policies]
+    assert [i.ok for i in p.plugins if i.name == "retry"] == [True]  # loaded, contributing nothing
 
 
 def test_retry_scheduled_event_fields(clock: FakeClock) -> None:
@@ -263,3 +287,118 @@ def test_retry_scheduled_event_fields(clock: FakeClock) -> None:
         "rate_limited",
         429,
     )
+
+
+def test_429_is_retried_within_the_call_with_quota_enabled(limits_on: FakeClock) -> None:
+    """Default configuration: quota_signals sits inside retry, so it sees the 429 and pauses the
+    key, while retry waits out the retry-after and tries again within the same call."""
+    clock = limits_on
+    observer = Collect()
+    p = pipeline(clock, observer=observer, rand=0.0, disable=())
+    names = [x.name for x in p.policies]
+    assert names.index("quota") < names.index("retry") < names.index("quota_signals")
+    provider = ScriptedProvider([HTTPStatus(429, {"retry-after": "2"}), "ok"], clock=clock)
+    assert p.guard(provider="anthropic", model="m")(provider)() == "ok"
+    assert provider.calls == 2
+    assert clock.sleeps == [2.0]
+    assert [e.name for e in observer.events] == ["quota.paused", "retry.scheduled"]
+    paused, scheduled = observer.events
+    assert isinstance(paused, QuotaPaused)
+    assert (paused.seconds, paused.source) == (2.0, "rate_limited")
+    assert isinstance(scheduled, RetryScheduled)
+    assert (scheduled.attempt, scheduled.delay, scheduled.status) == (1, 2.0, 429)
+
+
+def test_retry_turned_off_for_one_provider_by_override(clock: FakeClock) -> None:
+    p = pipeline(clock, providers={"anthropic": {"enabled": False}})
+    off = ScriptedProvider([HTTPStatus(500), HTTPStatus(500), "ok"], clock=clock)
+    on = ScriptedProvider([HTTPStatus(500), HTTPStatus(500), "ok"], clock=clock)
+    with pytest.raises(ProviderHTTPError):
+        p.guard(provider="anthropic")(off)()
+    assert off.calls == 1
+    assert p.guard(provider="openai")(on)() == "ok"
+    assert on.calls == 3
+
+
+def test_retry_turned_on_for_one_provider_only(clock: FakeClock) -> None:
+    p = pipeline(clock, enabled=False, providers={"anthropic": {"enabled": True}})
+    on = ScriptedProvider([HTTPStatus(500), "ok"], clock=clock)
+    off = ScriptedProvider([HTTPStatus(500), "ok"], clock=clock)
+    assert p.guard(provider="anthropic")(on)() == "ok"
+    with pytest.raises(ProviderHTTPError):
+        p.guard(provider="openai")(off)()
+    assert (on.calls, off.calls) == (2, 1)
+
+
+@given(
+    ratio=st.floats(0, 1),
+    minimum=st.integers(0, 5),
+    outcomes=st.lists(st.booleans(), min_size=1, max_size=60),
+)
+def test_retry_budget_bounds_retries_to_a_share_of_calls(ratio: float, minimum: int, outcomes: list[bool]) -> None:
+    """Over any run in one window, retries <= max(budget_min, budget_ratio * calls)."""
+    clock = FakeClock()
+    observer = Collect()
+    p = pipeline(clock, observer=observer, max_attempts=3, budget_ratio=ratio, budget_min=minimum, budget_window=3600)
+    calls = 0
+    for fails in outcomes:
+        provider = ScriptedProvider([HTTPStatus(503)] * 3 if fails else ["ok"], clock=clock)
+        calls += 1
+        try:
+            p.guard(provider="anthropic")(provider)()
+        except ProviderHTTPError:
+            pass
+    retries = sum(1 for e in observer.events if e.name == "retry.scheduled")
+    assert retries <= max(minimum, ratio * calls)
+    if minimum >= 2 * len(outcomes):  # a budget that cannot be spent never refuses
+        assert not [e for e in observer.events if isinstance(e, RetryGaveUp) and e.reason == "budget"]
+
+
+def test_retry_budget_refuses_at_once_when_spent(clock: FakeClock) -> None:
+    observer = Collect()
+    p = pipeline(clock, observer=observer, budget_ratio=0.0, budget_min=2, max_attempts=5)
+    provider = ScriptedProvider([HTTPStatus(503)] * 10, clock=clock)
+    with pytest.raises(ProviderHTTPError):
+        p.guard(provider)()
+    assert provider.calls == 3  # the first attempt and the 2 retries the budget allows
+    assert observer.events[-1].name == "retry.gave_up"
+    assert isinstance(observer.events[-1], RetryGaveUp)
+    assert observer.events[-1].reason == "budget"
+
+
+def test_retry_budget_off(clock: FakeClock) -> None:
+    p = pipeline(clock, budget_ratio=None, max_attempts=30)
+    provider = ScriptedProvider([HTTPStatus(503)] * 25, default="ok", clock=clock)
+    assert p.guard(provider)() == "ok"
+    assert provider.calls == 26
+
+
+def test_retry_budget_is_shared_through_redis(redis_store: Any) -> None:
+    import redis
+
+    redis.Redis.from_url(redis_store.url).flushdb()
+    config = {"store": redis_store.url, "disable": list(OTHER_PLUGINS), "retry": {"budget_ratio": 0.0, "budget_min": 3}}
+    clock = FakeClock(start_wall=__import__("time").time())
+    a = Pipeline(env={}, config=config, clock=clock, random=lambda: 0.0)
+    b = Pipeline(env={}, config=config, clock=clock, random=lambda: 0.0)
+    pa = ScriptedProvider([HTTPStatus(503)] * 3, default="ok", clock=clock)
+    pb = ScriptedProvider([HTTPStatus(503)] * 3, default="ok", clock=clock)
+    with pytest.raises(ProviderHTTPError):
+        a.guard(provider="shared")(pa)()  # 1 attempt + 2 retries (max_attempts 3)
+    with pytest.raises(ProviderHTTPError):
+        b.guard(provider="shared")(pb)()  # 1 retry left in the fleet's budget
+    assert (pa.calls, pb.calls) == (3, 2)
+    a.close()
+    b.close()
+
+
+def test_async_retry_budget(clock: FakeClock) -> None:
+    p = pipeline(clock, budget_ratio=0.0, budget_min=1, max_attempts=5)
+    provider = ScriptedProvider([HTTPStatus(503)] * 10, clock=clock)
+
+    async def call() -> Any:
+        return await provider.acall()
+
+    with pytest.raises(ProviderHTTPError):
+        asyncio.run(p.guard(call)())
+    assert provider.calls == 2

@@ -190,6 +190,16 @@ class QuotaState:
         )
 
 
+# Waking exactly at a window's reset can still find the old entry counted
+# (the boundary is inclusive, and floats at epoch scale round): come back a
+# little after it, and never spin on a zero wait.
+_RESET_MARGIN = 0.01
+
+
+def _retry_after(reset: float, now: float) -> float:
+    return max(reset - now, 0.0) + _RESET_MARGIN
+
+
 def _label(kind: str, item: limits.RateLimitItem) -> str:
     return f"{kind} {item}"
 
@@ -226,7 +236,7 @@ class QuotaPolicy(Policy):
         for item in plan.requests:
             if not requests.hit(item, *plan.ids):
                 reset = requests.get_window_stats(item, *plan.ids).reset_time
-                return _Refusal(_label("requests", item), max(reset - state.clock.time(), 0.0)), []
+                return _Refusal(_label("requests", item), _retry_after(reset, state.clock.time())), []
         held: list[_Held] = []
         if plan.tokens:
             needed = needed_tokens(plan, call)
@@ -238,7 +248,7 @@ class QuotaPolicy(Policy):
                     refusal = _Refusal(f"{_label(kind, item)} (the call alone needs {cost})", None)
                 elif cost and not tokens.hit(item, *ids, cost=cost):
                     reset = tokens.get_window_stats(item, *ids).reset_time
-                    refusal = _Refusal(_label(kind, item), max(reset - state.clock.time(), 0.0))
+                    refusal = _Refusal(_label(kind, item), _retry_after(reset, state.clock.time()))
                 if refusal is not None:
                     self._release(plan, held)
                     return refusal, []
@@ -342,7 +352,7 @@ class QuotaPolicy(Policy):
         for item in plan.requests:
             if not await lim.hit(options.strategy, item, plan.ids, 1, local):
                 reset = await lim.reset_at(options.strategy, item, plan.ids, local)
-                return _Refusal(_label("requests", item), max(reset - state.clock.time(), 0.0)), []
+                return _Refusal(_label("requests", item), _retry_after(reset, state.clock.time())), []
         held: list[_Held] = []
         if plan.tokens:
             needed = needed_tokens(plan, call)
@@ -353,7 +363,7 @@ class QuotaPolicy(Policy):
                     refusal = _Refusal(f"{_label(kind, item)} (the call alone needs {cost})", None)
                 elif cost and not await lim.hit(options.token_strategy, item, ids, cost, local):
                     reset = await lim.reset_at(options.token_strategy, item, ids, local)
-                    refusal = _Refusal(_label(kind, item), max(reset - state.clock.time(), 0.0))
+                    refusal = _Refusal(_label(kind, item), _retry_after(reset, state.clock.time()))
                 if refusal is not None:
                     await self._asettle(plan, held, None)
                     return refusal, []
@@ -542,6 +552,19 @@ class QuotaSignals(Policy):
                 seconds = self._pause(call, exc)
                 if seconds is not None:
                     self._share(call, seconds)
+                raise
+
+        return watched
+
+    def wrap_astream(self, nxt: AsyncStreamHandler, target: Target) -> AsyncStreamHandler:
+        async def watched(call: Call) -> AsyncIterator[Any]:
+            try:
+                async for chunk in nxt(call):
+                    yield chunk
+            except Exception as exc:
+                seconds = self._pause(call, exc)
+                if seconds is not None:
+                    await self._ashare(call, seconds)
                 raise
 
         return watched

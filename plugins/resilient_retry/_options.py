@@ -30,6 +30,14 @@ class RetryOptions:
         60.0, min=0, doc="A retry-after longer than this is not waited for: the error is raised at once."
     )
 
+    budget_ratio: float | None = option(
+        0.2,
+        min=0,
+        doc="Retries may add at most this share of the calls per window, fleet-wide; none turns the budget off.",
+    )
+    budget_min: int = option(10, min=0, doc="Retries always allowed per window, so quiet traffic can still retry.")
+    budget_window: Duration = option(60.0, min=1, doc="Window of the retry budget, in seconds.")
+
     def __post_init__(self) -> None:
         if self.max_delay < self.base_delay:
             raise ValueError(f"max_delay ({self.max_delay:g}) must be >= base_delay ({self.base_delay:g})")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import Any
 
 from resilient import (
@@ -20,6 +20,7 @@ from resilient import (
 )
 
 from ._backoff import next_delay
+from ._budget import RetryBudget
 from ._events import RetryGaveUp, RetryScheduled
 from ._options import RetryOptions
 
@@ -41,26 +42,50 @@ class RetryPolicy(Policy):
         self._runtime = runtime
         self._clock = runtime.clock
         self._events = runtime.events
+        base = section.base
+        self._budget: RetryBudget | None = None
+        if base.budget_ratio is not None:
+            core = runtime.settings.core
+            self._budget = RetryBudget(
+                core.store, core.key_prefix, base.budget_ratio, base.budget_window, base.budget_min, runtime.clock
+            )
 
     def _options(self, call: Call) -> RetryOptions:
         section = self._section
         return section.for_call(call.provider, call.model, call.tenant) if section.varies else section.base
 
-    def _decide(self, call: Call, options: RetryOptions, exc: BaseException, start: float) -> float | None:
-        """Classify ``exc``; return the delay before the next attempt, or None to re-raise."""
+    def _decide(self, call: Call, options: RetryOptions, exc: BaseException, start: float) -> tuple[float | None, str]:
+        """Classify ``exc``; the delay before the next attempt (None: re-raise) and why not."""
         outcome = self._runtime.classify(exc)
         call.outcome = outcome
+        if not options.enabled:  # turned off for this provider, model or tenant
+            return None, "disabled"
         delay, reason = next_delay(
             options, outcome, call.attempt, self._clock.monotonic() - start, self._runtime.random
         )
-        if self._events.enabled:
-            self._emit(call, outcome, delay, reason)
+        return delay, reason
+
+    def _outcome(self, call: Call, delay: float | None, reason: str) -> float | None:
+        if self._events.enabled and call.outcome is not None:
+            self._emit(call, call.outcome, delay, reason)
         return delay
+
+    def _decide_sync(self, call: Call, options: RetryOptions, exc: BaseException, start: float) -> float | None:
+        delay, reason = self._decide(call, options, exc, start)
+        if delay is not None and self._budget is not None and not self._budget.spend(call.provider):
+            delay, reason = None, "budget"
+        return self._outcome(call, delay, reason)
+
+    async def _decide_async(self, call: Call, options: RetryOptions, exc: BaseException, start: float) -> float | None:
+        delay, reason = self._decide(call, options, exc, start)
+        if delay is not None and self._budget is not None and not await self._budget.aspend(call.provider):
+            delay, reason = None, "budget"
+        return self._outcome(call, delay, reason)
 
     def _emit(self, call: Call, outcome: Outcome, delay: float | None, reason: str) -> None:
         common = {"provider": call.provider, "operation": call.operation, "model": call.model}
         if delay is None:
-            if reason != "not_retryable" or call.attempt > 1:
+            if reason not in ("not_retryable", "disabled") or call.attempt > 1:
                 self._events.emit(
                     RetryGaveUp(
                         attempts=call.attempt, reason=reason, outcome=outcome.kind, status=outcome.status, **common
@@ -70,6 +95,15 @@ class RetryPolicy(Policy):
             self._events.emit(
                 RetryScheduled(attempt=call.attempt, delay=delay, outcome=outcome.kind, status=outcome.status, **common)
             )
+
+    def close(self) -> None:
+        if self._budget is not None:
+            self._budget.close()
+
+    async def aclose(self) -> None:
+        if self._budget is not None:
+            self._budget.close()
+            await self._budget.aclose()
 
     def _start_clock(self) -> Callable[[], float]:
         """What reads the start of a call: the clock when a deadline may apply, else a constant.
@@ -85,15 +119,19 @@ class RetryPolicy(Policy):
     def wrap(self, nxt: Handler, target: Target) -> Handler:
         monotonic = self._start_clock()
 
+        budget = self._budget
+
         def retrying(call: Call) -> Any:
             start = monotonic()
+            if budget is not None:
+                budget.note_call(call.provider)
             try:
                 return nxt(call)
             except Exception as exc:
                 error: Exception = exc
             options = self._options(call)
             while True:
-                delay = self._decide(call, options, error, start)
+                delay = self._decide_sync(call, options, error, start)
                 if delay is None:
                     raise error
                 self._clock.sleep(delay)
@@ -108,15 +146,19 @@ class RetryPolicy(Policy):
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
         monotonic = self._start_clock()
 
+        budget = self._budget
+
         async def retrying(call: Call) -> Any:
             start = monotonic()
+            if budget is not None:
+                budget.note_call(call.provider)
             try:
                 return await nxt(call)
             except Exception as exc:
                 error: Exception = exc
             options = self._options(call)
             while True:
-                delay = self._decide(call, options, error, start)
+                delay = await self._decide_async(call, options, error, start)
                 if delay is None:
                     raise error
                 await self._clock.asleep(delay)
@@ -131,6 +173,8 @@ class RetryPolicy(Policy):
     def wrap_stream(self, nxt: StreamHandler, target: Target) -> StreamHandler:
         def retrying(call: Call) -> Iterator[Any]:
             start = self._clock.monotonic()
+            if self._budget is not None:
+                self._budget.note_call(call.provider)
             while True:
                 it = nxt(call)
                 try:
@@ -138,7 +182,7 @@ class RetryPolicy(Policy):
                 except StopIteration:
                     return iter(())
                 except Exception as exc:
-                    delay = self._decide(call, self._options(call), exc, start)
+                    delay = self._decide_sync(call, self._options(call), exc, start)
                     if delay is None:
                         raise
                     self._clock.sleep(delay)
@@ -151,6 +195,8 @@ class RetryPolicy(Policy):
     def wrap_astream(self, nxt: AsyncStreamHandler, target: Target) -> AsyncStreamHandler:
         async def first_chunk(call: Call) -> tuple[Any, AsyncIterator[Any]] | None:
             start = self._clock.monotonic()
+            if self._budget is not None:
+                self._budget.note_call(call.provider)
             while True:
                 it = nxt(call)
                 try:
@@ -158,7 +204,7 @@ class RetryPolicy(Policy):
                 except StopAsyncIteration:
                     return None
                 except Exception as exc:
-                    delay = self._decide(call, self._options(call), exc, start)
+                    delay = await self._decide_async(call, self._options(call), exc, start)
                     if delay is None:
                         raise
                     await self._clock.asleep(delay)
@@ -173,10 +219,11 @@ class RetryPolicy(Policy):
 
 
 def _zero() -> float:
+    # The start of a call when no deadline can apply: never read.
     return 0.0
 
 
-def _resume(first: Any, it: Iterator[Any]) -> Iterator[Any]:
+def _resume(first: Any, it: Iterator[Any]) -> Generator[Any, Any, Any]:
     """Yield ``first`` then the rest of ``it``; closing this closes ``it``."""
     try:
         yield first
@@ -185,7 +232,7 @@ def _resume(first: Any, it: Iterator[Any]) -> Iterator[Any]:
         if close is not None:
             close()
         raise
-    yield from it
+    return (yield from it)
 
 
 async def _aresume(started: Awaitable[tuple[Any, AsyncIterator[Any]] | None]) -> AsyncIterator[Any]:

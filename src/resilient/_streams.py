@@ -7,6 +7,10 @@ otherwise one loop feeds the watchers, whatever the number of policies. No
 chunk is kept. When the consumer stops early (``close()``, ``break``,
 garbage collection), the provider's iterator is closed and the watchers see
 :data:`~resilient.call.ABANDONED`.
+
+Guarded generators are for iterating: with watchers active, values passed
+with ``send()`` and exceptions passed with ``throw()`` are not forwarded to
+the provider's generator (without watchers, ``yield from`` forwards them).
 """
 
 from __future__ import annotations
@@ -42,7 +46,14 @@ def _notify_chunk(call: Call, chunk: Any) -> None:
 
 
 def drive_stream(call: Call, handler: Callable[[Call], Iterator[Any]], classify: Classify) -> Generator[Any, Any, Any]:
-    it = handler(call)
+    try:
+        it = handler(call)
+    except BaseException as exc:
+        # Failed before the first chunk (refused, or the provider failed to start):
+        # watchers registered so far hear of it, as they do for async streams.
+        if call._on_end is not None:
+            _notify_end(call, classify(exc))
+        raise
     if call._on_chunk is None and call._on_end is None:
         return (yield from it)
     watch_chunks = call._on_chunk is not None
@@ -67,7 +78,12 @@ def drive_stream(call: Call, handler: Callable[[Call], Iterator[Any]], classify:
 async def drive_astream(
     call: Call, handler: Callable[[Call], AsyncIterator[Any]], classify: Classify
 ) -> AsyncGenerator[Any, None]:
-    it = handler(call)
+    try:
+        it = handler(call)
+    except BaseException as exc:
+        if call._on_end is not None:
+            _notify_end(call, classify(exc))
+        raise
     watch_chunks = call._on_chunk is not None
     watch_end = call._on_end is not None
     try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
+import math
 import os
 import re
 import sys
@@ -81,6 +82,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '250ms'")
     if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError("a duration must be finite")
         return float(value)
     if isinstance(value, str):
         m = _DURATION_RE.match(value)
@@ -124,16 +127,16 @@ def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Annotated:
         base, *marks = get_args(tp)
-        return "duration (seconds, or '250ms', '2s', '5m')" if DURATION in marks else _type_name(base)
+        return "a finite duration (seconds, or '250ms', '2s', '5m')" if DURATION in marks else _type_name(base)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     if origin in (typing.Union, types.UnionType):
         return " or ".join("none" if a is type(None) else _type_name(a) for a in get_args(tp))
     if origin is tuple:
-        return f"a list of {_type_name(get_args(tp)[0])}"
+        return f"a list, each item {_type_name(get_args(tp)[0])}"
     if origin in (dict, Mapping):
         return f"a table of {_type_name(get_args(tp)[1])}"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(tp, str(tp))
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -200,7 +203,8 @@ def _coerce(value: Any, tp: Any, from_env: bool) -> Any:
             return value
         raise ValueError
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # inf and nan parse as TOML floats but make no sense as a delay or a ratio.
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
         raise ValueError
     if tp is str:
@@ -274,12 +278,22 @@ def _schema(cls: type[Any]) -> dict[str, _Field]:
     return fields
 
 
+class _Hidden:
+    """Stands for a value not shown: under an unknown key it may be a secret with a misspelt name."""
+
+    def __repr__(self) -> str:
+        return "(value not shown)"
+
+
+_HIDDEN = _Hidden()
+
+
 def _unknown(key: str, value: Any, known: Iterable[str], source: str, what: str) -> ConfigurationError:
     choices = sorted(known)
     name = key.rsplit(".", 1)[-1]
     close = difflib.get_close_matches(name, choices, n=2, cutoff=0.6)
     allowed = f"unknown {what}; known: {', '.join(choices) if choices else '(none)'}"
-    return ConfigurationError(key, value, allowed, source=source, suggestions=close)
+    return ConfigurationError(key, _HIDDEN, allowed, source=source, suggestions=close)
 
 
 # --------------------------------------------------------------------------- core options
@@ -502,12 +516,20 @@ class Settings:
             schema = schemas[section]
             if len(path) == 1:
                 key = path[0]
+                if section and key in OVERRIDE_KINDS:
+                    raise ConfigurationError(
+                        shown_key, _HIDDEN, f"must be a table of tables, one per {key[:-1]}", source=source
+                    )
                 if key not in schema:
                     known = set(schema) | (set(OVERRIDE_KINDS) if section else top_known)
                     raise _unknown(shown_key, value, known, source, "key")
                 values[section][key] = (schema[key].check(shown_key, value, source, from_env), source)
                 return
             kind, name, *rest = path
+            if section and kind in OVERRIDE_KINDS and len(rest) == 0:
+                raise ConfigurationError(
+                    shown_key, _HIDDEN, f"must be a table of {section} options for one {kind[:-1]}", source=source
+                )
             if section and kind in OVERRIDE_KINDS and len(rest) == 1:
                 key = rest[0]
                 if key not in schema:
@@ -519,14 +541,15 @@ class Settings:
             raise _unknown(shown_key, value, known, source, "key" if section else "section")
 
         # Layer 2: the file (or config= mapping).
-        for top, value in raw.items():
+        for top_key, value in raw.items():
+            top = str(top_key)
             if top in ignored:
                 continue
             if top in schemas[CORE_SECTION]:
                 put(CORE_SECTION, [top], value, file_label, False, top)
             elif top in schemas and top:
                 if not isinstance(value, Mapping):
-                    raise ConfigurationError(top, value, f"must be a table of {top} options", source=file_label)
+                    raise ConfigurationError(top, _HIDDEN, f"must be a table of {top} options", source=file_label)
                 for path, leaf in _flatten(value):
                     put(top, path, leaf, file_label, False, ".".join([top, *path]))
             else:
@@ -587,20 +610,30 @@ class Settings:
 
 
 def _construct(cls: type[Any], kwargs: dict[str, Any], where: str, source: str) -> Any:
-    """Build an options object; turn its own cross-field checks into ConfigurationError."""
+    """Build an options object; turn its own cross-field checks into ConfigurationError.
+
+    The options class wrote the message; values of ``secret`` fields are
+    blanked out of it in case it quoted one.
+    """
     try:
         return cls(**kwargs)
     except ConfigurationError:
         raise
     except (ValueError, TypeError) as exc:
-        raise ConfigurationError(where or "resilient", "(combination)", str(exc), source=source) from None
+        message = str(exc)
+        for f in dataclasses.fields(cls):
+            value = kwargs.get(f.name)
+            if f.metadata.get("secret") and isinstance(value, str) and value:
+                message = message.replace(value, "****")
+        raise ConfigurationError(where or "resilient", _HIDDEN, message, source=source) from None
 
 
 def _flatten(table: Mapping[str, Any], prefix: list[str] | None = None) -> Iterable[tuple[list[str], Any]]:
     """Yield (path, value) for every leaf; an override table is descended, a plain mapping value is a leaf."""
     prefix = prefix or []
-    for key, value in table.items():
-        path = [*prefix, str(key)]
+    for raw_key, value in table.items():
+        key = str(raw_key)
+        path = [*prefix, key]
         descend = isinstance(value, Mapping) and (
             (not prefix and key in OVERRIDE_KINDS) or (len(prefix) == 1 and prefix[0] in OVERRIDE_KINDS)
         )

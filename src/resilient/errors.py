@@ -40,11 +40,13 @@ __all__ = [
 PROBLEM_TYPE_BASE = "urn:resilient:problem:"
 
 _URL_PASSWORD_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]+)@")
+_QUERY_SECRET_RE = re.compile(r"(?P<name>[?&](?:password|passwd|pwd|key|api_key|apikey|token|secret)=)[^&\s'\"]+", re.I)
 
 
 def redact_url_passwords(text: str) -> str:
-    """Replace the password of every ``scheme://user:password@host`` in ``text`` with ``****``."""
-    return _URL_PASSWORD_RE.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:****@", text)
+    """Hide the password of every ``scheme://user:password@host`` and secret query parameters in ``text``."""
+    text = _URL_PASSWORD_RE.sub(lambda m: f"{m.group('scheme')}{m.group('user')}:****@", text)
+    return _QUERY_SECRET_RE.sub(lambda m: f"{m.group('name')}****", text)
 
 
 class ResilientError(Exception):

@@ -59,6 +59,8 @@ class Guarded(Protocol[P, R_co]):
 
 def detect_kind(fn: Callable[..., Any]) -> Kind:
     """sync, async, stream (generator) or astream (async generator), by inspection."""
+    # Look through functools.wraps decorators to the function itself.
+    fn = inspect.unwrap(fn)
     probe = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
     for candidate in (fn, probe):
         if inspect.isasyncgenfunction(candidate):
@@ -130,7 +132,8 @@ class Pipeline:
                 if not isinstance(policy, Policy):
                     raise PluginError(plugin, f"resilient_policies returned {policy!r}, not a resilient.Policy")
                 contributed.append((plugin, policy))
-        self.policies: tuple[Policy, ...] = _order(contributed, self.settings.core)
+        known = frozenset(info.name for info in self._plugins.infos)
+        self.policies: tuple[Policy, ...] = _order(contributed, self.settings.core, known)
         self._owner = {id(p): plugin for plugin, p in contributed}
 
     # ------------------------------------------------------------------ introspection
@@ -336,14 +339,26 @@ def _build_wrapper(pipeline: Pipeline, fn: Callable[..., Any], target: Target) -
 
     agfn = cast("Callable[..., AsyncIterator[Any]]", fn)
 
-    def asterminal(call: Call) -> AsyncIterator[Any]:
-        return aiter(agfn(*call.args, **call.kwargs))
+    if inspect.isasyncgenfunction(inspect.unwrap(fn)):
+
+        def asterminal(call: Call) -> AsyncIterator[Any]:
+            return aiter(agfn(*call.args, **call.kwargs))
+
+    else:
+        # kind="astream" on a coroutine function that returns an async iterator
+        # (``return await client.messages.create(stream=True)``): await it first.
+        async def asterminal(call: Call) -> AsyncIterator[Any]:
+            result: Any = agfn(*call.args, **call.kwargs)
+            if inspect.isawaitable(result) and not hasattr(result, "__aiter__"):
+                result = await result
+            async for item in result:
+                yield item
 
     ashandler = pipeline.compile(target, asterminal)
     if ashandler is asterminal:
 
         async def asbare(*args: Any, **kwargs: Any) -> Any:
-            inner = agfn(*args, **kwargs)
+            inner = asterminal(Call(target, args, kwargs))
             try:
                 async for item in inner:
                     yield item
@@ -375,7 +390,9 @@ def _core_only(raw: Mapping[str, Any], file: str | None, env_vars: Mapping[str, 
     return Settings.build(core_raw, file, core_env, {}).core
 
 
-def _order(contributed: Sequence[tuple[str, Policy]], core: CoreOptions) -> tuple[Policy, ...]:
+def _order(
+    contributed: Sequence[tuple[str, Policy]], core: CoreOptions, known_plugins: frozenset[str] = frozenset()
+) -> tuple[Policy, ...]:
     """Default order by ``Policy.order`` then name; ``order`` names go first; ``disable`` drops."""
     seen: dict[str, str] = {}
     for plugin, policy in contributed:
@@ -386,13 +403,18 @@ def _order(contributed: Sequence[tuple[str, Policy]], core: CoreOptions) -> tupl
         seen[policy.name] = plugin
     # ``disable`` may name plugins that were never loaded, so only ``order`` is checked here.
     for name in core.order:
-        if name not in seen:
+        if name not in seen and name not in core.disable:
             raise ConfigurationError(
                 "order",
                 list(core.order),
                 f"{name!r} is not a policy; known: {', '.join(sorted(seen)) or '(none)'}",
                 suggestions=difflib.get_close_matches(name, sorted(seen), n=2, cutoff=0.6),
             )
+    unknown = [n for n in core.disable if n not in seen and n not in seen.values() and n not in known_plugins]
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted({*seen, *seen.values(), *known_plugins}), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        _log.warning("disable names %r, which is no plugin or policy%s", name, hint)
     position = {name: i for i, name in enumerate(core.order)}
     disabled = set(core.disable)
     kept = [p for plugin, p in contributed if p.name not in disabled and plugin not in disabled]
