@@ -48,6 +48,7 @@ def test_top_level_exports() -> None:
             "hookimpl",
             "option",
             "request_context",
+            "target_of",
         ]
     )
     for name in resilient.__all__:

@@ -655,3 +655,23 @@ def test_generator_return_value_survives_the_chain() -> None:
     for pipeline in (build(), build(*NOOPS), Pipeline(env={}, config={"disable": ["quota"]})):
         guarded = pipeline.guard(gen)
         assert list(outer()) == [1, "done"]
+
+
+def test_guarded_methods_bind_like_methods() -> None:
+    from resilient import target_of
+
+    pipeline = build(*NOOPS)
+
+    class Client:
+        def __init__(self) -> None:
+            self.prefix = ">"
+
+        @pipeline.guard(provider="anthropic")
+        def create(self, prompt: str) -> str:
+            return self.prefix + prompt
+
+    client = Client()
+    assert client.create("hi") == ">hi"
+    assert target_of(Client.create).provider == "anthropic"
+    with pytest.raises(TypeError, match="not a guarded function"):
+        target_of(len)

@@ -23,7 +23,7 @@ from .errors import (
 )
 from .events import Emitter, Event, Observer
 from .hookspecs import hookimpl
-from .pipeline import Guarded, Pipeline
+from .pipeline import Guarded, Pipeline, target_of
 from .policy import AsyncHandler, AsyncStreamHandler, Handler, Order, Policy, Runtime, StreamHandler
 
 try:
@@ -71,4 +71,5 @@ __all__ = [
     "hookimpl",
     "option",
     "request_context",
+    "target_of",
 ]

@@ -29,7 +29,7 @@ from .errors import ConfigurationError, PluginError
 from .events import Emitter, Observer
 from .policy import Classifier, Policy, Runtime
 
-__all__ = ["Guarded", "Pipeline"]
+__all__ = ["Guarded", "Pipeline", "target_of"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -46,7 +46,12 @@ _WRAP_METHOD: dict[Kind, str] = {
 
 
 class Guarded(Protocol[P, R_co]):
-    """A guarded function: same signature and return type, plus its target."""
+    """What a guarded function is at run time: the function, plus its ``target``.
+
+    :meth:`Pipeline.guard` is typed as returning ``Callable[P, R]`` so that
+    methods bind; ``cast(Guarded[P, R], fn).target`` or :func:`target_of`
+    reach the target in typed code.
+    """
 
     @property
     def target(self) -> Target: ...
@@ -55,6 +60,14 @@ class Guarded(Protocol[P, R_co]):
     def __wrapped__(self) -> Callable[P, R_co]: ...
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+
+
+def target_of(fn: Callable[..., Any]) -> Target:
+    """The :class:`Target` of a guarded function; ``TypeError`` if ``fn`` is not guarded."""
+    target = getattr(fn, "target", None)
+    if not isinstance(target, Target):
+        raise TypeError(f"{fn!r} is not a guarded function")
+    return target
 
 
 def detect_kind(fn: Callable[..., Any]) -> Kind:
@@ -167,8 +180,10 @@ class Pipeline:
                 ) from exc
         return handler
 
+    # The overloads return plain ``Callable[P, R]`` (not :class:`Guarded`) so
+    # that mypy binds a guarded method like the method itself.
     @overload
-    def guard(self, fn: Callable[P, R], /) -> Guarded[P, R]: ...
+    def guard(self, fn: Callable[P, R], /) -> Callable[P, R]: ...
 
     @overload
     def guard(
@@ -181,7 +196,7 @@ class Pipeline:
         model: str | None = ...,
         kind: Kind | None = ...,
         tenant: Callable[[Call], str | None] | None = ...,
-    ) -> Callable[[Callable[P, R]], Guarded[P, R]]: ...
+    ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
     def guard(
         self,

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from typing_extensions import assert_type
 
-from resilient import Call, Pipeline, Target
+from resilient import Call, Pipeline, Target, target_of
 
 pipeline = Pipeline()
 
@@ -41,7 +41,28 @@ assert_type(bare("hi", max_tokens=3), str)
 assert_type(configured("hi"), int)
 assert_type(stream(3), Iterator[int])
 assert_type(astream(3), AsyncIterator[str])
-assert_type(bare.target, Target)
+assert_type(target_of(bare), Target)
+
+
+class Client:
+    @pipeline.guard(provider="anthropic")
+    def create(self, prompt: str, *, max_tokens: int = 16) -> str:
+        return prompt
+
+    @pipeline.guard
+    async def acreate(self, prompt: str) -> list[str]:
+        return [prompt]
+
+
+client = Client()
+assert_type(client.create("hi", max_tokens=3), str)
+
+
+async def use_methods() -> None:
+    assert_type(await client.acreate("hi"), list[str])
+
+
+client.create(1)  # type: ignore[arg-type]
 
 
 async def use() -> None:
