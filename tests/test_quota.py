@@ -491,3 +491,40 @@ def test_usage_is_read_into_the_call(limits_on: FakeClock) -> None:
     )
     pipeline.guard(create)(max_tokens=10)
     assert seen == [Usage(input_tokens=3, output_tokens=4)]
+
+
+@PROPERTY
+@given(
+    limit=st.integers(50, 400),
+    calls=st.lists(st.tuples(st.floats(0, 30), st.integers(0, 120)), min_size=1, max_size=30),
+    strategy=st.sampled_from(["fixed-window", "sliding-window-counter"]),
+)
+def test_no_token_window_admits_more_than_its_limit(
+    limits_on: FakeClock, limit: int, calls: list[tuple[float, int]], strategy: str
+) -> None:
+    """Calls that use what they reserve: the tokens admitted per window never exceed the limit."""
+    clock = limits_on
+    clock.advance(100_000.0 - (clock.time() % 60) + 60)  # the start of a fresh aligned minute
+    pipeline = build(clock, output_tokens=f"{limit}/minute", token_strategy=strategy, provider_signals=False)
+    guarded = pipeline.guard(provider=f"p{clock.time()}")(lambda *, max_tokens: Reply(0, max_tokens))
+    admitted: list[tuple[float, int]] = []
+    for step, cost in calls:
+        clock.advance(step)
+        try:
+            guarded(max_tokens=cost)
+        except QuotaExceeded:
+            continue
+        if cost:  # a call reserving nothing makes no hit and opens no window
+            admitted.append((clock.time(), cost))
+    if strategy == "sliding-window-counter":
+        for t, _ in admitted:  # windows aligned on multiples of the period
+            start = (t // 60) * 60
+            assert sum(c for u, c in admitted if start <= u < start + 60) <= limit
+    else:
+        window_start: float | None = None
+        used = 0
+        for t, c in admitted:
+            if window_start is None or t >= window_start + 60:
+                window_start, used = t, 0
+            used += c
+            assert used <= limit
