@@ -147,3 +147,25 @@ def test_four_processes_never_admit_more_than_the_limit(redis_url: str) -> None:
         admitted.append(int(out.strip()))
     # 160 attempts against 60/minute, all within a minute: exactly the limit gets through.
     assert sum(admitted) == 60
+
+
+def test_async_calls_survive_a_new_event_loop(redis_url: str) -> None:
+    """An app that runs asyncio.run() twice must not reuse the first loop's dead connections."""
+    pipeline = build(redis_url, requests="3/minute")
+
+    async def create() -> int:
+        return 1
+
+    guarded = pipeline.guard(provider="loops")(create)
+
+    async def once() -> int:
+        try:
+            return await guarded()
+        finally:
+            await pipeline.aclose()
+
+    assert asyncio.run(once()) == 1
+    assert asyncio.run(once()) == 1
+    assert asyncio.run(once()) == 1
+    with pytest.raises(QuotaExceeded):
+        asyncio.run(once())

@@ -120,7 +120,11 @@ class QuotaState:
         fallback = plan.options.on_store_error
         self._store_down_until = self.clock.monotonic() + plan.options.store_retry
         _log.warning(
-            "quota store unavailable (%s); %s for %.0fs", type(error).__name__, fallback, plan.options.store_retry
+            "quota store unavailable (%s); %s for %.0fs",
+            type(error).__name__,
+            fallback,
+            plan.options.store_retry,
+            exc_info=not isinstance(error, StorageError),  # not the store's own error: keep the traceback
         )
         if self.events.enabled:
             self.events.emit(QuotaStoreUnavailable(error=type(error).__name__, fallback=fallback))
@@ -268,7 +272,7 @@ class QuotaPolicy(Policy):
                 raise state.refuse(call, _Refusal("quota store unavailable", options.store_retry))
             try:
                 refusal, held = self._try(call, plan, local)
-            except StorageError as exc:
+            except Exception as exc:  # StorageError, or a client broken some other way
                 state.store_failed(plan, exc)
                 failed = True
                 continue  # decided at the top of the loop, now that the store is known down
@@ -293,7 +297,7 @@ class QuotaPolicy(Policy):
             if delta:
                 try:
                     lim.adjust(plan.options.token_strategy, h.item, h.ids, delta, h.local)
-                except StorageError as exc:
+                except Exception as exc:  # a failing store never fails the call
                     self.state.store_failed(plan, exc)
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:
@@ -383,7 +387,7 @@ class QuotaPolicy(Policy):
                 raise state.refuse(call, _Refusal("quota store unavailable", options.store_retry))
             try:
                 refusal, held = await self._atry(call, plan, local)
-            except StorageError as exc:
+            except Exception as exc:  # StorageError, or a client broken some other way
                 state.store_failed(plan, exc)
                 failed = True
                 continue  # decided at the top of the loop, now that the store is known down
@@ -404,7 +408,7 @@ class QuotaPolicy(Policy):
             if delta:
                 try:
                     await lim.adjust(plan.options.token_strategy, h.item, h.ids, delta, h.local)
-                except StorageError as exc:
+                except Exception as exc:  # a failing store never fails the call
                     self.state.store_failed(plan, exc)
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
@@ -507,7 +511,7 @@ class QuotaSignals(Policy):
             return
         try:
             self.state.limiters.pause_set(plan.pause_key, seconds, self.state.store_down())
-        except StorageError as exc:
+        except Exception as exc:  # a failing store never fails the call
             self.state.store_failed(plan, exc)
 
     async def _ashare(self, call: Call, seconds: float) -> None:
@@ -516,7 +520,7 @@ class QuotaSignals(Policy):
             return
         try:
             await self.state.alimiters.pause_set(plan.pause_key, seconds, self.state.store_down())
-        except StorageError as exc:
+        except Exception as exc:  # a failing store never fails the call
             self.state.store_failed(plan, exc)
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:

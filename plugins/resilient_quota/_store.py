@@ -17,6 +17,8 @@ import limits.aio.strategies
 import limits.storage
 import limits.strategies
 
+from resilient.storage import LoopBoundStorage, close_sync, is_memory, sync_storage
+
 from ._options import Strategy
 
 __all__ = ["AsyncLimiters", "Limiters", "current_window_key"]
@@ -33,18 +35,6 @@ _ASYNC: dict[str, Any] = {
     "fixed-window": limits.aio.strategies.FixedWindowRateLimiter,
     "sliding-window-counter": limits.aio.strategies.SlidingWindowCounterRateLimiter,
 }
-
-
-def _is_memory(uri: str) -> bool:
-    return uri.split("://", 1)[0] in ("memory", "async+memory")
-
-
-def _redis_options(uri: str, prefix: str) -> dict[str, Any]:
-    scheme = uri.split("://", 1)[0]
-    if "redis" in scheme or "valkey" in scheme:
-        # Keys carry the app's prefix, so two apps sharing one Redis never collide.
-        return {"key_prefix": f"{prefix}quota", "socket_timeout": 2, "socket_connect_timeout": 2}
-    return {}
 
 
 def current_window_key(storage: Any, item: limits.RateLimitItem, key: str) -> str | None:
@@ -68,10 +58,7 @@ class Limiters:
 
     def __init__(self, uri: str, prefix: str) -> None:
         self.uri = uri
-        storage = limits.storage.storage_from_string(uri, wrap_exceptions=True, **_redis_options(uri, prefix))
-        if not isinstance(storage, limits.storage.Storage):
-            raise ValueError(f"quota store {uri!r} is an async-only storage; give its sync URI")
-        self.storage = storage
+        self.storage = sync_storage(uri, f"{prefix}quota")
         self.local = limits.storage.MemoryStorage()
         self._by_strategy = {name: cls(self.storage) for name, cls in _SYNC.items()}
         self._local_by_strategy = {name: cls(self.local) for name, cls in _SYNC.items()}
@@ -115,12 +102,7 @@ class Limiters:
         storage.incr(key, max(int(seconds + 0.999), 1))
 
     def close(self) -> None:
-        reset = getattr(self.storage, "get_connection", None)
-        if reset is not None:
-            try:
-                reset().close()
-            except Exception:  # pragma: no cover - closing a dead connection
-                _log.debug("closing the quota store failed", exc_info=True)
+        close_sync(self.storage)
 
 
 class AsyncLimiters:
@@ -132,30 +114,36 @@ class AsyncLimiters:
 
     def __init__(self, sync: Limiters, prefix: str) -> None:
         self.sync = sync
-        self.in_memory = _is_memory(sync.uri)
-        self.storage: Any = None
-        self._by_strategy: dict[str, Any] = {}
-        if not self.in_memory:
-            options = _redis_options(sync.uri, prefix)
-            if "redis" in sync.uri.split("://", 1)[0]:
-                options["implementation"] = "redispy"
-            # One factory for both: an "async+" scheme gives the limits.aio storage.
-            self.storage = limits.storage.storage_from_string("async+" + sync.uri, wrap_exceptions=True, **options)
-            self._by_strategy = {name: cls(self.storage) for name, cls in _ASYNC.items()}
+        self.in_memory = is_memory(sync.uri)
+        self._storage = LoopBoundStorage(sync.uri, f"{prefix}quota")
+        self._limiters: dict[str, Any] = {}
+        self._limiters_of: Any = None
+
+    @property
+    def storage(self) -> Any:
+        """The async storage of the running event loop."""
+        return self._storage.get()
+
+    def _limiter(self, strategy: Strategy) -> Any:
+        storage = self._storage.get()
+        if self._limiters_of is not storage:  # a new loop, a new client: new limiters on it
+            self._limiters = {name: cls(storage) for name, cls in _ASYNC.items()}
+            self._limiters_of = storage
+        return self._limiters[strategy]
 
     async def hit(
         self, strategy: Strategy, item: limits.RateLimitItem, ids: tuple[str, ...], cost: int, local: bool
     ) -> bool:
         if self.in_memory or local:
             return self.sync.limiter(strategy, local).hit(item, *ids, cost=cost)
-        return bool(await self._by_strategy[strategy].hit(item, *ids, cost=cost))
+        return bool(await self._limiter(strategy).hit(item, *ids, cost=cost))
 
     async def reset_at(
         self, strategy: Strategy, item: limits.RateLimitItem, ids: tuple[str, ...], local: bool
     ) -> float:
         if self.in_memory or local:
             return float(self.sync.limiter(strategy, local).get_window_stats(item, *ids).reset_time)
-        stats = await self._by_strategy[strategy].get_window_stats(item, *ids)
+        stats = await self._limiter(strategy).get_window_stats(item, *ids)
         return float(stats.reset_time)
 
     async def adjust(
@@ -180,11 +168,7 @@ class AsyncLimiters:
 
     async def aclose(self) -> None:
         """Close the async client's connections (they belong to the running event loop)."""
-        bridge = getattr(self.storage, "bridge", None)
-        client = getattr(bridge, "storage", None)
-        close = getattr(client, "aclose", None) or getattr(client, "close", None)
-        if close is not None:
-            await close()
+        await self._storage.aclose()
 
     async def pause_get(self, key: str, local: bool) -> float:
         """Seconds a shared pause key has left, 0 when not paused."""

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
-
-import limits.storage
-from limits.errors import StorageError
 
 from resilient import Clock
+from resilient.storage import LoopBoundStorage, close_sync, is_memory, sync_storage
 
 __all__ = ["RetryBudget"]
+
+#: After a store error, how long the budget leaves the store alone (and allows retries).
+STORE_RETRY = 5.0
 
 _log = logging.getLogger("resilient.retry")
 
@@ -39,14 +39,9 @@ class RetryBudget:
         self._uri = uri
         self._lock = threading.Lock()
         self._pending: dict[str, int] = {}
-        options: dict[str, Any] = {}
-        if "redis" in uri.split("://", 1)[0]:
-            options = {"socket_timeout": 1, "socket_connect_timeout": 1, "key_prefix": self._prefix}
-        storage = limits.storage.storage_from_string(uri, wrap_exceptions=True, **options)
-        if not isinstance(storage, limits.storage.Storage):
-            raise ValueError(f"retry budget store {uri!r} is an async-only storage")
-        self.storage = storage
-        self._async: Any = None
+        self.storage = sync_storage(uri, self._prefix, timeout=1.0)
+        self._async = None if is_memory(uri) else LoopBoundStorage(uri, self._prefix, timeout=1.0)
+        self._down_until = 0.0  # after a store error, retries are allowed without asking it
 
     def note_call(self, provider: str) -> None:
         """A call started (its first attempt). Local only: no I/O."""
@@ -62,8 +57,15 @@ class RetryBudget:
         with self._lock:
             return self._pending.pop(provider, 0)
 
+    def _store_failed(self, exc: BaseException) -> bool:
+        self._down_until = self.clock.monotonic() + STORE_RETRY
+        _log.warning("retry budget store unavailable (%s); retries allowed for %.0fs", type(exc).__name__, STORE_RETRY)
+        return True
+
     def spend(self, provider: str) -> bool:
         """Ask for one retry; True if within budget. A store failure allows it (fails open)."""
+        if self._down_until > self.clock.monotonic():
+            return True
         calls_key, retries_key, expiry = self._keys(provider)
         pending = self._take_pending(provider)
         try:
@@ -73,45 +75,31 @@ class RetryBudget:
                 return True
             self.storage.incr(retries_key, expiry, amount=-1)  # refused: not spent
             return False
-        except StorageError as exc:
-            _log.warning("retry budget store unavailable (%s); retry allowed", type(exc).__name__)
-            return True
+        except Exception as exc:  # a failing store never fails the call: the retry is allowed
+            return self._store_failed(exc)
 
     async def aspend(self, provider: str) -> bool:
         """:meth:`spend` for async callers: the async storage for network stores."""
-        if self._uri.split("://", 1)[0] == "memory":
-            return self.spend(provider)
         if self._async is None:
-            options: dict[str, Any] = {"socket_timeout": 1, "socket_connect_timeout": 1, "key_prefix": self._prefix}
-            if "redis" in self._uri.split("://", 1)[0]:
-                options["implementation"] = "redispy"
-            self._async = limits.storage.storage_from_string("async+" + self._uri, wrap_exceptions=True, **options)
+            return self.spend(provider)
+        if self._down_until > self.clock.monotonic():
+            return True
         calls_key, retries_key, expiry = self._keys(provider)
         pending = self._take_pending(provider)
         try:
-            calls = await (
-                self._async.incr(calls_key, expiry, amount=pending) if pending else self._async.get(calls_key)
-            )
-            retries = await self._async.incr(retries_key, expiry)
+            storage = self._async.get()
+            calls = await (storage.incr(calls_key, expiry, amount=pending) if pending else storage.get(calls_key))
+            retries = await storage.incr(retries_key, expiry)
             if allowed(int(retries), int(calls), self.ratio, self.minimum):
                 return True
-            await self._async.incr(retries_key, expiry, amount=-1)
+            await storage.incr(retries_key, expiry, amount=-1)
             return False
-        except StorageError as exc:
-            _log.warning("retry budget store unavailable (%s); retry allowed", type(exc).__name__)
-            return True
+        except Exception as exc:  # a failing store never fails the call: the retry is allowed
+            return self._store_failed(exc)
 
     def close(self) -> None:
-        connection = getattr(self.storage, "get_connection", None)
-        if connection is not None:
-            try:
-                connection().close()
-            except Exception:  # pragma: no cover - closing a dead connection
-                _log.debug("closing the retry budget store failed", exc_info=True)
+        close_sync(self.storage)
 
     async def aclose(self) -> None:
-        bridge = getattr(self._async, "bridge", None)
-        client = getattr(bridge, "storage", None)
-        close = getattr(client, "aclose", None)
-        if close is not None:
-            await close()
+        if self._async is not None:
+            await self._async.aclose()

@@ -1,0 +1,94 @@
+"""Store URIs shared by every stateful plugin, on the ``limits`` library's storages.
+
+``memory://`` keeps state in the process; ``redis://``, ``rediss://``,
+``redis+cluster://`` (and the other schemes ``limits`` knows) share it
+between workers. Plugins ask here for a storage instead of building one, so
+they agree on key prefixes, timeouts, error wrapping and event loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import limits.storage
+
+__all__ = ["LoopBoundStorage", "close_sync", "is_memory", "sync_storage"]
+
+_log = logging.getLogger("resilient.storage")
+
+#: Seconds before a store operation gives up: a slow store must not hold a call.
+SOCKET_TIMEOUT = 2.0
+
+
+def is_memory(uri: str) -> bool:
+    """True for the in-process store."""
+    return uri.split("://", 1)[0] in ("memory", "async+memory")
+
+
+def _options(uri: str, prefix: str, timeout: float) -> dict[str, Any]:
+    scheme = uri.split("://", 1)[0]
+    if "redis" in scheme or "valkey" in scheme:
+        # Keys carry the app's prefix, so two apps sharing one Redis never collide.
+        return {"key_prefix": prefix.rstrip(":"), "socket_timeout": timeout, "socket_connect_timeout": timeout}
+    return {}
+
+
+def sync_storage(uri: str, prefix: str, timeout: float = SOCKET_TIMEOUT) -> limits.storage.Storage:
+    """A sync ``limits`` storage for ``uri``, its errors wrapped in ``limits.errors.StorageError``."""
+    storage = limits.storage.storage_from_string(uri, wrap_exceptions=True, **_options(uri, prefix, timeout))
+    if not isinstance(storage, limits.storage.Storage):
+        raise ValueError(f"store {uri!r} is an async-only storage; give its sync URI")
+    return storage
+
+
+class LoopBoundStorage:
+    """The async ``limits`` storage for ``uri``, one per event loop.
+
+    An asyncio Redis client belongs to the loop it was created on; an app
+    that runs several loops one after the other (``asyncio.run`` twice, a
+    test suite) would otherwise reuse dead connections. :meth:`get` makes a
+    new client when the running loop changes.
+    """
+
+    def __init__(self, uri: str, prefix: str, timeout: float = SOCKET_TIMEOUT) -> None:
+        self.uri = uri
+        self._prefix = prefix
+        self._timeout = timeout
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._storage: Any = None
+
+    def get(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._storage is None or self._loop is not loop:
+            options = _options(self.uri, self._prefix, self._timeout)
+            if "redis" in self.uri.split("://", 1)[0]:
+                options["implementation"] = "redispy"
+            # One factory for both: an "async+" scheme gives the limits.aio storage.
+            self._storage = limits.storage.storage_from_string("async+" + self.uri, wrap_exceptions=True, **options)
+            self._loop = loop
+        return self._storage
+
+    async def aclose(self) -> None:
+        """Close the current loop's client, if it was made on the running loop."""
+        storage, self._storage = self._storage, None
+        if storage is None or self._loop is not asyncio.get_running_loop():
+            return
+        client = getattr(getattr(storage, "bridge", None), "storage", None)
+        close = getattr(client, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # pragma: no cover - closing a dead connection
+                _log.debug("closing an async store client failed", exc_info=True)
+
+
+def close_sync(storage: Any) -> None:
+    """Close a sync storage's connections, if it has any."""
+    connection = getattr(storage, "get_connection", None)
+    if connection is not None:
+        try:
+            connection().close()
+        except Exception:  # pragma: no cover - closing a dead connection
+            _log.debug("closing a store client failed", exc_info=True)
