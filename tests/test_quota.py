@@ -528,3 +528,91 @@ def test_no_token_window_admits_more_than_its_limit(
                 window_start, used = t, 0
             used += c
             assert used <= limit
+
+
+# ---------------------------------------------------------------- regressions from review
+
+
+def test_stream_failing_before_its_first_chunk_is_refunded_once(limits_on: FakeClock) -> None:
+    pipeline = Pipeline(
+        env={},
+        config={"retry": {"max_attempts": 1}, "quota": {"output_tokens": "1000/minute", "provider_signals": False}},
+        clock=limits_on,
+    )
+    held = pipeline.guard(provider="s")(lambda *, max_tokens: Reply(0, max_tokens))
+    held(max_tokens=300)  # another call's 300, recorded
+
+    def stream(*, max_tokens: int) -> Iterator[str]:
+        raise ProviderHTTPError(400)
+        yield "never"
+
+    with pytest.raises(ProviderHTTPError):
+        next(pipeline.guard(provider="s")(stream)(max_tokens=500))
+    policy = quota_policy(pipeline)
+    rows = {r["limit"]: r for r in policy.status("s")["limits"]}
+    assert rows["output_tokens 1000 per 1 minute"]["remaining"] == 700
+
+
+def test_refused_fixed_window_token_hit_is_given_back(limits_on: FakeClock) -> None:
+    pipeline = build(limits_on, output_tokens="1000/minute", token_strategy="fixed-window")
+    guarded = pipeline.guard(lambda *, max_tokens: Reply(0, max_tokens))
+    guarded(max_tokens=200)
+    with pytest.raises(QuotaExceeded):
+        guarded(max_tokens=900)
+    assert isinstance(guarded(max_tokens=800), Reply)  # the refused 900 did not stay counted
+
+
+def test_refund_after_the_window_rolled_does_not_credit_the_next_window(limits_on: FakeClock) -> None:
+    clock = limits_on
+    pipeline = build(clock, output_tokens="1000/minute", token_strategy="fixed-window")
+    fast = pipeline.guard(provider="r")(lambda *, max_tokens: Reply(0, max_tokens))
+
+    def slow(*, max_tokens: int) -> Reply:
+        clock.advance(65)  # the call outlives its window; meanwhile the next window fills
+        fast(max_tokens=400)
+        clock.advance(5)
+        return Reply(0, 10)
+
+    pipeline.guard(provider="r")(slow)(max_tokens=900)  # reserved 900 in window 1, settles in window 2
+    rows = {r["limit"]: r for r in quota_policy(pipeline).status("r")["limits"]}
+    # Window 2 holds the 400 used in it; the slow call's usage stayed in window 1's
+    # reservation, and the 890 refund of that reservation is not taken from window 2.
+    assert rows["output_tokens 1000 per 1 minute"]["remaining"] == 600
+
+
+def test_wait_mode_does_not_spend_a_request_per_pass(limits_on: FakeClock) -> None:
+    pipeline = build(limits_on, requests="3/minute", output_tokens="100/minute", wait=True, max_wait=120)
+    guarded = pipeline.guard(lambda *, max_tokens: Reply(0, max_tokens))
+    guarded(max_tokens=100)  # tokens spent; requests: 1 of 3
+    guarded(max_tokens=100)  # waits for the token window, then goes: requests 2 of 3
+    assert len(limits_on.sleeps) <= 2  # waited for the window, no spinning
+    guarded(max_tokens=1)  # the third request is still there
+
+
+def test_a_shorter_pause_never_replaces_a_longer_one(limits_on: FakeClock) -> None:
+    pipeline = build(limits_on)
+    provider = ScriptedProvider(
+        [HTTPStatus(429, {"retry-after": "60"}), HTTPStatus(429, {"retry-after": "1"})], default="ok", clock=limits_on
+    )
+    guarded = pipeline.guard(provider="p")(provider)
+    with pytest.raises(ProviderHTTPError):
+        guarded()
+    limits_on.advance(60.5)  # past the local view's pause, not the retry
+    with pytest.raises(ProviderHTTPError):
+        guarded()
+    with pytest.raises(QuotaExceeded) as info:
+        guarded()
+    assert info.value.retry_after is not None
+    assert info.value.retry_after == pytest.approx(1, abs=0.05)
+
+
+@pytest.mark.parametrize(("a", "b"), [("a/b", "a%2Fb"), ("-", None), ("", None)])
+def test_tenants_never_share_a_count(limits_on: FakeClock, a: str, b: str | None) -> None:
+    from resilient import request_context
+
+    pipeline = build(limits_on, requests="1/minute")
+    call = pipeline.guard(provider="k")(lambda: "ok")
+    with request_context(tenant=a):
+        call()
+    with request_context(tenant=b):
+        assert call() == "ok"

@@ -402,3 +402,31 @@ def test_async_retry_budget(clock: FakeClock) -> None:
     with pytest.raises(ProviderHTTPError):
         asyncio.run(p.guard(call)())
     assert provider.calls == 2
+
+
+def test_budget_does_not_carry_calls_from_past_windows(clock: FakeClock) -> None:
+    observer = Collect()
+    p = pipeline(clock, observer=observer, max_attempts=3, budget_ratio=0.2, budget_min=0, budget_window=60)
+    ok = p.guard(provider="b")(lambda: "ok")
+    for _ in range(500):  # an hour of quiet success
+        ok()
+        clock.advance(7.2)
+    failing = ScriptedProvider([HTTPStatus(503)] * 1000, clock=clock)
+    guarded = p.guard(provider="b")(failing)
+    clock.advance(60 - clock.time() % 60)  # a fresh window: the outage
+    for _ in range(20):
+        with pytest.raises(ProviderHTTPError):
+            guarded()
+    retries = sum(1 for e in observer.events if e.name == "retry.scheduled")
+    assert retries <= 0.2 * 20  # the share of this window's 20 calls, not of the hour's 500
+
+
+def test_budget_ratio_override_per_provider(clock: FakeClock) -> None:
+    p = pipeline(clock, max_attempts=2, budget_ratio=0.0, budget_min=0, providers={"lenient": {"budget_ratio": 1.0}})
+    strict = ScriptedProvider([HTTPStatus(503)] * 10, clock=clock)
+    lenient = ScriptedProvider([HTTPStatus(503)] * 10, clock=clock)
+    for provider, name in ((strict, "strict"), (lenient, "lenient")):
+        for _ in range(3):
+            with pytest.raises(ProviderHTTPError):
+                p.guard(provider=name)(provider)()
+    assert (strict.calls, lenient.calls) == (3, 6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import limits
 
@@ -15,8 +16,10 @@ __all__ = ["Plan", "actual_tokens", "make_plan", "needed_tokens"]
 
 
 def _part(value: str | None) -> str:
-    # limits joins identifiers with "/": keep a tenant or model from spanning two.
-    return "-" if not value else value.replace("/", "%2F")
+    """A key part that cannot collide: limits joins parts with "/", and "-" stands for none."""
+    if value is None:
+        return "-"
+    return quote(value, safe="") if value not in ("-", "") else {"-": "%2D", "": "%00"}[value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +34,10 @@ class Plan:
     label: str
 
     @property
-    def empty(self) -> bool:
-        return not self.requests and not self.tokens and not self.options.provider_signals
+    def active(self) -> bool:
+        """Whether the quota has anything to do for this key."""
+        options = self.options
+        return options.enabled and bool(self.requests or self.tokens or options.provider_signals)
 
 
 def make_plan(options: QuotaOptions, provider: str, model: str | None, tenant: str | None) -> Plan:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import limits
-from limits.errors import StorageError
 
 from resilient import (
     AsyncHandler,
@@ -33,6 +32,7 @@ from resilient import (
     Target,
 )
 from resilient.providers import response_headers, usage_from
+from resilient.storage import STORE_ERRORS
 
 from ._events import QuotaPaused, QuotaRejected, QuotaStoreUnavailable
 from ._options import QuotaOptions
@@ -55,6 +55,7 @@ class _Held:
     ids: tuple[str, ...]
     cost: int
     local: bool
+    at: float  # wall time of the reservation: a refund never crosses into a later window
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +78,13 @@ class QuotaState:
         self._async: AsyncLimiters | None = None
         self._prefix = core.key_prefix
         self._plans: dict[tuple[str, str | None, str | None], Plan] = {}
-        # pause key -> (paused until, wall clock; last read of the store, monotonic)
+        # pause key -> (paused until, next read of the store), both on the monotonic clock
         self._pauses: dict[str, tuple[float, float]] = {}
         self._store_down_until = 0.0
+        base = section.base
+        # Which parts of a call the plan depends on: skip the lookups it does not need.
+        self._by_model = section.varies or "model" in base.key
+        self._by_tenant = section.varies or "tenant" in base.key
 
     @property
     def alimiters(self) -> AsyncLimiters:
@@ -94,10 +99,10 @@ class QuotaState:
 
     def plan(self, call: Call) -> Plan | None:
         """The plan of a call, or ``None`` when the quota has nothing to do for it."""
-        plan = self.plan_for(call.provider, call.model, call.tenant)
-        if not plan.options.enabled or plan.empty:
-            return None
-        return plan
+        model = call.model if self._by_model else None
+        tenant = call.tenant if self._by_tenant else None
+        plan = self.plan_for(call.target.provider, model, tenant)
+        return plan if plan.active else None
 
     def plan_for(self, provider: str, model: str | None, tenant: str | None) -> Plan:
         key = (provider, model, tenant)
@@ -105,8 +110,9 @@ class QuotaState:
         if plan is None:
             options = self.section.for_call(provider, model, tenant)
             plan = make_plan(options, provider, model, tenant)
-            if len(self._plans) < _PLAN_CACHE_MAX:
-                self._plans[key] = plan
+            if len(self._plans) >= _PLAN_CACHE_MAX:
+                self._plans.clear()  # many tenants: start over rather than stop caching
+            self._plans[key] = plan
         return plan
 
     # ------------------------------------------------------------ store health
@@ -124,7 +130,6 @@ class QuotaState:
             type(error).__name__,
             fallback,
             plan.options.store_retry,
-            exc_info=not isinstance(error, StorageError),  # not the store's own error: keep the traceback
         )
         if self.events.enabled:
             self.events.emit(QuotaStoreUnavailable(error=type(error).__name__, fallback=fallback))
@@ -132,17 +137,19 @@ class QuotaState:
 
     # ------------------------------------------------------------ pauses
 
-    def cached_pause(self, plan: Plan) -> tuple[float, bool]:
-        """(seconds paused by the local view, whether the store should be re-read)."""
-        until, read_at = self._pauses.get(plan.pause_key, (0.0, -1e18))
-        remaining = until - self.clock.time()
-        stale = self.clock.monotonic() - read_at >= plan.options.signal_poll
-        return max(remaining, 0.0), stale and remaining <= 0
+    def cached_pause(self, plan: Plan, now: float) -> tuple[float, bool]:
+        """(seconds paused in the local view, whether the store must be read) at monotonic ``now``."""
+        until, next_read = self._pauses.get(plan.pause_key, (0.0, 0.0))
+        if until > now:
+            return until - now, False
+        return 0.0, now >= next_read
 
-    def remember_pause(self, plan: Plan, seconds: float) -> None:
-        self._pauses[plan.pause_key] = (self.clock.time() + seconds, self.clock.monotonic())
+    def remember_pause(self, plan: Plan, seconds: float, now: float) -> None:
+        """Note a pause of ``seconds`` (only ever extending one) and when to read the store again."""
+        until, _ = self._pauses.get(plan.pause_key, (0.0, 0.0))
+        self._pauses[plan.pause_key] = (max(until, now + seconds), now + plan.options.signal_poll)
         if len(self._pauses) > _PLAN_CACHE_MAX:
-            self._pauses.pop(next(iter(self._pauses)))
+            self._pauses.pop(next(iter(self._pauses)), None)
 
     def signal_pause(self, call: Call, outcome: Outcome, headers: Any) -> float | None:
         """The pause a failure or a response's headers ask for, bounded by max_pause."""
@@ -159,7 +166,7 @@ class QuotaState:
         if seconds is None or seconds <= 0:
             return None
         seconds = min(seconds, plan.options.max_pause)
-        self.remember_pause(plan, seconds)
+        self.remember_pause(plan, seconds, self.clock.monotonic())
         if self.events.enabled:
             self.events.emit(
                 QuotaPaused(
@@ -228,36 +235,71 @@ class QuotaPolicy(Policy):
 
     # ------------------------------------------------------------ sync driver
 
+    def _paused(self, plan: Plan, local: bool) -> _Refusal | None:
+        state = self.state
+        now = state.clock.monotonic()
+        paused, stale = state.cached_pause(plan, now)
+        if stale:
+            paused = state.limiters.pause_get(plan.pause_key, local)
+            state.remember_pause(plan, paused, now)
+        return _Refusal("provider asked to slow down", paused) if paused > 0 else None
+
     def _try(self, call: Call, plan: Plan, local: bool) -> tuple[_Refusal | None, list[_Held]]:
         state, options, lim = self.state, plan.options, self.state.limiters
-        paused, stale = state.cached_pause(plan)
-        if stale:
-            paused = lim.pause_get(plan.pause_key, local)
-            state.remember_pause(plan, paused)
-        if paused > 0:
-            return _Refusal("provider asked to slow down", paused), []
+        if options.provider_signals:
+            refusal = self._paused(plan, local)
+            if refusal is not None:
+                return refusal, []
+        needed = needed_tokens(plan, call)
         requests = lim.limiter(options.strategy, local)
+        tokens = lim.limiter(options.token_strategy, local)
+        if options.wait:
+            # Look before taking: a call that will wait must not spend a hit on every pass.
+            for item in plan.requests:
+                if not requests.test(item, *plan.ids):
+                    return self._request_refusal(requests, item, plan.ids), []
+            for kind, item, ids in plan.tokens:
+                if needed[kind] and not tokens.test(item, *ids, cost=needed[kind]):
+                    return self._token_refusal(tokens, options, item, ids, kind), []
         for item in plan.requests:
             if not requests.hit(item, *plan.ids):
-                reset = requests.get_window_stats(item, *plan.ids).reset_time
-                return _Refusal(_label("requests", item), _retry_after(reset, state.clock.time())), []
+                return self._request_refusal(requests, item, plan.ids), []
         held: list[_Held] = []
-        if plan.tokens:
-            needed = needed_tokens(plan, call)
-            tokens = lim.limiter(options.token_strategy, local)
+        try:
             for kind, item, ids in plan.tokens:
                 cost = needed[kind]
-                refusal: _Refusal | None = None
                 if cost > item.amount:
-                    refusal = _Refusal(f"{_label(kind, item)} (the call alone needs {cost})", None)
-                elif cost and not tokens.hit(item, *ids, cost=cost):
-                    reset = tokens.get_window_stats(item, *ids).reset_time
-                    refusal = _Refusal(_label(kind, item), _retry_after(reset, state.clock.time()))
-                if refusal is not None:
-                    self._release(plan, held)
-                    return refusal, []
-                held.append(_Held(kind, item, ids, cost, local))
+                    self._settle(plan, held, None)
+                    return _Refusal(f"{_label(kind, item)} (the call alone needs {cost})", None), []
+                if cost and not tokens.hit(item, *ids, cost=cost):
+                    if options.token_strategy == "fixed-window":
+                        # limits' fixed window keeps a refused hit counted: give it back.
+                        lim.adjust("fixed-window", item, ids, -cost, local, None)
+                    self._settle(plan, held, None)
+                    return self._token_refusal(tokens, options, item, ids, kind), []
+                # Held even at cost 0: the real usage is recorded when the call settles.
+                held.append(_Held(kind, item, ids, cost, local, state.clock.time()))
+        except BaseException:
+            self._settle(plan, held, None)  # interrupted half-way: release what was taken
+            raise
         return None, held
+
+    def _request_refusal(self, limiter: Any, item: limits.RateLimitItem, ids: tuple[str, ...]) -> _Refusal:
+        reset = limiter.get_window_stats(item, *ids).reset_time
+        return _Refusal(_label("requests", item), _retry_after(reset, self.state.clock.time()))
+
+    def _token_refusal(
+        self, limiter: Any, options: QuotaOptions, item: limits.RateLimitItem, ids: tuple[str, ...], kind: str
+    ) -> _Refusal:
+        now = self.state.clock.time()
+        if options.token_strategy == "fixed-window":
+            wait = limiter.get_window_stats(item, *ids).reset_time - now
+        else:
+            # A sliding window frees tokens gradually; the current window's end is when
+            # the previous one stops weighing on it (limits' reset_time is for one unit).
+            period = item.get_expiry()
+            wait = period - (now % period)
+        return _Refusal(_label(kind, item), _retry_after(now + wait, now))
 
     def _admit(self, call: Call, plan: Plan) -> list[_Held]:
         state, options = self.state, plan.options
@@ -272,7 +314,7 @@ class QuotaPolicy(Policy):
                 raise state.refuse(call, _Refusal("quota store unavailable", options.store_retry))
             try:
                 refusal, held = self._try(call, plan, local)
-            except Exception as exc:  # StorageError, or a client broken some other way
+            except STORE_ERRORS as exc:
                 state.store_failed(plan, exc)
                 failed = True
                 continue  # decided at the top of the loop, now that the store is known down
@@ -286,9 +328,6 @@ class QuotaPolicy(Policy):
                     continue
             raise state.refuse(call, refusal)
 
-    def _release(self, plan: Plan, held: list[_Held]) -> None:
-        self._settle(plan, held, None)
-
     def _settle(self, plan: Plan, held: list[_Held], actual: dict[str, int] | None) -> None:
         """Move each reservation to the real usage (``None``: refund it all)."""
         lim = self.state.limiters
@@ -296,8 +335,8 @@ class QuotaPolicy(Policy):
             delta = (actual[h.kind] if actual is not None else 0) - h.cost
             if delta:
                 try:
-                    lim.adjust(plan.options.token_strategy, h.item, h.ids, delta, h.local)
-                except Exception as exc:  # a failing store never fails the call
+                    lim.adjust(plan.options.token_strategy, h.item, h.ids, delta, h.local, h.at)
+                except STORE_ERRORS as exc:  # a failing store never fails the call
                     self.state.store_failed(plan, exc)
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:
@@ -325,54 +364,89 @@ class QuotaPolicy(Policy):
             if plan is None:
                 return nxt(call)
             held = self._admit(call, plan)
+            try:
+                stream = nxt(call)
+            except BaseException:
+                self._settle(plan, held, None)  # it never started: refund, once
+                raise
             if held:
 
                 def settle(c: Call, outcome: Outcome) -> None:
                     # Usage known (read from the stream's events): reconcile to it.
-                    # Unknown: a failed stream is refunded, a finished one keeps its estimate.
+                    # Unknown: a failed stream is refunded; a finished or abandoned one keeps its estimate.
                     actual = actual_tokens(c.usage) if c.usage is not None else None
                     if actual is not None or not outcome.ok:
                         self._settle(plan, held, actual)
 
                 call.on_end(settle)
-            try:
-                return nxt(call)
-            except BaseException:
-                self._settle(plan, held, None)
-                raise
+            return stream
 
         return admitted
 
     # ------------------------------------------------------------ async driver
 
-    async def _atry(self, call: Call, plan: Plan, local: bool) -> tuple[_Refusal | None, list[_Held]]:
-        state, options, lim = self.state, plan.options, self.state.alimiters
-        paused, stale = state.cached_pause(plan)
+    async def _apaused(self, plan: Plan, local: bool) -> _Refusal | None:
+        state = self.state
+        now = state.clock.monotonic()
+        paused, stale = state.cached_pause(plan, now)
         if stale:
-            paused = await lim.pause_get(plan.pause_key, local)
-            state.remember_pause(plan, paused)
-        if paused > 0:
-            return _Refusal("provider asked to slow down", paused), []
+            paused = await state.alimiters.pause_get(plan.pause_key, local)
+            state.remember_pause(plan, paused, now)
+        return _Refusal("provider asked to slow down", paused) if paused > 0 else None
+
+    async def _atry(self, call: Call, plan: Plan, local: bool) -> tuple[_Refusal | None, list[_Held]]:
+        """:meth:`_try` on the async storage; the same steps in the same order."""
+        state, options, lim = self.state, plan.options, self.state.alimiters
+        if options.provider_signals:
+            refusal = await self._apaused(plan, local)
+            if refusal is not None:
+                return refusal, []
+        needed = needed_tokens(plan, call)
+        if options.wait:
+            for item in plan.requests:
+                if not await lim.test(options.strategy, item, plan.ids, 1, local):
+                    return await self._arequest_refusal(options, item, plan.ids, local), []
+            for kind, item, ids in plan.tokens:
+                if needed[kind] and not await lim.test(options.token_strategy, item, ids, needed[kind], local):
+                    return await self._atoken_refusal(options, item, ids, kind, local), []
         for item in plan.requests:
             if not await lim.hit(options.strategy, item, plan.ids, 1, local):
-                reset = await lim.reset_at(options.strategy, item, plan.ids, local)
-                return _Refusal(_label("requests", item), _retry_after(reset, state.clock.time())), []
+                return await self._arequest_refusal(options, item, plan.ids, local), []
         held: list[_Held] = []
-        if plan.tokens:
-            needed = needed_tokens(plan, call)
+        try:
             for kind, item, ids in plan.tokens:
                 cost = needed[kind]
-                refusal: _Refusal | None = None
                 if cost > item.amount:
-                    refusal = _Refusal(f"{_label(kind, item)} (the call alone needs {cost})", None)
-                elif cost and not await lim.hit(options.token_strategy, item, ids, cost, local):
-                    reset = await lim.reset_at(options.token_strategy, item, ids, local)
-                    refusal = _Refusal(_label(kind, item), _retry_after(reset, state.clock.time()))
-                if refusal is not None:
                     await self._asettle(plan, held, None)
-                    return refusal, []
-                held.append(_Held(kind, item, ids, cost, local))
+                    return _Refusal(f"{_label(kind, item)} (the call alone needs {cost})", None), []
+                if cost and not await lim.hit(options.token_strategy, item, ids, cost, local):
+                    if options.token_strategy == "fixed-window":
+                        await lim.adjust("fixed-window", item, ids, -cost, local, None)
+                    await self._asettle(plan, held, None)
+                    return await self._atoken_refusal(options, item, ids, kind, local), []
+                # Held even at cost 0: the real usage is recorded when the call settles.
+                held.append(_Held(kind, item, ids, cost, local, state.clock.time()))
+        except BaseException:
+            await self._asettle(plan, held, None)
+            raise
         return None, held
+
+    async def _arequest_refusal(
+        self, options: QuotaOptions, item: limits.RateLimitItem, ids: tuple[str, ...], local: bool
+    ) -> _Refusal:
+        reset = await self.state.alimiters.reset_at(options.strategy, item, ids, local)
+        return _Refusal(_label("requests", item), _retry_after(reset, self.state.clock.time()))
+
+    async def _atoken_refusal(
+        self, options: QuotaOptions, item: limits.RateLimitItem, ids: tuple[str, ...], kind: str, local: bool
+    ) -> _Refusal:
+        now = self.state.clock.time()
+        if options.token_strategy == "fixed-window":
+            wait = await self.state.alimiters.reset_at(options.token_strategy, item, ids, local) - now
+        else:
+            period = item.get_expiry()
+            wait = period - (now % period)
+        return _Refusal(_label(kind, item), _retry_after(now + wait, now))
 
     async def _aadmit(self, call: Call, plan: Plan) -> list[_Held]:
         state, options = self.state, plan.options
@@ -387,7 +461,7 @@ class QuotaPolicy(Policy):
                 raise state.refuse(call, _Refusal("quota store unavailable", options.store_retry))
             try:
                 refusal, held = await self._atry(call, plan, local)
-            except Exception as exc:  # StorageError, or a client broken some other way
+            except STORE_ERRORS as exc:
                 state.store_failed(plan, exc)
                 failed = True
                 continue  # decided at the top of the loop, now that the store is known down
@@ -407,8 +481,8 @@ class QuotaPolicy(Policy):
             delta = (actual[h.kind] if actual is not None else 0) - h.cost
             if delta:
                 try:
-                    await lim.adjust(plan.options.token_strategy, h.item, h.ids, delta, h.local)
-                except Exception as exc:  # a failing store never fails the call
+                    await lim.adjust(plan.options.token_strategy, h.item, h.ids, delta, h.local, h.at)
+                except STORE_ERRORS as exc:  # a failing store never fails the call
                     self.state.store_failed(plan, exc)
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
@@ -439,20 +513,21 @@ class QuotaPolicy(Policy):
 
         async def admitted(call: Call) -> AsyncIterator[Any]:
             plan, held = await start(call)
-            settled = False
+            ended_ok = True
             try:
                 async for chunk in nxt(call):
                     yield chunk
+            except GeneratorExit:
+                pass  # abandoned by the consumer: like a finished stream, it keeps its estimate
             except BaseException:
-                if plan is not None and held:
-                    settled = True
-                    actual = actual_tokens(call.usage) if call.usage is not None else None
-                    await self._asettle(plan, held, actual)
+                ended_ok = False
                 raise
-            if plan is not None and held and not settled:
-                actual = actual_tokens(call.usage) if call.usage is not None else None
-                if actual is not None:
-                    await self._asettle(plan, held, actual)
+            finally:
+                if plan is not None and held:
+                    # Same rule as sync streams: usage known reconciles; unknown refunds a failure only.
+                    actual = actual_tokens(call.usage) if call.usage is not None else None
+                    if actual is not None or not ended_ok:
+                        await self._asettle(plan, held, actual)
 
         return admitted
 
@@ -464,6 +539,12 @@ class QuotaPolicy(Policy):
         plan = make_plan(options, provider, model, tenant)
         lim = self.state.limiters
         local = self.state.store_down()
+        try:
+            return self._status(plan, options, lim, local)
+        except STORE_ERRORS as exc:
+            return {"key": plan.label, "store": f"unavailable ({type(exc).__name__})", "paused_for": None, "limits": []}
+
+    def _status(self, plan: Plan, options: QuotaOptions, lim: Limiters, local: bool) -> dict[str, Any]:
         rows: list[dict[str, Any]] = []
         now = self.state.clock.time()
         for kind, strategy, items in [("requests", options.strategy, [(i, plan.ids) for i in plan.requests])] + [
@@ -511,7 +592,7 @@ class QuotaSignals(Policy):
             return
         try:
             self.state.limiters.pause_set(plan.pause_key, seconds, self.state.store_down())
-        except Exception as exc:  # a failing store never fails the call
+        except STORE_ERRORS as exc:  # a failing store never fails the call
             self.state.store_failed(plan, exc)
 
     async def _ashare(self, call: Call, seconds: float) -> None:
@@ -520,7 +601,7 @@ class QuotaSignals(Policy):
             return
         try:
             await self.state.alimiters.pause_set(plan.pause_key, seconds, self.state.store_down())
-        except Exception as exc:  # a failing store never fails the call
+        except STORE_ERRORS as exc:  # a failing store never fails the call
             self.state.store_failed(plan, exc)
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:

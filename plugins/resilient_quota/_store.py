@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from typing import Any
 
 import limits
@@ -53,6 +54,27 @@ def current_window_key(storage: Any, item: limits.RateLimitItem, key: str) -> st
     return None
 
 
+# Redis reports a key's TTL in whole seconds, so a window's start is known to within one.
+_TTL_RESOLUTION = 1.0
+
+
+def window_key(storage: Any, strategy: Strategy, item: limits.RateLimitItem, key: str) -> tuple[str | None, int]:
+    """The key holding the current window of ``item`` and the expiry to give it when created."""
+    if strategy == "sliding-window-counter":
+        return current_window_key(storage, item, key), 2 * item.get_expiry()
+    return key, item.get_expiry()
+
+
+def window_start(storage: Any, strategy: Strategy, item: limits.RateLimitItem, now: float, expires: float) -> float:
+    """When the current window began, from its key's expiry (``limits`` lays windows out per storage)."""
+    period = item.get_expiry()
+    if strategy == "fixed-window":
+        return expires - period  # the window opened with its first hit and lasts one period
+    if hasattr(storage, "sliding_window_keys"):
+        return (now // period) * period  # timestamped windows, aligned on the period
+    return expires - 2 * period  # a shifting current key lives two periods from its window's start
+
+
 class Limiters:
     """Sync limiters on the configured storage, and on a local memory fallback."""
 
@@ -67,21 +89,29 @@ class Limiters:
         return (self._local_by_strategy if local else self._by_strategy)[strategy]
 
     def adjust(
-        self, strategy: Strategy, item: limits.RateLimitItem, ids: tuple[str, ...], delta: int, local: bool
+        self,
+        strategy: Strategy,
+        item: limits.RateLimitItem,
+        ids: tuple[str, ...],
+        delta: int,
+        local: bool,
+        reserved_at: float | None,
     ) -> None:
-        """Move a token reservation by ``delta`` (positive: more used; negative: refund)."""
+        """Move a token reservation by ``delta`` (positive: more used; negative: refund).
+
+        A refund goes only to the window the reservation was made in
+        (``reserved_at``, wall time): once that window has rolled over, the
+        reservation left with it and a refund would credit the next one.
+        """
         storage = self.local if local else self.storage
-        key = item.key_for(*ids)
-        if strategy == "sliding-window-counter":
-            window = current_window_key(storage, item, key)
-            if window is None:
-                return
-            key, expiry = window, 2 * item.get_expiry()
-        else:
-            expiry = item.get_expiry()
+        key, expiry = window_key(storage, strategy, item, item.key_for(*ids))
+        if key is None:
+            return
         if delta < 0:
-            # Never refund more than the window holds: after the window rolled,
-            # the reservation is gone with it and a refund would credit the next one.
+            if reserved_at is not None:
+                start = window_start(storage, strategy, item, time.time(), storage.get_expiry(key))
+                if reserved_at < start - _TTL_RESOLUTION:
+                    return
             delta = -min(-delta, max(storage.get(key), 0))
             if delta == 0:
                 return
@@ -98,7 +128,9 @@ class Limiters:
         """Pause ``key`` for ``seconds`` (whole seconds, rounded up): a counter that expires then."""
         storage = self.local if local else self.storage
         if storage.get(key) > 0:
-            storage.clear(key)  # a new signal replaces the old pause
+            if storage.get_expiry(key) - time.time() >= seconds:
+                return  # a pause only ever grows: a shorter signal leaves the longer one
+            storage.clear(key)
         storage.incr(key, max(int(seconds + 0.999), 1))
 
     def close(self) -> None:
@@ -116,8 +148,8 @@ class AsyncLimiters:
         self.sync = sync
         self.in_memory = is_memory(sync.uri)
         self._storage = LoopBoundStorage(sync.uri, f"{prefix}quota")
-        self._limiters: dict[str, Any] = {}
-        self._limiters_of: Any = None
+        # Limiters per async storage (one storage per event loop), forgotten with it.
+        self._limiters: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
     @property
     def storage(self) -> Any:
@@ -126,10 +158,10 @@ class AsyncLimiters:
 
     def _limiter(self, strategy: Strategy) -> Any:
         storage = self._storage.get()
-        if self._limiters_of is not storage:  # a new loop, a new client: new limiters on it
-            self._limiters = {name: cls(storage) for name, cls in _ASYNC.items()}
-            self._limiters_of = storage
-        return self._limiters[strategy]
+        limiters = self._limiters.get(storage)
+        if limiters is None:
+            limiters = self._limiters[storage] = {name: cls(storage) for name, cls in _ASYNC.items()}
+        return limiters[strategy]
 
     async def hit(
         self, strategy: Strategy, item: limits.RateLimitItem, ids: tuple[str, ...], cost: int, local: bool
@@ -137,6 +169,13 @@ class AsyncLimiters:
         if self.in_memory or local:
             return self.sync.limiter(strategy, local).hit(item, *ids, cost=cost)
         return bool(await self._limiter(strategy).hit(item, *ids, cost=cost))
+
+    async def test(
+        self, strategy: Strategy, item: limits.RateLimitItem, ids: tuple[str, ...], cost: int, local: bool
+    ) -> bool:
+        if self.in_memory or local:
+            return self.sync.limiter(strategy, local).test(item, *ids, cost=cost)
+        return bool(await self._limiter(strategy).test(item, *ids, cost=cost))
 
     async def reset_at(
         self, strategy: Strategy, item: limits.RateLimitItem, ids: tuple[str, ...], local: bool
@@ -147,24 +186,30 @@ class AsyncLimiters:
         return float(stats.reset_time)
 
     async def adjust(
-        self, strategy: Strategy, item: limits.RateLimitItem, ids: tuple[str, ...], delta: int, local: bool
+        self,
+        strategy: Strategy,
+        item: limits.RateLimitItem,
+        ids: tuple[str, ...],
+        delta: int,
+        local: bool,
+        reserved_at: float | None,
     ) -> None:
         if self.in_memory or local:
-            self.sync.adjust(strategy, item, ids, delta, local)
+            self.sync.adjust(strategy, item, ids, delta, local, reserved_at)
             return
-        key = item.key_for(*ids)
-        if strategy == "sliding-window-counter":
-            window = current_window_key(self.storage, item, key)
-            if window is None:
-                return
-            key, expiry = window, 2 * item.get_expiry()
-        else:
-            expiry = item.get_expiry()
+        storage = self.storage
+        key, expiry = window_key(storage, strategy, item, item.key_for(*ids))
+        if key is None:
+            return
         if delta < 0:
-            delta = -min(-delta, max(int(await self.storage.get(key)), 0))
+            if reserved_at is not None:
+                expires = float(await storage.get_expiry(key))
+                if reserved_at < window_start(storage, strategy, item, time.time(), expires) - _TTL_RESOLUTION:
+                    return
+            delta = -min(-delta, max(int(await storage.get(key)), 0))
             if delta == 0:
                 return
-        await self.storage.incr(key, expiry, amount=delta)
+        await storage.incr(key, expiry, amount=delta)
 
     async def aclose(self) -> None:
         """Close the async client's connections (they belong to the running event loop)."""
@@ -183,6 +228,9 @@ class AsyncLimiters:
         if self.in_memory or local:
             self.sync.pause_set(key, seconds, local)
             return
-        if int(await self.storage.get(key)) > 0:
-            await self.storage.clear(key)
-        await self.storage.incr(key, max(int(seconds + 0.999), 1))
+        storage = self.storage
+        if int(await storage.get(key)) > 0:
+            if float(await storage.get_expiry(key)) - time.time() >= seconds:
+                return
+            await storage.clear(key)
+        await storage.incr(key, max(int(seconds + 0.999), 1))

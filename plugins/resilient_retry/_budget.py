@@ -2,11 +2,12 @@
 
 Per provider and per fixed window of ``budget_window`` seconds, a retry is
 allowed while ``retries <= max(budget_min, budget_ratio * calls)``. Calls are
-counted in process (one integer increment on the success path) and pushed
-to the store only when a retry asks for budget, together with the retry
-itself, so the shared count costs store round trips on the failure path
-only. Counts not yet pushed by a process that has not failed lately are
-missing from the shared total, which only makes the budget stricter.
+counted in process, per window (a clock read and an integer increment on
+the success path), and pushed to the store into their own window only when
+a retry asks for budget, so the shared count costs store round trips on the
+failure path only. Calls of a window in which a process never retried are
+never pushed: missing from the shared total, they only make the budget
+stricter.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import threading
 
 from resilient import Clock
-from resilient.storage import LoopBoundStorage, close_sync, is_memory, sync_storage
+from resilient.storage import STORE_ERRORS, LoopBoundStorage, close_sync, is_memory, sync_storage
 
 __all__ = ["RetryBudget"]
 
@@ -31,70 +32,87 @@ def allowed(retries: int, calls: int, ratio: float, minimum: int) -> bool:
 
 
 class RetryBudget:
-    """Counts calls locally and spends retries against the shared store."""
+    """Counts calls locally, per window, and spends retries against the shared store.
 
-    def __init__(self, uri: str, prefix: str, ratio: float, window: float, minimum: int, clock: Clock) -> None:
-        self.ratio, self.window, self.minimum, self.clock = ratio, window, minimum, clock
+    The window length is the section's ``budget_window``; ``budget_ratio`` and
+    ``budget_min`` may differ per provider, model or tenant and are given
+    with each :meth:`spend`.
+    """
+
+    def __init__(self, uri: str, prefix: str, window: float, clock: Clock) -> None:
+        self.window, self.clock = window, clock
         self._prefix = f"{prefix}retry-budget"
-        self._uri = uri
+        # provider -> [window number, calls seen in it, calls already pushed to the store].
+        # Unlocked on purpose: a lost increment under threads only undercounts calls (stricter).
+        self._calls: dict[str, list[int]] = {}
         self._lock = threading.Lock()
-        self._pending: dict[str, int] = {}
         self.storage = sync_storage(uri, self._prefix, timeout=1.0)
         self._async = None if is_memory(uri) else LoopBoundStorage(uri, self._prefix, timeout=1.0)
         self._down_until = 0.0  # after a store error, retries are allowed without asking it
 
     def note_call(self, provider: str) -> None:
         """A call started (its first attempt). Local only: no I/O."""
-        pending = self._pending
-        pending[provider] = pending.get(provider, 0) + 1
+        window = int(self.clock.time() // self.window)
+        entry = self._calls.get(provider)
+        if entry is None or entry[0] != window:
+            self._calls[provider] = [window, 1, 0]  # calls of past windows stay in their windows
+        else:
+            entry[1] += 1
 
-    def _keys(self, provider: str) -> tuple[str, str, int]:
+    def _keys(self, provider: str) -> tuple[str, str, int, int]:
         window = int(self.clock.time() // self.window)
         base = f"{provider}/{window}"
-        return f"{base}/calls", f"{base}/retries", int(self.window * 2)
+        return f"{base}/calls", f"{base}/retries", int(self.window * 2), window
 
-    def _take_pending(self, provider: str) -> int:
+    def _take_pending(self, provider: str, window: int) -> int:
+        """Calls of ``window`` not yet pushed to the store; marks them pushed."""
         with self._lock:
-            return self._pending.pop(provider, 0)
+            entry = self._calls.get(provider)
+            if entry is None or entry[0] != window:
+                return 0
+            pending = entry[1] - entry[2]
+            entry[2] = entry[1]
+            return max(pending, 0)
 
     def _store_failed(self, exc: BaseException) -> bool:
         self._down_until = self.clock.monotonic() + STORE_RETRY
         _log.warning("retry budget store unavailable (%s); retries allowed for %.0fs", type(exc).__name__, STORE_RETRY)
         return True
 
-    def spend(self, provider: str) -> bool:
+    def spend(self, provider: str, ratio: float, minimum: int) -> bool:
         """Ask for one retry; True if within budget. A store failure allows it (fails open)."""
         if self._down_until > self.clock.monotonic():
             return True
-        calls_key, retries_key, expiry = self._keys(provider)
-        pending = self._take_pending(provider)
+        calls_key, retries_key, expiry, window = self._keys(provider)
+        pending = self._take_pending(provider, window)
+        storage = self.storage
         try:
-            calls = self.storage.incr(calls_key, expiry, amount=pending) if pending else self.storage.get(calls_key)
-            retries = self.storage.incr(retries_key, expiry)
-            if allowed(retries, calls, self.ratio, self.minimum):
+            calls = storage.incr(calls_key, expiry, amount=pending) if pending else storage.get(calls_key)
+            retries = storage.incr(retries_key, expiry)
+            if allowed(retries, calls, ratio, minimum):
                 return True
-            self.storage.incr(retries_key, expiry, amount=-1)  # refused: not spent
+            storage.incr(retries_key, expiry, amount=-1)  # refused: not spent
             return False
-        except Exception as exc:  # a failing store never fails the call: the retry is allowed
+        except STORE_ERRORS as exc:  # a failing store never fails the call: the retry is allowed
             return self._store_failed(exc)
 
-    async def aspend(self, provider: str) -> bool:
+    async def aspend(self, provider: str, ratio: float, minimum: int) -> bool:
         """:meth:`spend` for async callers: the async storage for network stores."""
         if self._async is None:
-            return self.spend(provider)
+            return self.spend(provider, ratio, minimum)
         if self._down_until > self.clock.monotonic():
             return True
-        calls_key, retries_key, expiry = self._keys(provider)
-        pending = self._take_pending(provider)
+        calls_key, retries_key, expiry, window = self._keys(provider)
+        pending = self._take_pending(provider, window)
         try:
             storage = self._async.get()
             calls = await (storage.incr(calls_key, expiry, amount=pending) if pending else storage.get(calls_key))
             retries = await storage.incr(retries_key, expiry)
-            if allowed(int(retries), int(calls), self.ratio, self.minimum):
+            if allowed(int(retries), int(calls), ratio, minimum):
                 return True
             await storage.incr(retries_key, expiry, amount=-1)
             return False
-        except Exception as exc:  # a failing store never fails the call: the retry is allowed
+        except STORE_ERRORS as exc:
             return self._store_failed(exc)
 
     def close(self) -> None:

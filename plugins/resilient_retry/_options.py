@@ -36,7 +36,9 @@ class RetryOptions:
         doc="Retries may add at most this share of the calls per window, fleet-wide; none turns the budget off.",
     )
     budget_min: int = option(10, min=0, doc="Retries always allowed per window, so quiet traffic can still retry.")
-    budget_window: Duration = option(60.0, min=1, doc="Window of the retry budget, in seconds.")
+    budget_window: Duration = option(
+        60.0, min=1, doc="Window of the retry budget, in seconds (the section's value: not overridable per key)."
+    )
 
     def __post_init__(self) -> None:
         if self.max_delay < self.base_delay:

@@ -44,11 +44,9 @@ class RetryPolicy(Policy):
         self._events = runtime.events
         base = section.base
         self._budget: RetryBudget | None = None
-        if base.budget_ratio is not None:
+        if base.budget_ratio is not None or section.varies:
             core = runtime.settings.core
-            self._budget = RetryBudget(
-                core.store, core.key_prefix, base.budget_ratio, base.budget_window, base.budget_min, runtime.clock
-            )
+            self._budget = RetryBudget(core.store, core.key_prefix, base.budget_window, runtime.clock)
 
     def _options(self, call: Call) -> RetryOptions:
         section = self._section
@@ -70,15 +68,27 @@ class RetryPolicy(Policy):
             self._emit(call, call.outcome, delay, reason)
         return delay
 
+    def _within_budget(self, call: Call, options: RetryOptions) -> bool:
+        budget, ratio = self._budget, options.budget_ratio
+        if budget is None or ratio is None:
+            return True
+        return budget.spend(call.provider, ratio, options.budget_min)
+
+    async def _awithin_budget(self, call: Call, options: RetryOptions) -> bool:
+        budget, ratio = self._budget, options.budget_ratio
+        if budget is None or ratio is None:
+            return True
+        return await budget.aspend(call.provider, ratio, options.budget_min)
+
     def _decide_sync(self, call: Call, options: RetryOptions, exc: BaseException, start: float) -> float | None:
         delay, reason = self._decide(call, options, exc, start)
-        if delay is not None and self._budget is not None and not self._budget.spend(call.provider):
+        if delay is not None and not self._within_budget(call, options):
             delay, reason = None, "budget"
         return self._outcome(call, delay, reason)
 
     async def _decide_async(self, call: Call, options: RetryOptions, exc: BaseException, start: float) -> float | None:
         delay, reason = self._decide(call, options, exc, start)
-        if delay is not None and self._budget is not None and not await self._budget.aspend(call.provider):
+        if delay is not None and not await self._awithin_budget(call, options):
             delay, reason = None, "budget"
         return self._outcome(call, delay, reason)
 

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import weakref
 from typing import Any
 
 import limits.storage
+from limits.errors import StorageError
 
-__all__ = ["LoopBoundStorage", "close_sync", "is_memory", "sync_storage"]
+__all__ = ["STORE_ERRORS", "LoopBoundStorage", "close_sync", "is_memory", "sync_storage"]
+
+#: What a failing store raises: ``limits`` wraps the client's errors in
+#: ``StorageError``; sockets and timeouts that escape it are ``OSError``.
+#: Plugins catch these, and only these, as "the store is down".
+STORE_ERRORS: tuple[type[Exception], ...] = (StorageError, OSError)
 
 _log = logging.getLogger("resilient.storage")
 
@@ -56,24 +64,29 @@ class LoopBoundStorage:
         self.uri = uri
         self._prefix = prefix
         self._timeout = timeout
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._storage: Any = None
+        # One client per loop, forgotten with its loop: loops in several threads each keep theirs.
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
 
     def get(self) -> Any:
         loop = asyncio.get_running_loop()
-        if self._storage is None or self._loop is not loop:
-            options = _options(self.uri, self._prefix, self._timeout)
-            if "redis" in self.uri.split("://", 1)[0]:
-                options["implementation"] = "redispy"
-            # One factory for both: an "async+" scheme gives the limits.aio storage.
-            self._storage = limits.storage.storage_from_string("async+" + self.uri, wrap_exceptions=True, **options)
-            self._loop = loop
-        return self._storage
+        storage = self._by_loop.get(loop)
+        if storage is None:
+            with self._lock:
+                storage = self._by_loop.get(loop)
+                if storage is None:
+                    options = _options(self.uri, self._prefix, self._timeout)
+                    if "redis" in self.uri.split("://", 1)[0]:
+                        options["implementation"] = "redispy"
+                    # One factory for both: an "async+" scheme gives the limits.aio storage.
+                    storage = limits.storage.storage_from_string("async+" + self.uri, wrap_exceptions=True, **options)
+                    self._by_loop[loop] = storage
+        return storage
 
     async def aclose(self) -> None:
-        """Close the current loop's client, if it was made on the running loop."""
-        storage, self._storage = self._storage, None
-        if storage is None or self._loop is not asyncio.get_running_loop():
+        """Close the running loop's client."""
+        storage = self._by_loop.pop(asyncio.get_running_loop(), None)
+        if storage is None:
             return
         client = getattr(getattr(storage, "bridge", None), "storage", None)
         close = getattr(client, "aclose", None)
