@@ -42,7 +42,8 @@ class Plan:
 
 def make_plan(options: QuotaOptions, provider: str, model: str | None, tenant: str | None) -> Plan:
     parts = {"provider": provider, "model": model, "tenant": tenant}
-    ids = ("quota", *(f"{name}={_part(parts[name])}" for name in options.key))
+    # One identifier, not one per part: limits formats every identifier into the key on each hit.
+    ids = ("/".join(("quota", *(f"{name}={_part(parts[name])}" for name in options.key))),)
     tokens = tuple((kind, item, (*ids, kind)) for kind in TOKEN_KINDS for item in parse_limits(getattr(options, kind)))
     label = "/".join(f"{name}={_part(parts[name])}" for name in options.key) or "global"
     return Plan(

@@ -31,6 +31,7 @@ from resilient import (
     StreamHandler,
     Target,
 )
+from resilient.context import current as current_context
 from resilient.providers import response_headers, usage_from
 from resilient.storage import STORE_ERRORS
 
@@ -44,6 +45,7 @@ __all__ = ["QuotaPolicy", "QuotaSignals"]
 
 _log = logging.getLogger("resilient.quota")
 _PLAN_CACHE_MAX = 10_000
+_NOTHING_HELD: list[Any] = []  # shared and never mutated: no reservation to settle
 
 
 @dataclass(slots=True)
@@ -99,9 +101,18 @@ class QuotaState:
 
     def plan(self, call: Call) -> Plan | None:
         """The plan of a call, or ``None`` when the quota has nothing to do for it."""
-        model = call.model if self._by_model else None
-        tenant = call.tenant if self._by_tenant else None
-        plan = self.plan_for(call.target.provider, model, tenant)
+        target = call.target
+        model = (target.model or call.model) if self._by_model else None
+        tenant: str | None = None
+        if self._by_tenant:
+            if target.tenant is not None:
+                tenant = target.tenant(call)
+            else:
+                ctx = current_context()
+                tenant = ctx.tenant if ctx is not None else None
+        plan = self._plans.get((target.provider, model, tenant))
+        if plan is None:
+            plan = self.plan_for(target.provider, model, tenant)
         return plan if plan.active else None
 
     def plan_for(self, provider: str, model: str | None, tenant: str | None) -> Plan:
@@ -119,7 +130,7 @@ class QuotaState:
 
     def store_down(self) -> bool:
         """True while the store is considered down (after an error, for store_retry seconds)."""
-        return self._store_down_until > self.clock.monotonic()
+        return bool(self._store_down_until) and self._store_down_until > self.clock.monotonic()
 
     def store_failed(self, plan: Plan, error: BaseException) -> str:
         """Record a store failure; return the fallback in force (local, open, closed)."""
@@ -250,8 +261,13 @@ class QuotaPolicy(Policy):
             refusal = self._paused(plan, local)
             if refusal is not None:
                 return refusal, []
-        needed = needed_tokens(plan, call)
         requests = lim.limiter(options.strategy, local)
+        if not plan.tokens and not options.wait:  # the common case: request limits only
+            for item in plan.requests:
+                if not requests.hit(item, *plan.ids):
+                    return self._request_refusal(requests, item, plan.ids), []
+            return None, _NOTHING_HELD
+        needed = needed_tokens(plan, call)
         tokens = lim.limiter(options.token_strategy, local)
         if options.wait:
             # Look before taking: a call that will wait must not spend a hit on every pass.
