@@ -2,12 +2,12 @@
 
 Per provider and per fixed window of ``budget_window`` seconds, a retry is
 allowed while ``retries <= max(budget_min, budget_ratio * calls)``. Calls are
-counted in process, per window (a clock read and an integer increment on
-the success path), and pushed to the store into their own window only when
-a retry asks for budget, so the shared count costs store round trips on the
-failure path only. Calls of a window in which a process never retried are
-never pushed: missing from the shared total, they only make the budget
-stricter.
+counted in process (an integer increment on the success path) and pushed to
+the store only when a retry asks for budget, so the shared count costs
+store round trips on the failure path only. Only calls known to belong to
+the current window are pushed (those since this process's previous push in
+the same window); the others are left out, so the shared total can only
+undercount and the budget errs strict, never lenient.
 """
 
 from __future__ import annotations
@@ -42,22 +42,20 @@ class RetryBudget:
     def __init__(self, uri: str, prefix: str, window: float, clock: Clock) -> None:
         self.window, self.clock = window, clock
         self._prefix = f"{prefix}retry-budget"
-        # provider -> [window number, calls seen in it, calls already pushed to the store].
+        # provider -> calls started, ever (the success path only increments this).
         # Unlocked on purpose: a lost increment under threads only undercounts calls (stricter).
-        self._calls: dict[str, list[int]] = {}
+        self._calls: dict[str, int] = {}
+        # provider -> (window number, calls count when last pushed in that window)
+        self._pushed: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self.storage = sync_storage(uri, self._prefix, timeout=1.0)
         self._async = None if is_memory(uri) else LoopBoundStorage(uri, self._prefix, timeout=1.0)
         self._down_until = 0.0  # after a store error, retries are allowed without asking it
 
     def note_call(self, provider: str) -> None:
-        """A call started (its first attempt). Local only: no I/O."""
-        window = int(self.clock.time() // self.window)
-        entry = self._calls.get(provider)
-        if entry is None or entry[0] != window:
-            self._calls[provider] = [window, 1, 0]  # calls of past windows stay in their windows
-        else:
-            entry[1] += 1
+        """A call started (its first attempt). Local only: no I/O, no clock."""
+        calls = self._calls
+        calls[provider] = calls.get(provider, 0) + 1
 
     def _keys(self, provider: str) -> tuple[str, str, int, int]:
         window = int(self.clock.time() // self.window)
@@ -65,14 +63,18 @@ class RetryBudget:
         return f"{base}/calls", f"{base}/retries", int(self.window * 2), window
 
     def _take_pending(self, provider: str, window: int) -> int:
-        """Calls of ``window`` not yet pushed to the store; marks them pushed."""
+        """Calls made in ``window`` since the last push; marks them pushed.
+
+        Calls are not stamped with their window (that would cost a clock read
+        per call): the first push of a window knows only that the calls since
+        the previous push straddle windows, and pushes none of them. The
+        budget only ever sees fewer calls than were made: it errs strict.
+        """
         with self._lock:
-            entry = self._calls.get(provider)
-            if entry is None or entry[0] != window:
-                return 0
-            pending = entry[1] - entry[2]
-            entry[2] = entry[1]
-            return max(pending, 0)
+            total = self._calls.get(provider, 0)
+            last_window, last_total = self._pushed.get(provider, (-1, total))
+            self._pushed[provider] = (window, total)
+            return total - last_total if last_window == window else 0
 
     def _store_failed(self, exc: BaseException) -> bool:
         self._down_until = self.clock.monotonic() + STORE_RETRY
