@@ -32,6 +32,8 @@ class Plan:
     tokens: tuple[tuple[str, limits.RateLimitItem, tuple[str, ...]], ...]
     pause_key: str
     label: str
+    # (item, storage key, expiry) per request limit: the key limits would format on every hit.
+    request_keys: tuple[tuple[limits.RateLimitItem, str, int], ...] = ()
 
     @property
     def active(self) -> bool:
@@ -46,13 +48,15 @@ def make_plan(options: QuotaOptions, provider: str, model: str | None, tenant: s
     ids = ("/".join(("quota", *(f"{name}={_part(parts[name])}" for name in options.key))),)
     tokens = tuple((kind, item, (*ids, kind)) for kind in TOKEN_KINDS for item in parse_limits(getattr(options, kind)))
     label = "/".join(f"{name}={_part(parts[name])}" for name in options.key) or "global"
+    requests = tuple(parse_limits(options.requests))
     return Plan(
         options=options,
         ids=ids,
-        requests=tuple(parse_limits(options.requests)),
+        requests=requests,
         tokens=tokens,
         pause_key="/".join(("pause", *ids)),
         label=label,
+        request_keys=tuple((item, item.key_for(*ids), item.get_expiry()) for item in requests),
     )
 
 

@@ -263,8 +263,9 @@ class QuotaPolicy(Policy):
                 return refusal, []
         requests = lim.limiter(options.strategy, local)
         if not plan.tokens and not options.wait:  # the common case: request limits only
-            for item in plan.requests:
-                if not requests.hit(item, *plan.ids):
+            hit = lim.hit_fn(options.strategy, local)
+            for item, key, expiry in plan.request_keys:
+                if not hit(key, item.amount, expiry, 1):
                     return self._request_refusal(requests, item, plan.ids), []
             return None, _NOTHING_HELD
         needed = needed_tokens(plan, call)

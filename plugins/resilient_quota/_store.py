@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import limits
@@ -75,6 +76,38 @@ def window_start(storage: Any, strategy: Strategy, item: limits.RateLimitItem, n
     return expires - 2 * period  # a shifting current key lives two periods from its window's start
 
 
+HitFn = Callable[[str, int, int, int], bool]
+
+
+def prepared_hit(storage: Any, strategy: Strategy) -> HitFn:
+    """``hit(key, amount, expiry, cost)``: the storage call a ``limits`` strategy's ``hit()`` makes.
+
+    The strategies format the key from the item and identifiers on every hit
+    (about 0.5 µs in memory); a plan formats it once per key, and this makes
+    the very same storage call with it. The window logic stays in ``limits``.
+    """
+    if strategy == "fixed-window":
+        incr = storage.incr
+
+        def fixed(key: str, amount: int, expiry: int, cost: int) -> bool:
+            return bool(incr(key, expiry, amount=cost) <= amount)
+
+        return fixed
+    if strategy == "moving-window":
+        acquire = storage.acquire_entry
+
+        def moving(key: str, amount: int, expiry: int, cost: int) -> bool:
+            return bool(acquire(key, amount, expiry, amount=cost))
+
+        return moving
+    sliding = storage.acquire_sliding_window_entry
+
+    def counter(key: str, amount: int, expiry: int, cost: int) -> bool:
+        return bool(sliding(key, amount, expiry, cost))
+
+    return counter
+
+
 class Limiters:
     """Sync limiters on the configured storage, and on a local memory fallback."""
 
@@ -84,6 +117,11 @@ class Limiters:
         self.local = limits.storage.MemoryStorage()
         self._by_strategy = {name: cls(self.storage) for name, cls in _SYNC.items()}
         self._local_by_strategy = {name: cls(self.local) for name, cls in _SYNC.items()}
+        self._hits = {name: prepared_hit(self.storage, name) for name in _SYNC}  # type: ignore[arg-type]
+        self._local_hits = {name: prepared_hit(self.local, name) for name in _SYNC}  # type: ignore[arg-type]
+
+    def hit_fn(self, strategy: Strategy, local: bool) -> HitFn:
+        return (self._local_hits if local else self._hits)[strategy]
 
     def limiter(self, strategy: Strategy, local: bool) -> limits.strategies.RateLimiter:
         return (self._local_by_strategy if local else self._by_strategy)[strategy]
