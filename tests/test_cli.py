@@ -305,8 +305,8 @@ def test_config_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.splitlines()[0] == "Configuration file: (none)"
     rows = config_lines(out)
     assert rows["retry.max_attempts"] == ("3", "default")
-    assert rows["store"] == ("'memory://'", "default")
-    assert rows["on_plugin_error"] == ("'raise'", "default")
+    assert rows["store"] == ('"memory://"', "default")
+    assert rows["on_plugin_error"] == ('"raise"', "default")
 
 
 def test_config_shows_values_with_sources(
@@ -320,7 +320,7 @@ def test_config_shows_values_with_sources(
     path = str(tmp_path / "resilient.toml")
     assert out.splitlines()[0] == f"Configuration file: {path}"
     rows = config_lines(out)
-    assert rows["key_prefix"] == ("'app:'", path)
+    assert rows["key_prefix"] == ('"app:"', path)
     assert rows["retry.max_attempts"] == ("6", "env RESILIENT_RETRY__MAX_ATTEMPTS")
     assert rows["retry.base_delay"] == ("0.25", path)
     assert rows["retry.max_delay"] == ("30.0", "default")
@@ -334,7 +334,7 @@ def test_config_masks_store_password(capsys: pytest.CaptureFixture[str], monkeyp
     monkeypatch.setenv("RESILIENT_STORE", f"redis://:{PASSWORD}@localhost:6379/0")
     code, out, err = run(capsys, "config")
     assert code == 0
-    assert config_lines(out)["store"] == ("'redis://:****@localhost:6379/0'", "env RESILIENT_STORE")
+    assert config_lines(out)["store"] == ('"redis://:****@localhost:6379/0"', "env RESILIENT_STORE")
     code, json_out, json_err = run(capsys, "config", "--json")
     assert code == 0
     assert PASSWORD not in out + err + json_out + json_err

@@ -122,7 +122,7 @@ def check_precedence(s: Settings, case: dict[str, tuple[Any | None, str | None, 
             assert source == file_label
         else:
             assert source == "default"
-        assert shown == repr(value)
+        assert shown == toml_value(value)
 
 
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -637,7 +637,7 @@ def test_env_bad_int(tmp_path: Path, text: str) -> None:
 def test_env_list(tmp_path: Path, text: str, expected: tuple[str, ...]) -> None:
     s = load(tmp_path, env={"RESILIENT_DISABLE": text})
     assert s.core.disable == expected
-    assert row(s, "disable") == (repr(expected), "env RESILIENT_DISABLE")
+    assert row(s, "disable") == (toml_value(expected), "env RESILIENT_DISABLE")
 
 
 def test_file_list_must_be_a_list(tmp_path: Path) -> None:
@@ -688,19 +688,19 @@ def test_store_password_is_masked_in_describe_from_file(tmp_path: Path) -> None:
     (tmp_path / "resilient.toml").write_text(f'store = "{STORE_URI}"\n')
     s = load(tmp_path)
     assert s.core.store == STORE_URI  # the real value is kept for use
-    assert row(s, "store") == (repr(MASKED_URI), str(tmp_path / "resilient.toml"))
+    assert row(s, "store") == (toml_value(MASKED_URI), str(tmp_path / "resilient.toml"))
     assert PASSWORD not in all_text(s)
 
 
 def test_store_password_is_masked_in_describe_from_env(tmp_path: Path) -> None:
     s = load(tmp_path, env={"RESILIENT_STORE": f"rediss://user:{PASSWORD}@cache:6380/1"})
-    assert row(s, "store") == (repr("rediss://user:****@cache:6380/1"), "env RESILIENT_STORE")
+    assert row(s, "store") == (toml_value("rediss://user:****@cache:6380/1"), "env RESILIENT_STORE")
     assert PASSWORD not in all_text(s)
 
 
 def test_store_without_password_is_shown_as_is(tmp_path: Path) -> None:
     s = load(tmp_path, env={"RESILIENT_STORE": "redis://localhost:6379/0"})
-    assert row(s, "store")[0] == repr("redis://localhost:6379/0")
+    assert row(s, "store")[0] == toml_value("redis://localhost:6379/0")
 
 
 @pytest.mark.parametrize(
@@ -751,8 +751,8 @@ class AuthOptions:
 def test_secret_option_is_masked_in_describe(tmp_path: Path) -> None:
     s = Settings.load({"auth": AuthOptions}, config={}, env={"RESILIENT_AUTH__TOKEN": "s3cr3t-token"}, cwd=tmp_path)
     assert s.options(AuthOptions).token == "s3cr3t-token"
-    assert row(s, "auth.token") == ("'****'", "env RESILIENT_AUTH__TOKEN")
-    assert row(s, "auth.pin") == ("'****'", "default")
+    assert row(s, "auth.token") == ('"****"', "env RESILIENT_AUTH__TOKEN")
+    assert row(s, "auth.pin") == ('"****"', "default")
     assert "s3cr3t-token" not in all_text(s)
 
 
@@ -775,7 +775,7 @@ def test_secret_option_is_masked_in_bound_errors(tmp_path: Path) -> None:
 
 def test_empty_secret_is_shown_as_empty(tmp_path: Path) -> None:
     s = Settings.load({"auth": AuthOptions}, config={}, env={}, cwd=tmp_path)
-    assert row(s, "auth.token") == ("''", "default")
+    assert row(s, "auth.token") == ('""', "default")
 
 
 # ---------------------------------------------------------------- through the pipeline

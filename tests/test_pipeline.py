@@ -675,3 +675,26 @@ def test_guarded_methods_bind_like_methods() -> None:
     assert target_of(Client.create).provider == "anthropic"
     with pytest.raises(TypeError, match="not a guarded function"):
         target_of(len)
+
+
+def test_guarding_a_partial_or_a_callable_object_names_it() -> None:
+    import functools
+
+    from resilient import target_of
+
+    def create(model: str, prompt: str) -> str:
+        return model + prompt
+
+    class Client:
+        def __call__(self, prompt: str) -> str:
+            return prompt
+
+    pipeline = build(*NOOPS)
+    g = pipeline.guard(functools.partial(create, "m:"))
+    assert g("hi") == "m:hi"
+    assert target_of(g).operation == "create"
+    assert g.__name__ == "create"
+    c = pipeline.guard(Client())
+    assert c("x") == "x"
+    assert target_of(c).operation == "Client"
+    assert "0x" not in target_of(c).name

@@ -113,11 +113,26 @@ def option(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def _toml(value: object) -> str:
+    """A value as it would be written in the configuration file."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
 def mask_secret(value: object, secret: bool = False) -> str:
-    """Render ``value`` for display with secrets hidden (passwords in URLs, secret fields)."""
+    """Render ``value`` as TOML for display, secrets hidden (passwords in URLs, secret fields)."""
     if secret:
-        return "'****'" if value not in (None, "") else repr(value)
-    return redact_url_passwords(repr(value))
+        return '"****"' if value not in (None, "") else _toml(value)
+    return redact_url_passwords(_toml(value))
 
 
 # --------------------------------------------------------------------------- coercion

@@ -239,10 +239,11 @@ class Pipeline:
         kind = kind or detect_kind(fn)
         if kind not in _WRAP_METHOD:
             raise ConfigurationError("kind", kind, "must be one of 'sync', 'async', 'stream', 'astream'")
-        name = getattr(fn, "__qualname__", None) or repr(fn)
+        inner = fn.func if isinstance(fn, functools.partial) else fn
+        name = getattr(inner, "__qualname__", None) or type(inner).__qualname__
         target = Target(
             provider=provider,
-            operation=operation or str(getattr(fn, "__name__", "call")),
+            operation=operation or str(getattr(inner, "__name__", type(inner).__name__)),
             kind=kind,
             model=model,
             name=name,
@@ -250,6 +251,8 @@ class Pipeline:
         )
         wrapper = _build_wrapper(self, fn, target)
         functools.update_wrapper(wrapper, fn)
+        if not hasattr(fn, "__name__"):  # a functools.partial or a callable object
+            wrapper.__name__ = wrapper.__qualname__ = target.operation
         wrapper.target = target  # type: ignore[attr-defined]
         return cast("Guarded[P, R]", wrapper)
 
