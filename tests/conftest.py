@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import importlib
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import pytest
 
 from resilient.testing import FakeClock
@@ -42,3 +48,35 @@ def limits_on(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
 
     monkeypatch.setattr(resilient_quota._store, "time", shim)
     return clock
+
+
+AddDist = Callable[..., None]
+
+
+@pytest.fixture
+def add_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AddDist]:
+    """Install throwaway distributions (a dist-info, optionally a module) on sys.path for one test.
+
+    ``add(dist, {entry point name: target}, {module name: source})``: what a
+    third-party plugin's installed distribution looks like to importlib.metadata.
+    """
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    modules: list[str] = []
+
+    def add(dist: str, entry_points: dict[str, str], modules_src: dict[str, str] | None = None) -> None:
+        info = site / f"{dist}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
+        (info / "entry_points.txt").write_text(f"[resilient]\n{lines}")
+        for mod, src in (modules_src or {}).items():
+            (site / f"{mod}.py").write_text(textwrap.dedent(src))
+            modules.append(mod)
+        importlib.invalidate_caches()
+
+    yield add
+    for mod in modules:
+        sys.modules.pop(mod, None)
+    importlib.invalidate_caches()

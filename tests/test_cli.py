@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
 import subprocess
 import sys
-import textwrap
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -17,10 +14,10 @@ import pytest
 from resilient import __version__
 from resilient.cli import main
 
+from .conftest import AddDist
+
 RESILIENT_SCRIPT = Path(sys.executable).parent / "resilient"
 PASSWORD = "hunter2"
-
-AddDist = Callable[..., None]
 
 
 @pytest.fixture(autouse=True)
@@ -31,31 +28,6 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         if var.startswith("RESILIENT_"):
             monkeypatch.delenv(var)
     return tmp_path
-
-
-@pytest.fixture
-def add_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AddDist]:
-    """Install throwaway distributions (a dist-info and optional module) on sys.path for one test."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    modules: list[str] = []
-
-    def add(dist: str, entry_points: dict[str, str], modules_src: dict[str, str] | None = None) -> None:
-        info = site / f"{dist}-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-        (info / "entry_points.txt").write_text(f"[resilient]\n{lines}")
-        for mod, src in (modules_src or {}).items():
-            (site / f"{mod}.py").write_text(textwrap.dedent(src))
-            modules.append(mod)
-        importlib.invalidate_caches()
-
-    yield add
-    for mod in modules:
-        sys.modules.pop(mod, None)
-    importlib.invalidate_caches()
 
 
 EXTRA_PLUGIN = """

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import re
-import sys
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +20,7 @@ from resilient import ConfigurationError, Pipeline, PluginError, Policy, Runtime
 from resilient_retry import RetryOptions
 
 from ._policies import Contribute, Noop
-
-AddDist = Callable[..., None]
+from .conftest import AddDist
 
 
 def build(*plugins: object, **kwargs: Any) -> Pipeline:
@@ -39,31 +36,6 @@ def info_of(pipeline: Pipeline, name: str) -> Any:
     found = [i for i in pipeline.plugins if i.name == name]
     assert len(found) == 1, pipeline.plugins
     return found[0]
-
-
-@pytest.fixture
-def add_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[AddDist]:
-    """Install throwaway distributions (a dist-info, optionally a module) on sys.path for one test."""
-    site = tmp_path / "site"
-    site.mkdir()
-    monkeypatch.syspath_prepend(str(site))
-    modules: list[str] = []
-
-    def add(dist: str, entry_points: dict[str, str], modules_src: dict[str, str] | None = None) -> None:
-        info = site / f"{dist}-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-        lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-        (info / "entry_points.txt").write_text(f"[resilient]\n{lines}")
-        for mod, src in (modules_src or {}).items():
-            (site / f"{mod}.py").write_text(src)
-            modules.append(mod)
-        importlib.invalidate_caches()
-
-    yield add
-    for mod in modules:
-        sys.modules.pop(mod, None)
-    importlib.invalidate_caches()
 
 
 # ---------------------------------------------------------------- explicit registration
