@@ -36,7 +36,7 @@ def build(clock: FakeClock, observer: Collect | None = None, store: str = "memor
     return Pipeline(
         plugins=[observer] if observer else [],
         env={},
-        config={"store": store, "disable": ["retry"], "quota": quota},
+        config={"store": store, "disable": ["retry", "breaker"], "quota": quota},
         clock=clock,
     )
 
@@ -486,7 +486,7 @@ def test_usage_is_read_into_the_call(limits_on: FakeClock) -> None:
     pipeline = Pipeline(
         plugins=[P(), Spy()],
         env={},
-        config={"disable": ["retry"], "quota": {"total_tokens": "1000/minute"}},
+        config={"disable": ["retry", "breaker"], "quota": {"total_tokens": "1000/minute"}},
         clock=limits_on,
     )
     pipeline.guard(create)(max_tokens=10)

@@ -25,7 +25,7 @@ def redis_url(redis_store: RedisServer) -> str:
 
 
 def build(url: str, **quota: Any) -> Pipeline:
-    return Pipeline(env={}, config={"store": url, "disable": ["retry"], "quota": quota})
+    return Pipeline(env={}, config={"store": url, "disable": ["retry", "breaker"], "quota": quota})
 
 
 def test_request_limit_holds_on_redis(redis_url: str) -> None:
@@ -64,7 +64,7 @@ def test_keys_carry_the_prefix_and_a_ttl(redis_url: str) -> None:
         config={
             "store": redis_url,
             "key_prefix": "myapp:",
-            "disable": ["retry"],
+            "disable": ["retry", "breaker"],
             "quota": {"requests": "5/minute", "total_tokens": "1000/minute"},
         },
     )
@@ -121,7 +121,7 @@ WORKER = textwrap.dedent(
     import sys
     from resilient import Pipeline, QuotaExceeded
     url, provider, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    pipeline = Pipeline(env={}, config={"store": url, "disable": ["retry"], "quota": {"requests": "60/minute"}})
+    pipeline = Pipeline(env={}, config={"store": url, "disable": ["retry", "breaker"], "quota": {"requests": "60/minute"}})
     call = pipeline.guard(provider=provider)(lambda: 1)
     admitted = 0
     for _ in range(n):

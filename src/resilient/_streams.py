@@ -58,7 +58,12 @@ def drive_stream(call: Call, handler: Callable[[Call], Iterator[Any]], classify:
         return (yield from it)
     watch_chunks = call._on_chunk is not None
     try:
-        for chunk in it:
+        while True:
+            try:
+                chunk = next(it)
+            except StopIteration as stop:  # keep the generator's return value, as yield from does
+                result = stop.value
+                break
             if watch_chunks:
                 _notify_chunk(call, chunk)
             yield chunk
@@ -72,7 +77,7 @@ def drive_stream(call: Call, handler: Callable[[Call], Iterator[Any]], classify:
         _notify_end(call, classify(exc))
         raise
     _notify_end(call, SUCCESS)
-    return None
+    return result
 
 
 async def drive_astream(

@@ -17,7 +17,16 @@ from typing import Any
 import limits.storage
 from limits.errors import StorageError
 
-__all__ = ["STORE_ERRORS", "LoopBoundStorage", "close_sync", "is_memory", "sync_storage"]
+__all__ = [
+    "STORE_ERRORS",
+    "LoopBoundStorage",
+    "PerLoop",
+    "async_redis_client",
+    "close_sync",
+    "is_memory",
+    "redis_client",
+    "sync_storage",
+]
 
 #: What a failing store raises: ``limits`` wraps the client's errors in
 #: ``StorageError``; sockets and timeouts that escape it are ``OSError``.
@@ -105,3 +114,60 @@ def close_sync(storage: Any) -> None:
             connection().close()
         except Exception:  # pragma: no cover - closing a dead connection
             _log.debug("closing a store client failed", exc_info=True)
+
+
+class PerLoop:
+    """One object per running event loop, made by ``factory`` on first use in that loop.
+
+    For asyncio clients, which belong to the loop they were created on.
+    """
+
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        loop = asyncio.get_running_loop()
+        found = self._by_loop.get(loop)
+        if found is None:
+            with self._lock:
+                found = self._by_loop.get(loop)
+                if found is None:
+                    found = self._by_loop[loop] = self._factory()
+        return found
+
+    def pop(self) -> Any:
+        """Forget (and return) the running loop's object, to close it."""
+        return self._by_loop.pop(asyncio.get_running_loop(), None)
+
+
+def _redis_url(uri: str) -> tuple[str, bool]:
+    scheme, rest = uri.split("://", 1)
+    if scheme in ("redis", "rediss"):
+        return uri, False
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        return f"{scheme.split('+')[0]}://{rest}", True
+    raise ValueError(f"store {uri!r}: a Redis URI (redis://, rediss://, redis+cluster://) is needed here")
+
+
+def redis_client(uri: str, timeout: float = SOCKET_TIMEOUT) -> Any:
+    """A sync redis-py client (or cluster client) for a Redis store URI."""
+    import redis
+    import redis.cluster
+
+    url, cluster = _redis_url(uri)
+    if cluster:
+        return redis.cluster.RedisCluster.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+
+def async_redis_client(uri: str, timeout: float = SOCKET_TIMEOUT) -> Any:
+    """An asyncio redis-py client for a Redis store URI (use one per event loop: :class:`PerLoop`)."""
+    import redis.asyncio
+    import redis.asyncio.cluster
+
+    url, cluster = _redis_url(uri)
+    if cluster:
+        return redis.asyncio.cluster.RedisCluster.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return redis.asyncio.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)

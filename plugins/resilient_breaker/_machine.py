@@ -1,0 +1,206 @@
+"""The circuit breaker's decisions, pure: state, outcome and time in; admission and transitions out.
+
+No I/O and no clock: the memory store runs this under a lock, and the Redis
+store runs ``lua/acquire.lua`` and ``lua/record.lua``, which follow it step
+for step (tests run the same histories through both and compare every
+decision).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "CLOSED",
+    "FORCED_CLOSED",
+    "FORCED_OPEN",
+    "HALF_OPEN",
+    "OPEN",
+    "STATE_NAMES",
+    "Limits",
+    "Machine",
+    "outcome_code",
+]
+
+CLOSED, OPEN, HALF_OPEN, FORCED_OPEN, FORCED_CLOSED = 0, 1, 2, 3, 4
+STATE_NAMES = {
+    CLOSED: "closed",
+    OPEN: "open",
+    HALF_OPEN: "half_open",
+    FORCED_OPEN: "forced_open",
+    FORCED_CLOSED: "forced_closed",
+}
+
+# Permit tokens: which state let a call through, so a late outcome lands in the right place.
+TOKEN_CLOSED, TOKEN_HALF = 1, 2
+
+# Outcome codes: bit 1 = failure, bit 2 = slow.
+OK, FAILURE, SLOW = 0, 1, 2
+IGNORED = -1
+
+
+def outcome_code(failure: bool, slow: bool) -> int:
+    return (FAILURE if failure else 0) | (SLOW if slow else 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The numbers a breaker decides with (from :class:`BreakerOptions`)."""
+
+    failure_rate: float
+    window_type: str  # "count" | "time"
+    window_size: int
+    minimum_calls: int
+    slow_rate: float | None  # None: slow calls are not judged
+    wait: float
+    half_open_calls: int
+
+
+@dataclass(slots=True)
+class Machine:
+    """One breaker's state. Methods mutate it and return the transition taken, if any."""
+
+    state: int = CLOSED
+    opened_at: float = 0.0
+    # count window: ring of outcome codes; time window: per-second buckets [n, f, s]
+    ring: list[int] = field(default_factory=list)
+    index: int = 0
+    buckets: dict[int, list[int]] = field(default_factory=dict)
+    oldest: int = 0
+    n: int = 0
+    f: int = 0
+    s: int = 0
+    # half-open trials: permits given, outcomes seen, failures, slow, since when
+    permits: int = 0
+    trials: int = 0
+    trial_failures: int = 0
+    trial_slow: int = 0
+    half_open_since: float = 0.0
+
+    # ------------------------------------------------------------ window
+
+    def _clear(self) -> None:
+        self.ring = []
+        self.index = 0
+        self.buckets = {}
+        self.oldest = 0
+        self.n = self.f = self.s = 0
+
+    def _sweep(self, limits: Limits, now: float) -> None:
+        """Time window: drop the buckets that fell out of the last ``window_size`` seconds."""
+        cutoff = int(now) - limits.window_size  # buckets at or before cutoff are out
+        if self.n == 0:
+            self.oldest = cutoff + 1
+            return
+        if cutoff - self.oldest >= limits.window_size:
+            self._clear()
+            self.oldest = cutoff + 1
+            return
+        while self.oldest <= cutoff:
+            bucket = self.buckets.pop(self.oldest, None)
+            if bucket is not None:
+                self.n -= bucket[0]
+                self.f -= bucket[1]
+                self.s -= bucket[2]
+            self.oldest += 1
+
+    def _add(self, limits: Limits, code: int, now: float) -> None:
+        failure, slow = code & FAILURE, (code & SLOW) >> 1
+        if limits.window_type == "count":
+            if len(self.ring) < limits.window_size:
+                self.ring.append(code)
+            else:
+                old = self.ring[self.index]
+                self.n -= 1
+                self.f -= old & FAILURE
+                self.s -= (old & SLOW) >> 1
+                self.ring[self.index] = code
+                self.index = (self.index + 1) % limits.window_size
+        else:
+            self._sweep(limits, now)
+            bucket = self.buckets.setdefault(int(now), [0, 0, 0])
+            bucket[0] += 1
+            bucket[1] += failure
+            bucket[2] += slow
+        self.n += 1
+        self.f += failure
+        self.s += slow
+
+    def _tripped(self, limits: Limits, n: int, f: int, s: int) -> bool:
+        if f >= limits.failure_rate * n:
+            return True
+        return limits.slow_rate is not None and s >= limits.slow_rate * n
+
+    def _open(self, now: float) -> None:
+        self.state = OPEN
+        self.opened_at = now
+        self._clear()
+        self.permits = self.trials = self.trial_failures = self.trial_slow = 0
+
+    # ------------------------------------------------------------ decisions
+
+    def acquire(self, limits: Limits, now: float) -> tuple[int, float | None, str | None]:
+        """May a call go? ``(token, retry_after, transition)``; token 0 means refused.
+
+        ``retry_after`` is the time until trial calls are let through (``None``
+        when forced open); ``transition`` names a state change this made.
+        """
+        state = self.state
+        if state in (CLOSED, FORCED_CLOSED):
+            return TOKEN_CLOSED, None, None
+        if state == FORCED_OPEN:
+            return 0, None, None
+        transition = None
+        if state == OPEN:
+            reopen_at = self.opened_at + limits.wait
+            if now < reopen_at:
+                return 0, reopen_at - now, None
+            self.state = HALF_OPEN
+            self.permits = self.trials = self.trial_failures = self.trial_slow = 0
+            self.half_open_since = now
+            transition = "half_open"
+        if self.permits >= limits.half_open_calls:
+            # Trials given out and not all back. If they outlived a whole wait,
+            # their callers are gone (a worker died): give the permits out again.
+            if now - self.half_open_since < max(limits.wait, 1.0):
+                return 0, max(self.half_open_since + max(limits.wait, 1.0) - now, 0.0), transition
+            self.permits = self.trials
+            self.half_open_since = now
+        self.permits += 1
+        return TOKEN_HALF, None, transition
+
+    def record(self, limits: Limits, token: int, code: int, now: float) -> str | None:
+        """Count a call's outcome (``IGNORED`` releases its permit only); return a transition."""
+        state = self.state
+        if token == TOKEN_CLOSED and state == CLOSED:
+            if code == IGNORED:
+                return None
+            self._add(limits, code, now)
+            if self.n >= limits.minimum_calls and self._tripped(limits, self.n, self.f, self.s):
+                self._open(now)
+                return "open"
+            return None
+        if token == TOKEN_HALF and state == HALF_OPEN:
+            if code == IGNORED:
+                self.permits = max(self.permits - 1, self.trials)
+                return None
+            self.trials += 1
+            self.trial_failures += code & FAILURE
+            self.trial_slow += (code & SLOW) >> 1
+            if self.trials >= limits.half_open_calls:
+                if self._tripped(limits, self.trials, self.trial_failures, self.trial_slow):
+                    self._open(now)
+                    return "open"
+                self.state = CLOSED
+                self._clear()
+                self.permits = self.trials = self.trial_failures = self.trial_slow = 0
+                return "closed"
+        return None  # a late outcome from a state that is gone: it does not count
+
+    def force(self, state: int, now: float) -> str:
+        """Manual control: ``FORCED_OPEN``, ``FORCED_CLOSED`` or ``CLOSED`` (reset)."""
+        self._clear()
+        self.permits = self.trials = self.trial_failures = self.trial_slow = 0
+        self.state = state
+        self.opened_at = now
+        return STATE_NAMES[state]

@@ -1,0 +1,354 @@
+"""The breaker policy: thin sync and async drivers around the pure machine and a store."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+from urllib.parse import quote
+
+from resilient import (
+    AsyncHandler,
+    AsyncStreamHandler,
+    Call,
+    CircuitOpen,
+    Handler,
+    Order,
+    Outcome,
+    Policy,
+    Runtime,
+    Section,
+    StreamHandler,
+    Target,
+)
+from resilient.storage import STORE_ERRORS, is_memory
+
+from ._events import BreakerRejected, BreakerStateChanged
+from ._machine import CLOSED, FORCED_CLOSED, FORCED_OPEN, IGNORED, Limits, outcome_code
+from ._options import BreakerOptions
+from ._store import AsyncRedisBreakers, Decision, MemoryBreakers, RedisBreakers
+
+__all__ = ["BreakerPolicy"]
+
+_log = logging.getLogger("resilient.breaker")
+
+
+def _part(value: str | None) -> str:
+    return "-" if value is None else quote(value, safe="") if value != "-" else "%2D"
+
+
+class BreakerPolicy(Policy):
+    """Refuses calls to a provider/model whose recent calls failed too often; lets trials through after a wait."""
+
+    name = "breaker"
+    order = Order.BREAKER
+
+    def __init__(self, section: Section[BreakerOptions], runtime: Runtime) -> None:
+        self._section = section
+        self._runtime = runtime
+        self._clock = runtime.clock
+        self._events = runtime.events
+        core = runtime.settings.core
+        uri = section.base.storage or core.store
+        self._prefix = f"{core.key_prefix}breaker:"
+        self._local = MemoryBreakers()
+        self._shared: RedisBreakers | None = None if is_memory(uri) else RedisBreakers(uri)
+        self._ashared: AsyncRedisBreakers | None = None if is_memory(uri) else AsyncRedisBreakers(uri)
+        self._limits: dict[int, Limits] = {}
+        self._down_until = 0.0
+
+    # ------------------------------------------------------------ pieces
+
+    def _options(self, call: Call) -> BreakerOptions:
+        section = self._section
+        return section.for_call(call.provider, call.model, call.tenant) if section.varies else section.base
+
+    def key_for(self, options: BreakerOptions, provider: str, model: str | None, tenant: str | None) -> str:
+        parts = {"provider": provider, "model": model, "tenant": tenant}
+        inner = "/".join(f"{name}={_part(parts[name])}" for name in options.key)
+        # The braces are a Redis Cluster hash tag: a breaker's hash lives in one slot.
+        return f"{self._prefix}{{{inner}}}"
+
+    def _limits_of(self, options: BreakerOptions) -> Limits:
+        limits = self._limits.get(id(options))
+        if limits is None:
+            limits = self._limits[id(options)] = Limits(
+                failure_rate=options.failure_rate,
+                window_type=options.window_type,
+                window_size=options.window_size,
+                minimum_calls=options.minimum_calls,
+                slow_rate=options.slow_call_rate if options.slow_call_duration is not None else None,
+                wait=options.wait_open,
+                half_open_calls=options.half_open_calls,
+            )
+        return limits
+
+    def _code(self, outcome: Outcome | None, options: BreakerOptions, elapsed: float | None) -> int:
+        """The outcome as the machine counts it: failure, success, or not counted."""
+        slow = elapsed is not None and options.slow_call_duration is not None and elapsed > options.slow_call_duration
+        if outcome is None or outcome.ok:
+            return outcome_code(False, slow)
+        if outcome.provider_fault:
+            return outcome_code(True, slow)
+        if outcome.kind == "client_error":
+            return outcome_code(False, slow)  # the provider answered: it is up
+        return IGNORED  # 429, a policy's refusal, cancellation, our own bugs: say nothing of health
+
+    def _store_failed(self, exc: BaseException, options: BreakerOptions) -> None:
+        self._down_until = self._clock.monotonic() + options.store_retry
+        _log.warning(
+            "breaker store unavailable (%s); %s for %.0fs",
+            type(exc).__name__,
+            options.on_store_error,
+            options.store_retry,
+        )
+
+    def _use_local(self) -> bool:
+        return self._shared is None or (bool(self._down_until) and self._down_until > self._clock.monotonic())
+
+    def _transition(self, call: Call, key: str, transition: str | None) -> None:
+        if transition is not None and self._events.enabled:
+            self._events.emit(
+                BreakerStateChanged(
+                    provider=call.provider, operation=call.operation, model=call.model, key=key, state=transition
+                )
+            )
+
+    def _refuse(self, call: Call, key: str, retry_after: float | None) -> CircuitOpen:
+        if self._events.enabled:
+            self._events.emit(
+                BreakerRejected(
+                    provider=call.provider, operation=call.operation, model=call.model, key=key, retry_after=retry_after
+                )
+            )
+        return CircuitOpen(
+            f"circuit open for {call.provider}" + (f" {call.model}" if call.model else ""),
+            retry_after=retry_after,
+            provider=call.provider,
+            model=call.model,
+        )
+
+    # ------------------------------------------------------------ sync
+
+    def _acquire(self, key: str, limits: Limits, options: BreakerOptions) -> Decision:
+        now = self._clock.time()
+        if not self._use_local():
+            assert self._shared is not None
+            try:
+                return self._shared.acquire(key, limits, now)
+            except (*STORE_ERRORS, _redis_error()) as exc:
+                self._store_failed(exc, options)
+            if options.on_store_error == "allow":
+                return 1, None, None
+        return self._local.acquire(key, limits, now)
+
+    def _record(self, key: str, limits: Limits, token: int, code: int, options: BreakerOptions) -> str | None:
+        now = self._clock.time()
+        if not self._use_local():
+            assert self._shared is not None
+            try:
+                return self._shared.record(key, limits, token, code, now)
+            except (*STORE_ERRORS, _redis_error()) as exc:
+                self._store_failed(exc, options)
+                return None
+        return self._local.record(key, limits, token, code, now)
+
+    def wrap(self, nxt: Handler, target: Target) -> Handler:
+        monotonic = self._clock.monotonic
+        classify = self._runtime.classify
+
+        def guarded(call: Call) -> Any:
+            options = self._options(call)
+            if not options.enabled:
+                return nxt(call)
+            key = self.key_for(options, call.provider, call.model, call.tenant)
+            limits = self._limits_of(options)
+            token, retry_after, transition = self._acquire(key, limits, options)
+            self._transition(call, key, transition)
+            if not token:
+                raise self._refuse(call, key, retry_after)
+            start = monotonic() if options.slow_call_duration is not None else None
+            try:
+                result = nxt(call)
+            except Exception as exc:
+                elapsed = monotonic() - start if start is not None else None
+                code = self._code(classify(exc), options, elapsed)
+                self._transition(call, key, self._record(key, limits, token, code, options))
+                raise
+            except BaseException:
+                self._record(key, limits, token, IGNORED, options)
+                raise
+            elapsed = monotonic() - start if start is not None else None
+            self._transition(call, key, self._record(key, limits, token, self._code(None, options, elapsed), options))
+            return result
+
+        return guarded
+
+    def wrap_stream(self, nxt: StreamHandler, target: Target) -> StreamHandler:
+        monotonic = self._clock.monotonic
+
+        def guarded(call: Call) -> Iterator[Any]:
+            options = self._options(call)
+            if not options.enabled:
+                return nxt(call)
+            key = self.key_for(options, call.provider, call.model, call.tenant)
+            limits = self._limits_of(options)
+            token, retry_after, transition = self._acquire(key, limits, options)
+            self._transition(call, key, transition)
+            if not token:
+                raise self._refuse(call, key, retry_after)
+            start = monotonic()
+
+            def ended(c: Call, outcome: Outcome) -> None:
+                code = IGNORED if outcome.kind == "abandoned" else self._code(outcome, options, monotonic() - start)
+                self._transition(c, key, self._record(key, limits, token, code, options))
+
+            try:
+                stream = nxt(call)
+            except Exception as exc:
+                code = self._code(self._runtime.classify(exc), options, monotonic() - start)
+                self._transition(call, key, self._record(key, limits, token, code, options))
+                raise
+            call.on_end(ended)
+            return stream
+
+        return guarded
+
+    # ------------------------------------------------------------ async
+
+    async def _aacquire(self, key: str, limits: Limits, options: BreakerOptions) -> Decision:
+        now = self._clock.time()
+        if not self._use_local():
+            assert self._ashared is not None
+            try:
+                return await self._ashared.acquire(key, limits, now)
+            except (*STORE_ERRORS, _redis_error()) as exc:
+                self._store_failed(exc, options)
+            if options.on_store_error == "allow":
+                return 1, None, None
+        return self._local.acquire(key, limits, now)
+
+    async def _arecord(self, key: str, limits: Limits, token: int, code: int, options: BreakerOptions) -> str | None:
+        now = self._clock.time()
+        if not self._use_local():
+            assert self._ashared is not None
+            try:
+                return await self._ashared.record(key, limits, token, code, now)
+            except (*STORE_ERRORS, _redis_error()) as exc:
+                self._store_failed(exc, options)
+                return None
+        return self._local.record(key, limits, token, code, now)
+
+    def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
+        monotonic = self._clock.monotonic
+        classify = self._runtime.classify
+
+        async def guarded(call: Call) -> Any:
+            options = self._options(call)
+            if not options.enabled:
+                return await nxt(call)
+            key = self.key_for(options, call.provider, call.model, call.tenant)
+            limits = self._limits_of(options)
+            token, retry_after, transition = await self._aacquire(key, limits, options)
+            self._transition(call, key, transition)
+            if not token:
+                raise self._refuse(call, key, retry_after)
+            start = monotonic() if options.slow_call_duration is not None else None
+            try:
+                result = await nxt(call)
+            except Exception as exc:
+                elapsed = monotonic() - start if start is not None else None
+                code = self._code(classify(exc), options, elapsed)
+                self._transition(call, key, await self._arecord(key, limits, token, code, options))
+                raise
+            except BaseException:
+                await self._arecord(key, limits, token, IGNORED, options)
+                raise
+            elapsed = monotonic() - start if start is not None else None
+            self._transition(
+                call, key, await self._arecord(key, limits, token, self._code(None, options, elapsed), options)
+            )
+            return result
+
+        return guarded
+
+    def wrap_astream(self, nxt: AsyncStreamHandler, target: Target) -> AsyncStreamHandler:
+        monotonic = self._clock.monotonic
+        classify = self._runtime.classify
+
+        async def guarded(call: Call) -> AsyncIterator[Any]:
+            options = self._options(call)
+            if not options.enabled:
+                async for chunk in nxt(call):
+                    yield chunk
+                return
+            key = self.key_for(options, call.provider, call.model, call.tenant)
+            limits = self._limits_of(options)
+            token, retry_after, transition = await self._aacquire(key, limits, options)
+            self._transition(call, key, transition)
+            if not token:
+                raise self._refuse(call, key, retry_after)
+            start = monotonic()
+            code = IGNORED
+            try:
+                async for chunk in nxt(call):
+                    yield chunk
+                code = self._code(None, options, monotonic() - start)
+            except GeneratorExit:
+                code = IGNORED  # abandoned by the consumer: says nothing of the provider
+                raise
+            except Exception as exc:
+                code = self._code(classify(exc), options, monotonic() - start)
+                raise
+            finally:
+                self._transition(call, key, await self._arecord(key, limits, token, code, options))
+
+        return guarded
+
+    # ------------------------------------------------------------ manual control and introspection
+
+    def _store_for_control(self) -> MemoryBreakers | RedisBreakers:
+        return self._shared if self._shared is not None else self._local
+
+    def control(self, action: str, provider: str, model: str | None = None, tenant: str | None = None) -> str:
+        """``open`` (force open), ``close`` (force closed), ``reset`` (closed, window cleared)."""
+        state = {"open": FORCED_OPEN, "close": FORCED_CLOSED, "reset": CLOSED}[action]
+        options = self._section.for_call(provider, model, tenant)
+        key = self.key_for(options, provider, model, tenant)
+        return self._store_for_control().force(key, state, self._clock.time())
+
+    def force_open(self, provider: str, model: str | None = None, tenant: str | None = None) -> str:
+        return self.control("open", provider, model, tenant)
+
+    def force_close(self, provider: str, model: str | None = None, tenant: str | None = None) -> str:
+        return self.control("close", provider, model, tenant)
+
+    def reset(self, provider: str, model: str | None = None, tenant: str | None = None) -> str:
+        return self.control("reset", provider, model, tenant)
+
+    def status(self, provider: str, model: str | None = None, tenant: str | None = None) -> dict[str, Any]:
+        """State, window counts and when it opened, for ``/ready``, the CLI and metrics."""
+        options = self._section.for_call(provider, model, tenant)
+        key = self.key_for(options, provider, model, tenant)
+        try:
+            status = self._store_for_control().status(key)
+        except (*STORE_ERRORS, _redis_error()) as exc:
+            return {"key": key, "state": "unknown", "store": f"unavailable ({type(exc).__name__})"}
+        return {"key": key, **status}
+
+    def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        if self._ashared is not None:
+            await self._ashared.aclose()
+
+
+def _redis_error() -> type[Exception]:
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - the memory store needs no redis
+        return OSError
+    return redis.RedisError

@@ -1,0 +1,162 @@
+"""Where breakers live: process memory, or a Redis hash per breaker shared by the fleet."""
+
+from __future__ import annotations
+
+import threading
+from importlib.resources import files
+from typing import Any
+
+from resilient.storage import PerLoop, async_redis_client, redis_client
+
+from ._machine import FORCED_CLOSED, FORCED_OPEN, STATE_NAMES, Limits, Machine
+
+__all__ = ["AsyncRedisBreakers", "MemoryBreakers", "RedisBreakers"]
+
+_ACQUIRE = (files(__package__) / "lua" / "acquire.lua").read_text()
+_RECORD = (files(__package__) / "lua" / "record.lua").read_text()
+
+Decision = tuple[int, float | None, str | None]
+
+
+def _ttl(limits: Limits) -> int:
+    # Every key expires; long enough to outlive an open wait and a time window many times over.
+    return int(max(86_400, 10 * limits.wait, 10 * limits.window_size))
+
+
+def _record_args(limits: Limits, token: int, code: int, now: float) -> list[Any]:
+    return [
+        repr(now),
+        token,
+        code,
+        repr(limits.failure_rate),
+        limits.window_type,
+        limits.window_size,
+        limits.minimum_calls,
+        repr(limits.slow_rate if limits.slow_rate is not None else -1.0),
+        limits.half_open_calls,
+        _ttl(limits),
+    ]
+
+
+def _decision(raw: Any) -> Decision:
+    token, retry, transition = raw
+    text = retry.decode() if isinstance(retry, bytes) else str(retry)
+    name = transition.decode() if isinstance(transition, bytes) else str(transition)
+    return int(token), (float(text) if text else None), (name or None)
+
+
+def _text(raw: Any) -> str | None:
+    value = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+    return value or None
+
+
+def _status(fields: dict[Any, Any]) -> dict[str, Any]:
+    def num(name: str) -> float:
+        raw = fields.get(name.encode(), fields.get(name))
+        return float(raw) if raw is not None else 0.0
+
+    state = int(num("st"))
+    return {
+        "state": STATE_NAMES[state],
+        "calls": int(num("n")),
+        "failures": int(num("f")),
+        "slow": int(num("s")),
+        "opened_at": num("oa") or None,
+    }
+
+
+class MemoryBreakers:
+    """Breakers in this process: one :class:`Machine` per key, decided under one short lock."""
+
+    def __init__(self) -> None:
+        self._machines: dict[str, Machine] = {}
+        self._lock = threading.Lock()
+
+    def _machine(self, key: str) -> Machine:
+        machine = self._machines.get(key)
+        if machine is None:
+            machine = self._machines.setdefault(key, Machine())
+        return machine
+
+    def acquire(self, key: str, limits: Limits, now: float) -> Decision:
+        machine = self._machine(key)
+        if machine.state == 0:  # closed: nothing to change, no lock needed
+            return 1, None, None
+        with self._lock:
+            return machine.acquire(limits, now)
+
+    def record(self, key: str, limits: Limits, token: int, code: int, now: float) -> str | None:
+        with self._lock:
+            return self._machine(key).record(limits, token, code, now)
+
+    def force(self, key: str, state: int, now: float) -> str:
+        with self._lock:
+            return self._machine(key).force(state, now)
+
+    def status(self, key: str) -> dict[str, Any]:
+        m = self._machine(key)
+        return {
+            "state": STATE_NAMES[m.state],
+            "calls": m.n,
+            "failures": m.f,
+            "slow": m.s,
+            "opened_at": m.opened_at or None,
+        }
+
+    def keys(self) -> list[str]:
+        return list(self._machines)
+
+
+class RedisBreakers:
+    """Breakers in Redis: one hash per breaker, every decision one Lua script (atomic)."""
+
+    def __init__(self, uri: str) -> None:
+        self.client = redis_client(uri)
+        self._acquire = self.client.register_script(_ACQUIRE)
+        self._record = self.client.register_script(_RECORD)
+
+    def acquire(self, key: str, limits: Limits, now: float) -> Decision:
+        raw = self._acquire(keys=[key], args=[repr(now), repr(limits.wait), limits.half_open_calls, _ttl(limits)])
+        return _decision(raw)
+
+    def record(self, key: str, limits: Limits, token: int, code: int, now: float) -> str | None:
+        return _text(self._record(keys=[key], args=_record_args(limits, token, code, now)))
+
+    def force(self, key: str, state: int, now: float) -> str:
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping={"st": state, "oa": repr(now)})
+            pipe.expire(key, 86_400 * 30 if state in (FORCED_OPEN, FORCED_CLOSED) else 86_400)
+            pipe.execute()
+        return STATE_NAMES[state]
+
+    def status(self, key: str) -> dict[str, Any]:
+        return _status(self.client.hgetall(key))
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class AsyncRedisBreakers:
+    """:class:`RedisBreakers` for async calls: an asyncio client per event loop."""
+
+    def __init__(self, uri: str) -> None:
+        def make() -> tuple[Any, Any, Any]:
+            client = async_redis_client(uri)
+            return client, client.register_script(_ACQUIRE), client.register_script(_RECORD)
+
+        self._per_loop = PerLoop(make)
+
+    async def acquire(self, key: str, limits: Limits, now: float) -> Decision:
+        _, acquire, _ = self._per_loop.get()
+        raw = await acquire(keys=[key], args=[repr(now), repr(limits.wait), limits.half_open_calls, _ttl(limits)])
+        return _decision(raw)
+
+    async def record(self, key: str, limits: Limits, token: int, code: int, now: float) -> str | None:
+        _, _, record = self._per_loop.get()
+        return _text(await record(keys=[key], args=_record_args(limits, token, code, now)))
+
+    async def aclose(self) -> None:
+        found = self._per_loop.pop()
+        if found is not None:
+            await found[0].aclose()

@@ -1,0 +1,123 @@
+-- Breaker outcome, atomically: _machine.Machine.record, step for step.
+-- KEYS[1] breaker hash. ARGV: now, token, code (-1 ignored; bit 1 failure,
+-- bit 2 slow), failure_rate, window_type ("count"/"time"), window_size,
+-- minimum_calls, slow_rate (-1: not judged), half_open_calls, ttl.
+-- Returns the transition taken ("open", "closed") or "".
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local token = tonumber(ARGV[2])
+local code = tonumber(ARGV[3])
+local failure_rate = tonumber(ARGV[4])
+local window_type = ARGV[5]
+local size = tonumber(ARGV[6])
+local minimum = tonumber(ARGV[7])
+local slow_rate = tonumber(ARGV[8])
+local half_open_calls = tonumber(ARGV[9])
+local ttl = tonumber(ARGV[10])
+
+local function num(field)
+  return tonumber(redis.call('hget', key, field) or '0')
+end
+
+local function tripped(n, f, s)
+  if f >= failure_rate * n then return true end
+  return slow_rate >= 0 and s >= slow_rate * n
+end
+
+local function clear_window()
+  local fields = redis.call('hkeys', key)
+  for _, name in ipairs(fields) do
+    local c = string.sub(name, 1, 1)
+    if c == 'r' or c == 'b' then redis.call('hdel', key, name) end
+  end
+  redis.call('hset', key, 'idx', 0, 'rl', 0, 'old', 0, 'n', 0, 'f', 0, 's', 0)
+end
+
+local function open()
+  redis.call('hset', key, 'st', 1, 'oa', tostring(now), 'pm', 0, 'tr', 0, 'tf', 0, 'ts', 0)
+  clear_window()
+end
+
+local function sweep()
+  local cutoff = math.floor(now) - size
+  if num('n') == 0 then
+    redis.call('hset', key, 'old', cutoff + 1)
+    return
+  end
+  local oldest = num('old')
+  if cutoff - oldest >= size then
+    clear_window()
+    redis.call('hset', key, 'old', cutoff + 1)
+    return
+  end
+  local n, f, s = num('n'), num('f'), num('s')
+  while oldest <= cutoff do
+    local bn = redis.call('hget', key, 'b' .. oldest .. 'n')
+    if bn then
+      n = n - tonumber(bn)
+      f = f - tonumber(redis.call('hget', key, 'b' .. oldest .. 'f') or '0')
+      s = s - tonumber(redis.call('hget', key, 'b' .. oldest .. 's') or '0')
+      redis.call('hdel', key, 'b' .. oldest .. 'n', 'b' .. oldest .. 'f', 'b' .. oldest .. 's')
+    end
+    oldest = oldest + 1
+  end
+  redis.call('hset', key, 'old', oldest, 'n', n, 'f', f, 's', s)
+end
+
+local st = num('st')
+local failure = code >= 0 and (code % 2) or 0
+local slow = code >= 0 and (math.floor(code / 2) % 2) or 0
+local result = ''
+
+if token == 1 and st == 0 then
+  if code < 0 then return '' end
+  if window_type == 'count' then
+    local len = num('rl')
+    if len < size then
+      redis.call('hset', key, 'r' .. len, code, 'rl', len + 1)
+    else
+      local idx = num('idx')
+      local old = tonumber(redis.call('hget', key, 'r' .. idx) or '0')
+      redis.call('hincrby', key, 'n', -1)
+      redis.call('hincrby', key, 'f', -(old % 2))
+      redis.call('hincrby', key, 's', -(math.floor(old / 2) % 2))
+      redis.call('hset', key, 'r' .. idx, code, 'idx', (idx + 1) % size)
+    end
+  else
+    sweep()
+    local sec = math.floor(now)
+    redis.call('hincrby', key, 'b' .. sec .. 'n', 1)
+    redis.call('hincrby', key, 'b' .. sec .. 'f', failure)
+    redis.call('hincrby', key, 'b' .. sec .. 's', slow)
+  end
+  local n = redis.call('hincrby', key, 'n', 1)
+  local f = redis.call('hincrby', key, 'f', failure)
+  local s = redis.call('hincrby', key, 's', slow)
+  if n >= minimum and tripped(n, f, s) then
+    open()
+    result = 'open'
+  end
+elseif token == 2 and st == 2 then
+  if code < 0 then
+    local permits = num('pm') - 1
+    local trials = num('tr')
+    if permits < trials then permits = trials end
+    redis.call('hset', key, 'pm', permits)
+  else
+    local tr = redis.call('hincrby', key, 'tr', 1)
+    local tf = redis.call('hincrby', key, 'tf', failure)
+    local ts = redis.call('hincrby', key, 'ts', slow)
+    if tr >= half_open_calls then
+      if tripped(tr, tf, ts) then
+        open()
+        result = 'open'
+      else
+        redis.call('hset', key, 'st', 0, 'pm', 0, 'tr', 0, 'tf', 0, 'ts', 0)
+        clear_window()
+        result = 'closed'
+      end
+    end
+  end
+end
+redis.call('expire', key, ttl)
+return result
