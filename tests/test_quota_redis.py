@@ -121,7 +121,8 @@ WORKER = textwrap.dedent(
     import sys
     from resilient import Pipeline, QuotaExceeded
     url, provider, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    pipeline = Pipeline(env={}, config={"store": url, "disable": ["retry", "breaker"], "quota": {"requests": "60/minute"}})
+    config = {"store": url, "disable": ["retry", "breaker"], "quota": {"requests": "60/minute"}}
+    pipeline = Pipeline(env={}, config=config)
     call = pipeline.guard(provider=provider)(lambda: 1)
     admitted = 0
     for _ in range(n):
