@@ -78,9 +78,10 @@ if token == 1 and st == 0 then
     else
       local idx = num('idx')
       local old = tonumber(redis.call('hget', key, 'r' .. idx) or '0')
+      -- (no "-(x)": a negated zero reaches Redis as "-0", which it refuses as an integer)
       redis.call('hincrby', key, 'n', -1)
-      redis.call('hincrby', key, 'f', -(old % 2))
-      redis.call('hincrby', key, 's', -(math.floor(old / 2) % 2))
+      if old % 2 == 1 then redis.call('hincrby', key, 'f', -1) end
+      if math.floor(old / 2) % 2 == 1 then redis.call('hincrby', key, 's', -1) end
       redis.call('hset', key, 'r' .. idx, code, 'idx', (idx + 1) % size)
     end
   else
