@@ -126,6 +126,27 @@ class Machine:
         self.f += failure
         self.s += slow
 
+    def record_ok(self, limits: Limits) -> bool:
+        """Record a fast success while closed, if that is all there is to it; the hot path.
+
+        Done only for a full count window, where a success cannot raise a
+        rate. Returns False (and records nothing) otherwise: the caller takes
+        :meth:`record`, since while the window fills a success can bring it
+        to ``minimum_calls`` and trip it.
+        """
+        ring = self.ring
+        size = limits.window_size
+        if self.state != CLOSED or limits.window_type != "count" or len(ring) < size:
+            return False
+        index = self.index
+        old = ring[index]
+        ring[index] = OK
+        self.index = (index + 1) % size
+        if old:
+            self.f -= old & FAILURE
+            self.s -= (old & SLOW) >> 1
+        return True
+
     def _tripped(self, limits: Limits, n: int, f: int, s: int) -> bool:
         if f >= limits.failure_rate * n:
             return True
@@ -173,6 +194,8 @@ class Machine:
         """Count a call's outcome (``IGNORED`` releases its permit only); return a transition."""
         state = self.state
         if token == TOKEN_CLOSED and state == CLOSED:
+            if code == OK and self.record_ok(limits):
+                return None
             if code == IGNORED:
                 return None
             self._add(limits, code, now)

@@ -24,7 +24,7 @@ from resilient import (
 from resilient.storage import STORE_ERRORS, is_memory
 
 from ._events import BreakerRejected, BreakerStateChanged
-from ._machine import CLOSED, FORCED_CLOSED, FORCED_OPEN, IGNORED, Limits, outcome_code
+from ._machine import CLOSED, FORCED_CLOSED, FORCED_OPEN, IGNORED, OK, TOKEN_CLOSED, Limits, Machine, outcome_code
 from ._options import BreakerOptions
 from ._store import AsyncRedisBreakers, Decision, MemoryBreakers, RedisBreakers
 
@@ -55,13 +55,46 @@ class BreakerPolicy(Policy):
         self._shared: RedisBreakers | None = None if is_memory(uri) else RedisBreakers(uri)
         self._ashared: AsyncRedisBreakers | None = None if is_memory(uri) else AsyncRedisBreakers(uri)
         self._limits: dict[int, Limits] = {}
+        self._keys: dict[tuple[int, str, str | None, str | None], str] = {}
+        # (options, provider, model, tenant) -> (key, limits, machine when the store is memory)
+        self._entries: dict[tuple[int, str, str | None, str | None], tuple[str, Limits, Machine | None]] = {}
         self._down_until = 0.0
+        base = section.base
+        self._by_model = section.varies or "model" in base.key
+        self._by_tenant = section.varies or "tenant" in base.key
 
     # ------------------------------------------------------------ pieces
 
     def _options(self, call: Call) -> BreakerOptions:
         section = self._section
         return section.for_call(call.provider, call.model, call.tenant) if section.varies else section.base
+
+    def _key(self, call: Call, options: BreakerOptions) -> str:
+        """The breaker key of a call, cached: building it (escaping each part) costs more than a decision."""
+        model = call.model if self._by_model else None
+        tenant = call.tenant if self._by_tenant else None
+        cache_key = (id(options), call.target.provider, model, tenant)
+        key = self._keys.get(cache_key)
+        if key is None:
+            if len(self._keys) >= 10_000:
+                self._keys.clear()
+            key = self._keys[cache_key] = self.key_for(options, call.target.provider, model, tenant)
+        return key
+
+    def _entry(self, call: Call, options: BreakerOptions) -> tuple[str, Limits, Machine | None]:
+        """Everything the hot path needs for a call's breaker, in one cached lookup."""
+        target = call.target
+        model = (target.model or call.model) if self._by_model else None
+        tenant = call.tenant if self._by_tenant else None
+        cache_key = (id(options), target.provider, model, tenant)
+        entry = self._entries.get(cache_key)
+        if entry is None:
+            if len(self._entries) >= 10_000:
+                self._entries.clear()
+            key = self.key_for(options, target.provider, model, tenant)
+            machine = self._local.machine(key) if self._shared is None else None
+            entry = self._entries[cache_key] = (key, self._limits_of(options), machine)
+        return entry
 
     def key_for(self, options: BreakerOptions, provider: str, model: str | None, tenant: str | None) -> str:
         parts = {"provider": provider, "model": model, "tenant": tenant}
@@ -157,16 +190,22 @@ class BreakerPolicy(Policy):
         monotonic = self._clock.monotonic
         classify = self._runtime.classify
 
+        local = self._local
+        lock = local.lock
+        clock_time = self._clock.time
+
         def guarded(call: Call) -> Any:
             options = self._options(call)
             if not options.enabled:
                 return nxt(call)
-            key = self.key_for(options, call.provider, call.model, call.tenant)
-            limits = self._limits_of(options)
-            token, retry_after, transition = self._acquire(key, limits, options)
-            self._transition(call, key, transition)
-            if not token:
-                raise self._refuse(call, key, retry_after)
+            key, limits, machine = self._entry(call, options)
+            if machine is not None and machine.state == CLOSED:
+                token = TOKEN_CLOSED  # the common case, decided without a lock
+            else:
+                token, retry_after, transition = self._acquire(key, limits, options)
+                self._transition(call, key, transition)
+                if not token:
+                    raise self._refuse(call, key, retry_after)
             start = monotonic() if options.slow_call_duration is not None else None
             try:
                 result = nxt(call)
@@ -178,8 +217,16 @@ class BreakerPolicy(Policy):
             except BaseException:
                 self._record(key, limits, token, IGNORED, options)
                 raise
-            elapsed = monotonic() - start if start is not None else None
-            self._transition(call, key, self._record(key, limits, token, self._code(None, options, elapsed), options))
+            code = self._code(None, options, monotonic() - start) if start is not None else OK
+            if machine is not None:
+                with lock:  # held for the bookkeeping only, never across the provider call
+                    if code == OK and token == TOKEN_CLOSED and machine.record_ok(limits):
+                        return result
+                    transition = machine.record(limits, token, code, clock_time())
+            else:
+                transition = self._record(key, limits, token, code, options)
+            if transition is not None:
+                self._transition(call, key, transition)
             return result
 
         return guarded
@@ -191,7 +238,7 @@ class BreakerPolicy(Policy):
             options = self._options(call)
             if not options.enabled:
                 return nxt(call)
-            key = self.key_for(options, call.provider, call.model, call.tenant)
+            key = self._key(call, options)
             limits = self._limits_of(options)
             token, retry_after, transition = self._acquire(key, limits, options)
             self._transition(call, key, transition)
@@ -247,7 +294,7 @@ class BreakerPolicy(Policy):
             options = self._options(call)
             if not options.enabled:
                 return await nxt(call)
-            key = self.key_for(options, call.provider, call.model, call.tenant)
+            key = self._key(call, options)
             limits = self._limits_of(options)
             token, retry_after, transition = await self._aacquire(key, limits, options)
             self._transition(call, key, transition)
@@ -282,7 +329,7 @@ class BreakerPolicy(Policy):
                 async for chunk in nxt(call):
                     yield chunk
                 return
-            key = self.key_for(options, call.provider, call.model, call.tenant)
+            key = self._key(call, options)
             limits = self._limits_of(options)
             token, retry_after, transition = await self._aacquire(key, limits, options)
             self._transition(call, key, transition)

@@ -8,7 +8,7 @@ from typing import Any
 
 from resilient.storage import PerLoop, async_redis_client, redis_client
 
-from ._machine import FORCED_CLOSED, FORCED_OPEN, STATE_NAMES, Limits, Machine
+from ._machine import CLOSED, FORCED_CLOSED, FORCED_OPEN, STATE_NAMES, Limits, Machine
 
 __all__ = ["AsyncRedisBreakers", "MemoryBreakers", "RedisBreakers"]
 
@@ -72,22 +72,37 @@ class MemoryBreakers:
         self._machines: dict[str, Machine] = {}
         self._lock = threading.Lock()
 
+    @property
+    def lock(self) -> threading.Lock:
+        """The lock every change to a machine is made under."""
+        return self._lock
+
+    def machine(self, key: str) -> Machine:
+        """The machine of ``key`` (made on first use). Change it only under :attr:`lock`."""
+        return self._machines.get(key) or self._machine(key)
+
     def _machine(self, key: str) -> Machine:
         machine = self._machines.get(key)
         if machine is None:
             machine = self._machines.setdefault(key, Machine())
         return machine
 
+    def is_closed(self, key: str) -> bool:
+        """Closed (or not yet seen): a call may go, and nothing changes by letting it."""
+        machine = self._machines.get(key)
+        return machine is None or machine.state == CLOSED
+
     def acquire(self, key: str, limits: Limits, now: float) -> Decision:
         machine = self._machine(key)
-        if machine.state == 0:  # closed: nothing to change, no lock needed
+        if machine.state == CLOSED:  # nothing to change, no lock needed
             return 1, None, None
         with self._lock:
             return machine.acquire(limits, now)
 
     def record(self, key: str, limits: Limits, token: int, code: int, now: float) -> str | None:
+        machine = self._machines.get(key) or self._machine(key)
         with self._lock:
-            return self._machine(key).record(limits, token, code, now)
+            return machine.record(limits, token, code, now)
 
     def force(self, key: str, state: int, now: float) -> str:
         with self._lock:
