@@ -54,10 +54,11 @@ class BreakerPolicy(Policy):
         self._local = MemoryBreakers()
         self._shared: RedisBreakers | None = None if is_memory(uri) else RedisBreakers(uri)
         self._ashared: AsyncRedisBreakers | None = None if is_memory(uri) else AsyncRedisBreakers(uri)
-        self._limits: dict[int, Limits] = {}
-        self._keys: dict[tuple[int, str, str | None, str | None], str] = {}
-        # (options, provider, model, tenant) -> (key, limits, machine when the store is memory)
-        self._entries: dict[tuple[int, str, str | None, str | None], tuple[str, Limits, Machine | None]] = {}
+        # (id of options, provider, model, tenant) -> (options, key, limits, machine when the store is memory).
+        # The options object is kept and compared: an id is only unique while its object lives.
+        self._entries: dict[
+            tuple[int, str, str | None, str | None], tuple[BreakerOptions, str, Limits, Machine | None]
+        ] = {}
         self._down_until = 0.0
         base = section.base
         self._by_model = section.varies or "model" in base.key
@@ -70,16 +71,8 @@ class BreakerPolicy(Policy):
         return section.for_call(call.provider, call.model, call.tenant) if section.varies else section.base
 
     def _key(self, call: Call, options: BreakerOptions) -> str:
-        """The breaker key of a call, cached: building it (escaping each part) costs more than a decision."""
-        model = call.model if self._by_model else None
-        tenant = call.tenant if self._by_tenant else None
-        cache_key = (id(options), call.target.provider, model, tenant)
-        key = self._keys.get(cache_key)
-        if key is None:
-            if len(self._keys) >= 10_000:
-                self._keys.clear()
-            key = self._keys[cache_key] = self.key_for(options, call.target.provider, model, tenant)
-        return key
+        """The breaker key of a call (cached with the rest of its entry)."""
+        return self._entry(call, options)[0]
 
     def _entry(self, call: Call, options: BreakerOptions) -> tuple[str, Limits, Machine | None]:
         """Everything the hot path needs for a call's breaker, in one cached lookup."""
@@ -88,13 +81,13 @@ class BreakerPolicy(Policy):
         tenant = call.tenant if self._by_tenant else None
         cache_key = (id(options), target.provider, model, tenant)
         entry = self._entries.get(cache_key)
-        if entry is None:
+        if entry is None or entry[0] is not options:
             if len(self._entries) >= 10_000:
                 self._entries.clear()
             key = self.key_for(options, target.provider, model, tenant)
             machine = self._local.machine(key) if self._shared is None else None
-            entry = self._entries[cache_key] = (key, self._limits_of(options), machine)
-        return entry
+            entry = self._entries[cache_key] = (options, key, self._limits_of(options), machine)
+        return entry[1], entry[2], entry[3]
 
     def key_for(self, options: BreakerOptions, provider: str, model: str | None, tenant: str | None) -> str:
         parts = {"provider": provider, "model": model, "tenant": tenant}
@@ -103,18 +96,16 @@ class BreakerPolicy(Policy):
         return f"{self._prefix}{{{inner}}}"
 
     def _limits_of(self, options: BreakerOptions) -> Limits:
-        limits = self._limits.get(id(options))
-        if limits is None:
-            limits = self._limits[id(options)] = Limits(
-                failure_rate=options.failure_rate,
-                window_type=options.window_type,
-                window_size=options.window_size,
-                minimum_calls=options.minimum_calls,
-                slow_rate=options.slow_call_rate if options.slow_call_duration is not None else None,
-                wait=options.wait_open,
-                half_open_calls=options.half_open_calls,
-            )
-        return limits
+        # Options are immutable and their cross-field rules already checked: Limits is a plain copy.
+        return Limits(
+            failure_rate=options.failure_rate,
+            window_type=options.window_type,
+            window_size=options.window_size,
+            minimum_calls=options.minimum_calls,
+            slow_rate=options.slow_call_rate if options.slow_call_duration is not None else None,
+            wait=options.wait_open,
+            half_open_calls=options.half_open_calls,
+        )
 
     def _code(self, outcome: Outcome | None, options: BreakerOptions, elapsed: float | None) -> int:
         """The outcome as the machine counts it: failure, success, or not counted."""
