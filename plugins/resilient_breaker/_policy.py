@@ -61,14 +61,16 @@ class BreakerPolicy(Policy):
         ] = {}
         self._down_until = 0.0
         base = section.base
+        self._base, self._varies = base, section.varies
         self._by_model = section.varies or "model" in base.key
         self._by_tenant = section.varies or "tenant" in base.key
 
     # ------------------------------------------------------------ pieces
 
     def _options(self, call: Call) -> BreakerOptions:
-        section = self._section
-        return section.for_call(call.provider, call.model, call.tenant) if section.varies else section.base
+        if not self._varies:
+            return self._base
+        return self._section.for_call(call.provider, call.model, call.tenant)
 
     def _key(self, call: Call, options: BreakerOptions) -> str:
         """The breaker key of a call (cached with the rest of its entry)."""
@@ -77,7 +79,12 @@ class BreakerPolicy(Policy):
     def _entry(self, call: Call, options: BreakerOptions) -> tuple[str, Limits, Machine | None]:
         """Everything the hot path needs for a call's breaker, in one cached lookup."""
         target = call.target
-        model = (target.model or call.model) if self._by_model else None
+        model = None
+        if self._by_model:
+            model = target.model
+            if model is None:  # Call.model, inlined: this runs on every call
+                value = call.kwargs.get("model")
+                model = value if isinstance(value, str) else None
         tenant = call.tenant if self._by_tenant else None
         cache_key = (id(options), target.provider, model, tenant)
         entry = self._entries.get(cache_key)
@@ -229,8 +236,7 @@ class BreakerPolicy(Policy):
             options = self._options(call)
             if not options.enabled:
                 return nxt(call)
-            key = self._key(call, options)
-            limits = self._limits_of(options)
+            key, limits, _ = self._entry(call, options)
             token, retry_after, transition = self._acquire(key, limits, options)
             self._transition(call, key, transition)
             if not token:
@@ -281,16 +287,22 @@ class BreakerPolicy(Policy):
         monotonic = self._clock.monotonic
         classify = self._runtime.classify
 
+        local = self._local
+        lock = local.lock
+        clock_time = self._clock.time
+
         async def guarded(call: Call) -> Any:
             options = self._options(call)
             if not options.enabled:
                 return await nxt(call)
-            key = self._key(call, options)
-            limits = self._limits_of(options)
-            token, retry_after, transition = await self._aacquire(key, limits, options)
-            self._transition(call, key, transition)
-            if not token:
-                raise self._refuse(call, key, retry_after)
+            key, limits, machine = self._entry(call, options)
+            if machine is not None and machine.state == CLOSED:
+                token = TOKEN_CLOSED  # memory store, closed: no lock, no coroutine
+            else:
+                token, retry_after, transition = await self._aacquire(key, limits, options)
+                self._transition(call, key, transition)
+                if not token:
+                    raise self._refuse(call, key, retry_after)
             start = monotonic() if options.slow_call_duration is not None else None
             try:
                 result = await nxt(call)
@@ -302,10 +314,16 @@ class BreakerPolicy(Policy):
             except BaseException:
                 await self._arecord(key, limits, token, IGNORED, options)
                 raise
-            elapsed = monotonic() - start if start is not None else None
-            self._transition(
-                call, key, await self._arecord(key, limits, token, self._code(None, options, elapsed), options)
-            )
+            code = self._code(None, options, monotonic() - start) if start is not None else OK
+            if machine is not None:  # memory: the bookkeeping needs no await
+                with lock:
+                    if code == OK and token == TOKEN_CLOSED and machine.record_ok(limits):
+                        return result
+                    transition = machine.record(limits, token, code, clock_time())
+            else:
+                transition = await self._arecord(key, limits, token, code, options)
+            if transition is not None:
+                self._transition(call, key, transition)
             return result
 
         return guarded
@@ -320,8 +338,7 @@ class BreakerPolicy(Policy):
                 async for chunk in nxt(call):
                     yield chunk
                 return
-            key = self._key(call, options)
-            limits = self._limits_of(options)
+            key, limits, _ = self._entry(call, options)
             token, retry_after, transition = await self._aacquire(key, limits, options)
             self._transition(call, key, transition)
             if not token:

@@ -91,9 +91,10 @@ if token == 1 and st == 0 then
     redis.call('hincrby', key, 'b' .. sec .. 'f', failure)
     redis.call('hincrby', key, 'b' .. sec .. 's', slow)
   end
+  -- (a full count window keeps its n: the -1 above and this +1 cancel; zero increments are skipped)
   local n = redis.call('hincrby', key, 'n', 1)
-  local f = redis.call('hincrby', key, 'f', failure)
-  local s = redis.call('hincrby', key, 's', slow)
+  local f = failure == 1 and redis.call('hincrby', key, 'f', 1) or num('f')
+  local s = slow == 1 and redis.call('hincrby', key, 's', 1) or num('s')
   if n >= minimum and tripped(n, f, s) then
     open()
     result = 'open'
