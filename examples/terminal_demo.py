@@ -1,12 +1,13 @@
 """A guarded call against a provider that fails now and then, in the terminal.
 
 This is what `make demo` runs until the FastAPI example lands. It builds a
-pipeline from the installed plugins (the first-party `quota` and `retry`
-plugins come through the `resilient` entry-point group) plus one plugin
+pipeline from the installed plugins (the first-party `quota`, `retry` and
+`breaker` plugins come through the `resilient` entry-point group) plus one plugin
 written right here, calls a scripted provider that answers 500, 529 or 429
 about a third of the time on behalf of two tenants, and prints what the
-policies did: retries recover failures, a 429 pauses the key, and each
-tenant's quota of 10 calls a minute refuses the rest.
+policies did: retries recover failures, a 429 pauses the key, the circuit
+breaker opens when too many calls fail and lets trials through after a
+short wait, and each tenant's quota of 10 calls a minute refuses the rest.
 
 Run it with `make demo`, or `python examples/terminal_demo.py`.
 """
@@ -20,6 +21,7 @@ from typing import Any
 
 from resilient import (
     Call,
+    CircuitOpen,
     Clock,
     Event,
     Handler,
@@ -35,6 +37,7 @@ from resilient.testing import HTTPStatus, ProviderHTTPError, ScriptedProvider
 
 CALLS = 24
 FAIL_RATE = 0.35
+PAUSE = 0.06  # seconds between the app's calls
 
 
 class Stopwatch(Policy):
@@ -76,10 +79,22 @@ class DemoPlugin:
 
     def on_event(self, event: Event) -> None:
         self.events[event.name] += 1
-        keys = ("attempt", "attempts", "delay", "outcome", "status", "reason", "limit", "seconds", "source")
+        keys = (
+            "attempt",
+            "attempts",
+            "delay",
+            "outcome",
+            "status",
+            "reason",
+            "limit",
+            "seconds",
+            "source",
+            "state",
+            "retry_after",
+        )
         fields = {k: getattr(event, k, None) for k in keys}
         shown = ", ".join(
-            f"{k}={v:.3f}s" if k in ("delay", "seconds") else f"{k}={v}"
+            f"{k}={v:.3f}s" if k in ("delay", "seconds", "retry_after") else f"{k}={v}"
             for k, v in fields.items()
             if v is not None and v != ""
         )
@@ -98,6 +113,8 @@ def main(clock: Clock | None = None) -> int:
             # Each tenant may make 10 calls a minute; when the provider says 429,
             # calls wait out its retry-after (up to 1 s) instead of hammering it.
             "quota": {"requests": "10/minute", "wait": True, "max_wait": "1s"},
+            # Open the circuit when 40 % of the last 8 calls failed; try again after 200 ms.
+            "breaker": {"failure_rate": 0.4, "minimum_calls": 5, "window_size": 8, "wait_open": "200ms"},
         },
     )
     print("Policies in force, outermost first:")
@@ -119,6 +136,9 @@ def main(clock: Clock | None = None) -> int:
         with request_context(tenant="tenant-a" if i % 2 else "tenant-b"):
             try:
                 ask(f"question {i}")
+            except CircuitOpen as exc:
+                outcome = f"REFUSED by the open circuit (retry after {exc.retry_after or 0:.2f}s), provider not called"
+                results["circuit"] += 1
             except QuotaExceeded as exc:
                 outcome = f"REFUSED by quota: {exc.limit} (retry after {exc.retry_after:.0f}s), provider not called"
                 results["refused"] += 1
@@ -130,6 +150,7 @@ def main(clock: Clock | None = None) -> int:
                 outcome = "ok" if attempts == 1 else f"ok after {attempts} attempts"
                 results["first try" if attempts == 1 else "recovered by retry"] += 1
         print(f"  call {i:>2}: {outcome}")
+        pipeline.runtime.clock.sleep(PAUSE)  # the app's own pace between calls
 
     slowest = max(demo.stopwatch.durations)
     print("\nSummary")
@@ -139,6 +160,7 @@ def main(clock: Clock | None = None) -> int:
     print(f"  recovered by retry:         {results['recovered by retry']}")
     print(f"  failed after all attempts:  {results['failed']}")
     print(f"  refused by quota:           {results['refused']}")
+    print(f"  refused by the breaker:     {results['circuit']}")
     print(f"  events: {dict(demo.events)}")
     print(f"  slowest call including backoff: {slowest * 1000:.0f} ms")
     print("\nTry: .venv/bin/resilient plugins   and   .venv/bin/resilient config")

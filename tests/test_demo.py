@@ -33,7 +33,11 @@ def test_terminal_demo_shows_retries_recovering_failures(capsys: pytest.CaptureF
     recovered = numbers["recovered by retry"]
     failed = numbers["failed after all attempts"]
     refused = numbers["refused by quota"]
-    assert ok + recovered + failed + refused == 24
+    circuit = numbers["refused by the breaker"]
+    assert ok + recovered + failed + refused + circuit == 24
+    assert circuit > 0, "the demo must show the breaker open"
+    assert "breaker.state_changed state=open" in out
+    assert "breaker.state_changed state=closed" in out  # and closing again after its trials
     assert recovered > 0, "the demo must show retries at work"
     # Two tenants alternate, 12 calls each, against 10 requests a minute per tenant.
     assert refused == 4
