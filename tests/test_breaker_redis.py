@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from resilient import CircuitOpen, Pipeline
@@ -46,6 +46,23 @@ steps = st.lists(
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(  # the reopen boundary: opened_at must not be rounded on its way through Lua
+    history=[
+        ("acquire", 0),
+        ("wait", 0.3),
+        ("wait", 0.3),
+        ("wait", 0.3),
+        ("record", 1),
+        ("wait", 2.5),
+        ("wait", 2.5),
+        ("acquire", 0),
+    ],
+    window_type="count",
+    size=1,
+    rate=0.3,
+    slow=None,
+    trials=1,
+)
 @given(
     history=steps,
     window_type=st.sampled_from(["count", "time"]),

@@ -1,5 +1,7 @@
 -- Breaker admission, atomically: _machine.Machine.acquire, step for step.
 -- KEYS[1] breaker hash. ARGV: now, wait, half_open_calls, ttl (seconds).
+-- Timestamps are stored as the caller's own text (ARGV[1]): tostring() keeps
+-- only 14 digits, and a rounded opened_at would move the reopen boundary.
 -- Returns {token, retry_after or "", transition or ""} (floats as strings:
 -- Redis would truncate a Lua number to an integer).
 local key = KEYS[1]
@@ -21,7 +23,7 @@ if st == 1 then
   if now < reopen_at then
     return {0, tostring(reopen_at - now), ''}
   end
-  redis.call('hset', key, 'st', 2, 'pm', 0, 'tr', 0, 'tf', 0, 'ts', 0, 'hs', tostring(now))
+  redis.call('hset', key, 'st', 2, 'pm', 0, 'tr', 0, 'tf', 0, 'ts', 0, 'hs', ARGV[1])
   transition = 'half_open'
 end
 local permits = tonumber(redis.call('hget', key, 'pm') or '0')
@@ -32,7 +34,7 @@ if permits >= half_open_calls then
     return {0, tostring(math.max(since + hold - now, 0)), transition}
   end
   permits = tonumber(redis.call('hget', key, 'tr') or '0')
-  redis.call('hset', key, 'hs', tostring(now))
+  redis.call('hset', key, 'hs', ARGV[1])
 end
 redis.call('hset', key, 'pm', permits + 1)
 redis.call('expire', key, ttl)

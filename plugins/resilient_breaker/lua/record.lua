@@ -2,6 +2,8 @@
 -- KEYS[1] breaker hash. ARGV: now, token, code (-1 ignored; bit 1 failure,
 -- bit 2 slow), failure_rate, window_type ("count"/"time"), window_size,
 -- minimum_calls, slow_rate (-1: not judged), half_open_calls, ttl.
+-- Timestamps are stored as the caller's own text (ARGV[1]): tostring() keeps
+-- only 14 digits, and a rounded opened_at would move the reopen boundary.
 -- Returns the transition taken ("open", "closed") or "".
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
@@ -34,7 +36,7 @@ local function clear_window()
 end
 
 local function open()
-  redis.call('hset', key, 'st', 1, 'oa', tostring(now), 'pm', 0, 'tr', 0, 'tf', 0, 'ts', 0)
+  redis.call('hset', key, 'st', 1, 'oa', ARGV[1], 'pm', 0, 'tr', 0, 'tf', 0, 'ts', 0)
   clear_window()
 end
 
