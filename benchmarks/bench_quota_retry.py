@@ -72,6 +72,8 @@ import stamina
 import tenacity
 
 import resilient
+import resilient_quota
+import resilient_retry
 from resilient import Pipeline, QuotaExceeded
 from resilient.testing import redis_server
 
@@ -178,16 +180,19 @@ def quota_pipeline(
     quota: dict[str, Any] = {"requests": requests, "strategy": strategy}
     if not provider_signals:
         quota["provider_signals"] = False
-    config = {"store": store, "key_prefix": key_prefix, "disable": ["retry"], "quota": quota}
-    return _check_policies(Pipeline(env={}, config=config), ["quota", "quota_signals"])
+    config = {"store": store, "key_prefix": key_prefix, "quota": quota}
+    # Registered explicitly: other installed plugins must not change the row.
+    pipeline = Pipeline(plugins=[resilient_quota], discover=False, env={}, config=config)
+    return _check_policies(pipeline, ["quota", "quota_signals"])
 
 
 def retry_pipeline(retry: Mapping[str, Any] | None = None) -> Pipeline:
     """A pipeline whose only policy is retry; ``retry`` is its section (a Python ``None`` is allowed)."""
-    config: dict[str, Any] = {"disable": ["quota"]}
+    config: dict[str, Any] = {}
     if retry is not None:
         config["retry"] = dict(retry)
-    return _check_policies(Pipeline(env={}, config=config), ["retry"])
+    pipeline = Pipeline(plugins=[resilient_retry], discover=False, env={}, config=config)
+    return _check_policies(pipeline, ["retry"])
 
 
 def limits_direct(fn: SyncFn, limiter: limits.strategies.RateLimiter, item: limits.RateLimitItem) -> SyncFn:
