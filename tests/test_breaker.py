@@ -91,7 +91,7 @@ def test_half_open_admits_only_its_trials(clock: FakeClock) -> None:
     clock.advance(5)
     key = policy.key_for(pipeline.settings.options(type(policy._section.base)), "default", None, None)
     limits = policy._limits_of(policy._section.base)
-    got = [policy._local.acquire(key, limits, clock.time())[0] for _ in range(4)]
+    got = [policy._local.acquire(key, limits, clock.time())[0] & 3 for _ in range(4)]
     assert got == [2, 2, 0, 0]  # two trial permits, then refusals until they come back
 
 
@@ -323,3 +323,37 @@ class BreakerMachine(RuleBasedStateMachine):
 
 BreakerMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)
 test_breaker_matches_the_reference_model = BreakerMachine.TestCase
+
+
+def test_slow_trials_never_let_more_than_half_open_calls_through() -> None:
+    from resilient_breaker._machine import HALF_OPEN, Limits, Machine
+
+    limits = Limits(0.5, "count", 1, 1, None, 1.0, 1, trial_timeout=300.0)
+    machine = Machine()
+    machine.record(limits, machine.acquire(limits, 0.0)[0], 1, 0.0)  # one failure: open
+    first = machine.acquire(limits, 1.0)[0]  # half-open: the one trial
+    assert first & 3 == 2
+    for t in (2.0, 10.0, 100.0, 299.0):  # the trial is slow, as LLM calls are
+        assert machine.acquire(limits, t)[0] == 0
+    assert machine.state == HALF_OPEN
+    late = machine.acquire(limits, 301.0)[0]  # presumed lost: a new round
+    assert late & 3 == 2
+    # The first trial finally answers: it belongs to the old round and is not counted.
+    assert machine.record(limits, first, 0, 302.0) is None
+    assert machine.state == HALF_OPEN
+    assert machine.record(limits, late, 0, 303.0) == "closed"
+
+
+def test_overrides_that_change_the_window_get_their_own_breaker(clock: FakeClock) -> None:
+    from resilient import request_context
+
+    pipeline = build(clock, key=["provider"], tenants={"small": {"window_size": 2, "minimum_calls": 2}})
+    failing = pipeline.guard(provider="p")(ScriptedProvider([HTTPStatus(503)] * 10, clock=clock))
+    with request_context(tenant="big"):
+        fail_n(failing, 3)  # 3 of the default minimum 10: stays closed
+    with request_context(tenant="small"):
+        fail_n(failing, 2)  # its own window of 2: open
+        with pytest.raises(CircuitOpen):
+            failing()
+    with request_context(tenant="big"):
+        fail_n(failing, 1)  # still closed for the others

@@ -80,7 +80,7 @@ def test_lua_scripts_decide_like_the_machine(
     slow: float | None,
     trials: int,
 ) -> None:
-    limits = Limits(rate, window_type, size, 1, slow, 5.0, trials)
+    limits = Limits(rate, window_type, size, 1, slow, 5.0, trials, trial_timeout=10.0)
     store = RedisBreakers(redis_url)
     key = f"contract:{{{abs(hash((tuple(history), window_type, size, rate, slow, trials)))}}}"
     store.client.delete(key)

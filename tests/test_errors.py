@@ -81,7 +81,7 @@ def test_quota_names_the_limit() -> None:
         (401, "client_error", False, False),
         (403, "client_error", False, False),
         (404, "client_error", False, False),
-        (408, "client_error", True, False),
+        (408, "timeout", True, True),
         (409, "client_error", True, False),
         (413, "client_error", False, False),
         (422, "client_error", False, False),

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 
 __all__ = [
     "CLOSED",
+    "TOKEN_CLOSED",
+    "TOKEN_HALF",
+    "token",
     "FORCED_CLOSED",
     "FORCED_OPEN",
     "HALF_OPEN",
@@ -31,8 +34,14 @@ STATE_NAMES = {
     FORCED_CLOSED: "forced_closed",
 }
 
-# Permit tokens: which state let a call through, so a late outcome lands in the right place.
+# Permit tokens: which state let a call through (the low two bits) and in which generation
+# of the breaker (the rest): an outcome that comes back after the state moved on is not counted.
 TOKEN_CLOSED, TOKEN_HALF = 1, 2
+
+
+def token(kind: int, generation: int) -> int:
+    return kind | (generation << 2)
+
 
 # Outcome codes: bit 1 = failure, bit 2 = slow.
 OK, FAILURE, SLOW = 0, 1, 2
@@ -54,6 +63,7 @@ class Limits:
     slow_rate: float | None  # None: slow calls are not judged
     wait: float
     half_open_calls: int
+    trial_timeout: float = 300.0  # a trial permit not back after this is presumed lost
 
 
 @dataclass(slots=True)
@@ -76,6 +86,7 @@ class Machine:
     trial_failures: int = 0
     trial_slow: int = 0
     half_open_since: float = 0.0
+    generation: int = 0  # advances with every change of state or of half-open round
 
     # ------------------------------------------------------------ window
 
@@ -126,7 +137,7 @@ class Machine:
         self.f += failure
         self.s += slow
 
-    def record_ok(self, limits: Limits) -> bool:
+    def record_ok(self, limits: Limits, permit: int) -> bool:
         """Record a fast success while closed, if that is all there is to it; the hot path.
 
         Done only for a full count window, where a success cannot raise a
@@ -136,7 +147,7 @@ class Machine:
         """
         ring = self.ring
         size = limits.window_size
-        if self.state != CLOSED or limits.window_type != "count" or len(ring) < size:
+        if self.state != CLOSED or permit >> 2 != self.generation or limits.window_type != "count" or len(ring) < size:
             return False
         index = self.index
         old = ring[index]
@@ -155,6 +166,7 @@ class Machine:
     def _open(self, now: float) -> None:
         self.state = OPEN
         self.opened_at = now
+        self.generation += 1
         self._clear()
         self.permits = self.trials = self.trial_failures = self.trial_slow = 0
 
@@ -168,7 +180,7 @@ class Machine:
         """
         state = self.state
         if state in (CLOSED, FORCED_CLOSED):
-            return TOKEN_CLOSED, None, None
+            return token(TOKEN_CLOSED, self.generation), None, None
         if state == FORCED_OPEN:
             return 0, None, None
         transition = None
@@ -179,22 +191,28 @@ class Machine:
             self.state = HALF_OPEN
             self.permits = self.trials = self.trial_failures = self.trial_slow = 0
             self.half_open_since = now
+            self.generation += 1
             transition = "half_open"
         if self.permits >= limits.half_open_calls:
-            # Trials given out and not all back. If they outlived a whole wait,
-            # their callers are gone (a worker died): give the permits out again.
-            if now - self.half_open_since < max(limits.wait, 1.0):
-                return 0, max(self.half_open_since + max(limits.wait, 1.0) - now, 0.0), transition
-            self.permits = self.trials
+            # Every trial is out. Only when they outlived trial_timeout are their callers
+            # presumed gone (a worker died): then a new round starts, and whatever the
+            # old trials say when they come back is not counted.
+            reissue_at = self.half_open_since + limits.trial_timeout
+            if now < reissue_at:
+                return 0, min(reissue_at - now, max(limits.wait, 1.0)), transition
+            self.permits = self.trials = self.trial_failures = self.trial_slow = 0
             self.half_open_since = now
+            self.generation += 1
         self.permits += 1
-        return TOKEN_HALF, None, transition
+        return token(TOKEN_HALF, self.generation), None, transition
 
-    def record(self, limits: Limits, token: int, code: int, now: float) -> str | None:
+    def record(self, limits: Limits, permit: int, code: int, now: float) -> str | None:
         """Count a call's outcome (``IGNORED`` releases its permit only); return a transition."""
-        state = self.state
-        if token == TOKEN_CLOSED and state == CLOSED:
-            if code == OK and self.record_ok(limits):
+        if permit >> 2 != self.generation:
+            return None  # a late outcome from a state (or a half-open round) that is gone
+        state, kind = self.state, permit & 3
+        if kind == TOKEN_CLOSED and state == CLOSED:
+            if code == OK and self.record_ok(limits, permit):
                 return None
             if code == IGNORED:
                 return None
@@ -203,7 +221,7 @@ class Machine:
                 self._open(now)
                 return "open"
             return None
-        if token == TOKEN_HALF and state == HALF_OPEN:
+        if kind == TOKEN_HALF and state == HALF_OPEN:
             if code == IGNORED:
                 self.permits = max(self.permits - 1, self.trials)
                 return None
@@ -215,15 +233,17 @@ class Machine:
                     self._open(now)
                     return "open"
                 self.state = CLOSED
+                self.generation += 1
                 self._clear()
                 self.permits = self.trials = self.trial_failures = self.trial_slow = 0
                 return "closed"
-        return None  # a late outcome from a state that is gone: it does not count
+        return None
 
     def force(self, state: int, now: float) -> str:
         """Manual control: ``FORCED_OPEN``, ``FORCED_CLOSED`` or ``CLOSED`` (reset)."""
         self._clear()
         self.permits = self.trials = self.trial_failures = self.trial_slow = 0
         self.state = state
-        self.opened_at = now
+        self.opened_at = now if state == FORCED_OPEN else 0.0
+        self.generation += 1
         return STATE_NAMES[state]

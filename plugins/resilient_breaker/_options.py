@@ -38,6 +38,11 @@ class BreakerOptions:
     slow_call_rate: float = option(1.0, min=0.01, max=1.0, doc="Share of slow calls in the window that opens it.")
     wait_open: Duration = option(30.0, min=0, doc="Seconds open before trial calls are let through.")
     half_open_calls: int = option(3, min=1, max=1000, doc="Trial calls in half-open before deciding.")
+    trial_timeout: Duration = option(
+        300.0,
+        min=1,
+        doc="Seconds a trial call may take; a trial not back by then is presumed lost and a new round starts.",
+    )
     storage: str = option("", doc="Store URI for breaker state; empty means the core 'store'.")
     on_store_error: Literal["local", "allow"] = option(
         "local", doc="Store unreachable: 'local' keeps state in this process, 'allow' lets calls through."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -99,6 +100,11 @@ class BreakerPolicy(Policy):
     def key_for(self, options: BreakerOptions, provider: str, model: str | None, tenant: str | None) -> str:
         parts = {"provider": provider, "model": model, "tenant": tenant}
         inner = "/".join(f"{name}={_part(parts[name])}" for name in options.key)
+        if self._varies:
+            # Overrides may give calls that share a key different windows or thresholds:
+            # those are different breakers, or one ring would be judged by two sizes.
+            digest = hashlib.sha256(repr(self._limits_of(options)).encode()).hexdigest()[:8]
+            inner += f"/limits={digest}"
         # The braces are a Redis Cluster hash tag: a breaker's hash lives in one slot.
         return f"{self._prefix}{{{inner}}}"
 
@@ -198,7 +204,7 @@ class BreakerPolicy(Policy):
                 return nxt(call)
             key, limits, machine = self._entry(call, options)
             if machine is not None and machine.state == CLOSED:
-                token = TOKEN_CLOSED  # the common case, decided without a lock
+                token = TOKEN_CLOSED | (machine.generation << 2)  # the common case, without a lock
             else:
                 token, retry_after, transition = self._acquire(key, limits, options)
                 self._transition(call, key, transition)
@@ -218,7 +224,7 @@ class BreakerPolicy(Policy):
             code = self._code(None, options, monotonic() - start) if start is not None else OK
             if machine is not None:
                 with lock:  # held for the bookkeeping only, never across the provider call
-                    if code == OK and token == TOKEN_CLOSED and machine.record_ok(limits):
+                    if code == OK and machine.record_ok(limits, token):
                         return result
                     transition = machine.record(limits, token, code, clock_time())
             else:
@@ -297,7 +303,7 @@ class BreakerPolicy(Policy):
                 return await nxt(call)
             key, limits, machine = self._entry(call, options)
             if machine is not None and machine.state == CLOSED:
-                token = TOKEN_CLOSED  # memory store, closed: no lock, no coroutine
+                token = TOKEN_CLOSED | (machine.generation << 2)  # memory, closed: no lock, no coroutine
             else:
                 token, retry_after, transition = await self._aacquire(key, limits, options)
                 self._transition(call, key, transition)
@@ -317,7 +323,7 @@ class BreakerPolicy(Policy):
             code = self._code(None, options, monotonic() - start) if start is not None else OK
             if machine is not None:  # memory: the bookkeeping needs no await
                 with lock:
-                    if code == OK and token == TOKEN_CLOSED and machine.record_ok(limits):
+                    if code == OK and machine.record_ok(limits, token):
                         return result
                     transition = machine.record(limits, token, code, clock_time())
             else:

@@ -14,6 +14,7 @@ __all__ = ["AsyncRedisBreakers", "MemoryBreakers", "RedisBreakers"]
 
 _ACQUIRE = (files(__package__) / "lua" / "acquire.lua").read_text()
 _RECORD = (files(__package__) / "lua" / "record.lua").read_text()
+_FORCE = (files(__package__) / "lua" / "force.lua").read_text()
 
 Decision = tuple[int, float | None, str | None]
 
@@ -21,6 +22,10 @@ Decision = tuple[int, float | None, str | None]
 def _ttl(limits: Limits) -> int:
     # Every key expires; long enough to outlive an open wait and a time window many times over.
     return int(max(86_400, 10 * limits.wait, 10 * limits.window_size))
+
+
+def _acquire_args(limits: Limits, now: float) -> list[Any]:
+    return [repr(now), repr(limits.wait), limits.half_open_calls, _ttl(limits), repr(limits.trial_timeout)]
 
 
 def _record_args(limits: Limits, token: int, code: int, now: float) -> list[Any]:
@@ -129,20 +134,18 @@ class RedisBreakers:
         self.client = redis_client(uri)
         self._acquire = self.client.register_script(_ACQUIRE)
         self._record = self.client.register_script(_RECORD)
+        self._force = self.client.register_script(_FORCE)
 
     def acquire(self, key: str, limits: Limits, now: float) -> Decision:
-        raw = self._acquire(keys=[key], args=[repr(now), repr(limits.wait), limits.half_open_calls, _ttl(limits)])
+        raw = self._acquire(keys=[key], args=_acquire_args(limits, now))
         return _decision(raw)
 
     def record(self, key: str, limits: Limits, token: int, code: int, now: float) -> str | None:
         return _text(self._record(keys=[key], args=_record_args(limits, token, code, now)))
 
     def force(self, key: str, state: int, now: float) -> str:
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            pipe.hset(key, mapping={"st": state, "oa": repr(now)})
-            pipe.expire(key, 86_400 * 30 if state in (FORCED_OPEN, FORCED_CLOSED) else 86_400)
-            pipe.execute()
+        ttl = 86_400 * 30 if state in (FORCED_OPEN, FORCED_CLOSED) else 86_400
+        self._force(keys=[key], args=[state, repr(now) if state == FORCED_OPEN else "0", ttl])
         return STATE_NAMES[state]
 
     def status(self, key: str) -> dict[str, Any]:
@@ -164,7 +167,7 @@ class AsyncRedisBreakers:
 
     async def acquire(self, key: str, limits: Limits, now: float) -> Decision:
         _, acquire, _ = self._per_loop.get()
-        raw = await acquire(keys=[key], args=[repr(now), repr(limits.wait), limits.half_open_calls, _ttl(limits)])
+        raw = await acquire(keys=[key], args=_acquire_args(limits, now))
         return _decision(raw)
 
     async def record(self, key: str, limits: Limits, token: int, code: int, now: float) -> str | None:

@@ -1,5 +1,5 @@
 -- Breaker outcome, atomically: _machine.Machine.record, step for step.
--- KEYS[1] breaker hash. ARGV: now, token, code (-1 ignored; bit 1 failure,
+-- KEYS[1] breaker hash. ARGV: now, permit (kind + 4 x generation), code (-1 ignored; bit 1 failure,
 -- bit 2 slow), failure_rate, window_type ("count"/"time"), window_size,
 -- minimum_calls, slow_rate (-1: not judged), half_open_calls, ttl.
 -- Timestamps are stored as the caller's own text (ARGV[1]): tostring() keeps
@@ -37,6 +37,7 @@ end
 
 local function open()
   redis.call('hset', key, 'st', 1, 'oa', ARGV[1], 'pm', 0, 'tr', 0, 'tf', 0, 'ts', 0)
+  redis.call('hincrby', key, 'g', 1)
   clear_window()
 end
 
@@ -66,12 +67,17 @@ local function sweep()
   redis.call('hset', key, 'old', oldest, 'n', n, 'f', f, 's', s)
 end
 
+-- A permit from an earlier generation: its state (or half-open round) is gone.
+if math.floor(token / 4) ~= num('g') then
+  return ''
+end
+local kind = token % 4
 local st = num('st')
 local failure = code >= 0 and (code % 2) or 0
 local slow = code >= 0 and (math.floor(code / 2) % 2) or 0
 local result = ''
 
-if token == 1 and st == 0 then
+if kind == 1 and st == 0 then
   if code < 0 then return '' end
   if window_type == 'count' then
     local len = num('rl')
@@ -101,7 +107,7 @@ if token == 1 and st == 0 then
     open()
     result = 'open'
   end
-elseif token == 2 and st == 2 then
+elseif kind == 2 and st == 2 then
   if code < 0 then
     local permits = num('pm') - 1
     local trials = num('tr')
@@ -117,6 +123,7 @@ elseif token == 2 and st == 2 then
         result = 'open'
       else
         redis.call('hset', key, 'st', 0, 'pm', 0, 'tr', 0, 'tf', 0, 'ts', 0)
+        redis.call('hincrby', key, 'g', 1)
         clear_window()
         result = 'closed'
       end

@@ -35,9 +35,14 @@ _RETRYABLE_STATUS = frozenset({408, 409, 429})
 
 
 def classify_status(status: int, retry_after: float | None = None, error: BaseException | None = None) -> Outcome:
-    """Classify an HTTP status: 408/409/429/5xx/529 are retryable; other 4xx are the caller's."""
+    """Classify an HTTP status: 408/409/429/5xx/529 are retryable; 408, 5xx and 529 are the provider's
+    fault; other 4xx are the caller's."""
     if status == 429:
         return Outcome("rate_limited", status=status, retryable=True, retry_after=retry_after, error=error)
+    if status == 408:  # the server timed out waiting: a timeout like any other, on the provider's side
+        return Outcome(
+            "timeout", status=status, retryable=True, provider_fault=True, retry_after=retry_after, error=error
+        )
     if status == 529:
         return Outcome(
             "overloaded", status=status, retryable=True, provider_fault=True, retry_after=retry_after, error=error
