@@ -25,19 +25,11 @@ Run: ``.venv/bin/python benchmarks/bench_pipeline.py [--quick] [--json PATH]``.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import gc
 import importlib.metadata
-import json
-import os
-import platform
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 import tenacity
@@ -46,12 +38,12 @@ import resilient
 import resilient_retry
 from resilient import AsyncHandler, Handler, Pipeline, Policy, Runtime, Target
 
-STEPS = 6
-EXPECTED = 3  # target(1, x=2)
+if TYPE_CHECKING:  # mypy sees the package; run as a script, this file's directory is on sys.path
+    from benchmarks import _harness as h
+else:
+    import _harness as h
 
-Group = Literal["sync", "async"]
-SyncFn = Callable[..., Any]
-AsyncFn = Callable[..., Awaitable[Any]]
+STEPS = 6
 
 BARE = "bare function"
 CHAIN = f"{STEPS}-step closure chain"
@@ -63,24 +55,13 @@ RETRY = "resilient: retry plugin (default)"
 TENACITY = "tenacity: retry(stop_after_attempt(3))"
 
 
-# ---------------------------------------------------------------------------- the functions
-
-
-def target(a: int, *, x: int) -> int:
-    return a + x
-
-
-async def atarget(a: int, *, x: int) -> int:
-    return a + x
-
-
 # ---------------------------------------------------------------------------- closure chains
 
 
-def closure_chain(fn: SyncFn, steps: int = STEPS) -> SyncFn:
+def closure_chain(fn: h.SyncFn, steps: int = STEPS) -> h.SyncFn:
     """``steps`` nested pass-through closures around ``fn``."""
 
-    def link(nxt: SyncFn) -> SyncFn:
+    def link(nxt: h.SyncFn) -> h.SyncFn:
         def step(*a: Any, **kw: Any) -> Any:
             return nxt(*a, **kw)
 
@@ -92,10 +73,10 @@ def closure_chain(fn: SyncFn, steps: int = STEPS) -> SyncFn:
     return chained
 
 
-def async_closure_chain(fn: AsyncFn, steps: int = STEPS) -> AsyncFn:
+def async_closure_chain(fn: h.AsyncFn, steps: int = STEPS) -> h.AsyncFn:
     """``steps`` nested pass-through coroutine functions around ``fn``."""
 
-    def link(nxt: AsyncFn) -> AsyncFn:
+    def link(nxt: h.AsyncFn) -> h.AsyncFn:
         async def step(*a: Any, **kw: Any) -> Any:
             return await nxt(*a, **kw)
 
@@ -107,14 +88,14 @@ def async_closure_chain(fn: AsyncFn, steps: int = STEPS) -> AsyncFn:
     return chained
 
 
-def fixed_closure_chain(fn: SyncFn, steps: int = STEPS) -> SyncFn:
+def fixed_closure_chain(fn: h.SyncFn, steps: int = STEPS) -> h.SyncFn:
     """``steps`` pass-through closures that know ``fn``'s exact signature (no ``*a, **kw``).
 
     The cheapest chain of all, but only for one signature: a generic
     decorator cannot be written this way. Reported so the comparison is honest.
     """
 
-    def link(nxt: SyncFn) -> SyncFn:
+    def link(nxt: h.SyncFn) -> h.SyncFn:
         def step(a: int, *, x: int) -> Any:
             return nxt(a, x=x)
 
@@ -126,10 +107,10 @@ def fixed_closure_chain(fn: SyncFn, steps: int = STEPS) -> SyncFn:
     return chained
 
 
-def async_fixed_closure_chain(fn: AsyncFn, steps: int = STEPS) -> AsyncFn:
+def async_fixed_closure_chain(fn: h.AsyncFn, steps: int = STEPS) -> h.AsyncFn:
     """Async :func:`fixed_closure_chain`."""
 
-    def link(nxt: AsyncFn) -> AsyncFn:
+    def link(nxt: h.AsyncFn) -> h.AsyncFn:
         async def step(a: int, *, x: int) -> Any:
             return await nxt(a, x=x)
 
@@ -162,7 +143,7 @@ class _PluggyWrapper:
 
 
 class _PluggyCall:
-    def __init__(self, fn: SyncFn) -> None:
+    def __init__(self, fn: h.SyncFn) -> None:
         self.fn = fn
 
     @_bench_impl
@@ -170,7 +151,7 @@ class _PluggyCall:
         return self.fn(*args, **kwargs)
 
 
-def pluggy_chain(fn: SyncFn, steps: int = STEPS) -> SyncFn:
+def pluggy_chain(fn: h.SyncFn, steps: int = STEPS) -> h.SyncFn:
     """``fn`` called through a hook with ``steps`` hookwrappers, dispatched on every call."""
     pm = pluggy.PluginManager("bench")
     pm.add_hookspecs(_BenchSpec)
@@ -239,170 +220,88 @@ def retry_pipeline() -> Pipeline:
     return Pipeline(plugins=[resilient_retry], discover=False, env={}, config={})
 
 
-def _check_policies(pipeline: Pipeline, expected: Sequence[str]) -> Pipeline:
-    names = [p.name for p in pipeline.policies]
-    if names != list(expected):
-        raise SystemExit(f"bench setup: expected policies {list(expected)}, pipeline has {names}")
-    return pipeline
-
-
 # ---------------------------------------------------------------------------- timing
 
 
 @dataclass
-class Row:
-    group: Group
+class Row(h.Timings):
+    kind: h.Kind
     case: str
     fn: Callable[..., Any] = field(repr=False)
-    calls: int = 0
-    times_ns: list[float] = field(default_factory=list)  # ns/call of each round
 
     @property
-    def best(self) -> float:
-        return min(self.times_ns)
+    def label(self) -> str:
+        return f"{self.kind}: {self.case}"
 
-
-def time_sync(fn: SyncFn, n: int) -> int:
-    """Nanoseconds for ``n`` calls of ``fn(1, x=2)``."""
-    loop = repeat(None, n)
-    start = time.perf_counter_ns()
-    for _ in loop:
-        fn(1, x=2)
-    return time.perf_counter_ns() - start
-
-
-async def _time_async(fn: AsyncFn, n: int) -> int:
-    loop = repeat(None, n)
-    start = time.perf_counter_ns()
-    for _ in loop:
-        await fn(1, x=2)
-    return time.perf_counter_ns() - start
-
-
-def time_async(fn: AsyncFn, n: int) -> int:
-    """Nanoseconds for ``n`` awaits of ``fn(1, x=2)`` inside one coroutine."""
-    return asyncio.run(_time_async(fn, n))
-
-
-def measure(row: Row, n: int) -> int:
-    """Time ``n`` calls with the garbage collector off (as timeit does)."""
-    gc.collect()
-    gc.disable()
-    try:
-        return time_sync(row.fn, n) if row.group == "sync" else time_async(row.fn, n)
-    finally:
-        gc.enable()
-
-
-def calibrate(row: Row, target_ns: float) -> int:
-    """Calls per round so that one round takes about ``target_ns``; doubles as warm-up."""
-    n = 100
-    while True:
-        elapsed = measure(row, n)
-        if elapsed >= target_ns / 5 or n >= 50_000_000:
-            return max(100, int(n * target_ns / max(elapsed, 1)))
-        n *= 4
-
-
-def check(row: Row) -> None:
-    """Every case must return what the bare function returns."""
-    if row.group == "sync":
-        result = row.fn(1, x=2)
-    else:
-
-        async def once() -> Any:
-            return await row.fn(1, x=2)
-
-        result = asyncio.run(once())
-    if result != EXPECTED:
-        raise SystemExit(f"bench setup: {row.group} {row.case!r} returned {result!r}, expected {EXPECTED}")
+    def describe(self) -> str:
+        return f"{self.kind} {self.case!r}"
 
 
 def build_rows() -> list[Row]:
-    empty = _check_policies(empty_pipeline(), [])
-    noop = _check_policies(noop_pipeline(), [f"noop{i}" for i in range(STEPS)])
-    retry = _check_policies(retry_pipeline(), ["retry"])
+    empty = h.check_policies(empty_pipeline(), [])
+    noop = h.check_policies(noop_pipeline(), [f"noop{i}" for i in range(STEPS)])
+    retry = h.check_policies(retry_pipeline(), ["retry"])
 
     t_retry = tenacity.retry(stop=tenacity.stop_after_attempt(3))  # AsyncRetrying for coroutine functions
 
     return [
-        Row("sync", BARE, target),
-        Row("sync", CHAIN, closure_chain(target)),
-        Row("sync", FIXED, fixed_closure_chain(target)),
-        Row("sync", PLUGGY, pluggy_chain(target)),
-        Row("sync", EMPTY, empty.guard(target)),
-        Row("sync", POLICIES, noop.guard(target)),
-        Row("sync", RETRY, retry.guard(target)),
-        Row("sync", TENACITY, t_retry(target)),
-        Row("async", BARE, atarget),
-        Row("async", CHAIN, async_closure_chain(atarget)),
-        Row("async", FIXED, async_fixed_closure_chain(atarget)),
-        Row("async", EMPTY, empty.guard(atarget)),
-        Row("async", POLICIES, noop.guard(atarget)),
-        Row("async", RETRY, retry.guard(atarget)),
-        Row("async", TENACITY, t_retry(atarget)),
+        Row("sync", BARE, h.target),
+        Row("sync", CHAIN, closure_chain(h.target)),
+        Row("sync", FIXED, fixed_closure_chain(h.target)),
+        Row("sync", PLUGGY, pluggy_chain(h.target)),
+        Row("sync", EMPTY, empty.guard(h.target)),
+        Row("sync", POLICIES, noop.guard(h.target)),
+        Row("sync", RETRY, retry.guard(h.target)),
+        Row("sync", TENACITY, t_retry(h.target)),
+        Row("async", BARE, h.atarget),
+        Row("async", CHAIN, async_closure_chain(h.atarget)),
+        Row("async", FIXED, async_fixed_closure_chain(h.atarget)),
+        Row("async", EMPTY, empty.guard(h.atarget)),
+        Row("async", POLICIES, noop.guard(h.atarget)),
+        Row("async", RETRY, retry.guard(h.atarget)),
+        Row("async", TENACITY, t_retry(h.atarget)),
     ]
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def run(rows: list[Row], rounds: int, round_ns: float) -> None:
-    width = max(len(r.case) for r in rows) + 6
-    for row in rows:
-        check(row)
-        row.calls = calibrate(row, round_ns)
-        progress(f"calibrated  {f'{row.group}: {row.case}':<{width}} {row.calls:>10,} calls/round")
-    for r in range(1, rounds + 1):
-        for row in rows:
-            per_call = measure(row, row.calls) / row.calls
-            row.times_ns.append(per_call)
-            progress(f"round {r}/{rounds} {f'{row.group}: {row.case}':<{width}} {per_call:8.1f} ns/call")
 
 
 # ---------------------------------------------------------------------------- report
 
 
-def find(rows: Sequence[Row], group: Group, case: str) -> Row:
+def find(rows: Sequence[Row], kind: h.Kind, case: str) -> Row:
     for row in rows:
-        if row.group == group and row.case == case:
+        if row.kind == kind and row.case == case:
             return row
-    raise KeyError(f"{group}: {case}")
+    raise KeyError(f"{kind}: {case}")
 
 
 def table(rows: Sequence[Row]) -> tuple[str, list[dict[str, Any]]]:
-    lines = [
-        "| case | ns/call | overhead over bare (ns) | ratio vs 6-step closure chain |",
-        "|:-----|--------:|------------------------:|------------------------------:|",
-    ]
+    cells: list[list[str]] = []
     records: list[dict[str, Any]] = []
     for row in rows:
-        bare = find(rows, row.group, BARE)
-        chain = find(rows, row.group, CHAIN)
+        bare = find(rows, row.kind, BARE)
+        chain = find(rows, row.kind, CHAIN)
         overhead = row.best - bare.best
         ratio = row.best / chain.best
-        lines.append(f"| {row.group}: {row.case} | {row.best:,.1f} | {overhead:,.1f} | {ratio:.2f}x |")
+        cells.append([row.label, f"{row.best:,.1f}", f"{overhead:,.1f}", f"{ratio:.2f}x"])
         records.append(
             {
-                "group": row.group,
+                "group": row.kind,
                 "case": row.case,
                 "ns_per_call": round(row.best, 2),
                 "overhead_ns": round(overhead, 2),
                 "ratio_vs_chain": round(ratio, 4),
-                "calls_per_round": row.calls,
-                "rounds_ns_per_call": [round(t, 2) for t in row.times_ns],
+                **row.rounds_record(),
             }
         )
-    return "\n".join(lines), records
+    columns = ["case", "ns/call>", "overhead over bare (ns)>", f"ratio vs {STEPS}-step closure chain>"]
+    return h.markdown_table(columns, cells), records
 
 
 def targets(rows: Sequence[Row]) -> tuple[list[str], list[dict[str, Any]]]:
     lines: list[str] = []
     records: list[dict[str, Any]] = []
-    groups: tuple[Group, ...] = ("sync", "async")
-    for group in groups:
-        chain, empty, policies = (find(rows, group, c) for c in (CHAIN, EMPTY, POLICIES))
+    kinds: tuple[h.Kind, ...] = ("sync", "async")
+    for kind in kinds:
+        chain, empty, policies = (find(rows, kind, c) for c in (CHAIN, EMPTY, POLICIES))
         checks = [
             (
                 f"{STEPS} no-op policies not slower than the {STEPS}-step closure chain",
@@ -411,17 +310,16 @@ def targets(rows: Sequence[Row]) -> tuple[list[str], list[dict[str, Any]]]:
             ),
             (f"empty pipeline cheaper than the {STEPS}-step closure chain", empty, empty.best < chain.best),
         ]
-        fixed = find(rows, group, FIXED)
+        fixed = find(rows, kind, FIXED)
         lines.append(
-            f"info  {group}: {STEPS} no-op policies vs the fixed-signature closure chain: "
+            f"info  {kind}: {STEPS} no-op policies vs the fixed-signature closure chain: "
             f"{policies.best / fixed.best:.2f}x (a generic chain must forward any arguments; that one cannot)"
         )
         for name, row, passed in checks:
-            verdict = "PASS" if passed else "FAIL"
             lines.append(
-                f"{verdict}  {group}: {name}  ({row.best:,.1f} vs {chain.best:,.1f} ns/call, {row.best / chain.best:.2f}x)"
+                f"{h.verdict(passed)}  {kind}: {name}  ({row.best:,.1f} vs {chain.best:,.1f} ns/call, {row.best / chain.best:.2f}x)"
             )
-            records.append({"group": group, "target": name, "passed": passed, "ratio": round(row.best / chain.best, 4)})
+            records.append({"group": kind, "target": name, "passed": passed, "ratio": round(row.best / chain.best, 4)})
     return lines, records
 
 
@@ -436,41 +334,25 @@ def pluggy_ratio(rows: Sequence[Row]) -> tuple[str, dict[str, float]]:
     return line, {"per_call": round(total, 4), "overhead": round(overhead, 4)}
 
 
-def environment() -> dict[str, Any]:
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "pluggy": pluggy.__version__,
-        "tenacity": importlib.metadata.version("tenacity"),
-        "resilient": resilient.__version__,
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": affinity,
-        "platform": platform.platform(),
-    }
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: few calls and rounds (numbers are noisy)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
-    args = parser.parse_args(argv)
+    args = h.parse_args(__doc__, argv)
 
     rounds, round_ns = (2, 2e6) if args.quick else (7, 2.5e8)
-    env = environment()
-    print(
-        f"Python {env['python']} | pluggy {env['pluggy']} | tenacity {env['tenacity']} | "
-        f"resilient {env['resilient']} | CPUs {env['cpu_count']} (usable {env['cpus_usable']}) | {env['platform']}"
+    env = h.environment(
+        {
+            "pluggy": pluggy.__version__,
+            "tenacity": importlib.metadata.version("tenacity"),
+            "resilient": resilient.__version__,
+        }
     )
-    print(
-        f"{rounds} rounds, best round kept; ~{round_ns / 1e6:g} ms per row per round"
-        + (" (--quick: smoke run, not meaningful numbers)" if args.quick else "")
-    )
+    print(h.environment_line(env))
+    print(h.rounds_line(rounds, round_ns, args.quick, "row per round"))
     print()
 
     rows = build_rows()
     started = time.perf_counter()
-    run(rows, rounds, round_ns)
-    progress(f"done in {time.perf_counter() - started:.1f} s")
+    h.run(rows, rounds, round_ns, width=max(len(r.case) for r in rows) + 6, ns_width=8)
+    h.progress(f"done in {time.perf_counter() - started:.1f} s")
 
     text, row_records = table(rows)
     target_lines, target_records = targets(rows)
@@ -481,18 +363,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(line)
     print(ratio_line)
 
-    if args.json:
-        result = {
+    h.write_json(
+        args.json,
+        {
             "environment": env,
             "quick": args.quick,
             "rounds": rounds,
             "rows": row_records,
             "targets": target_records,
             "pluggy_over_policies": ratio_record,
-        }
-        with open(args.json, "w", encoding="utf-8") as out:
-            json.dump(result, out, indent=2)
-            out.write("\n")
+        },
+    )
     return 0
 
 
