@@ -9,6 +9,7 @@ from resilient import (
     AsyncHandler,
     AsyncStreamHandler,
     Call,
+    Event,
     Handler,
     Policy,
     Runtime,
@@ -110,3 +111,14 @@ class Contribute:
     @hookimpl
     def resilient_policies(self, runtime: Runtime) -> Sequence[Policy]:
         return self._policies
+
+
+class Collect:
+    """A plugin object whose observer keeps every event, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @hookimpl
+    def resilient_observers(self, runtime: Runtime) -> list[Any]:
+        return [self.events.append]

@@ -12,20 +12,13 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from resilient import CircuitOpen, Event, Pipeline, Runtime, hookimpl
+from resilient import CircuitOpen, Pipeline
 from resilient.testing import FakeClock, HTTPStatus, ProviderHTTPError, ScriptedProvider
 from resilient_breaker import BreakerPolicy
 
+from ._policies import Collect
+
 OTHERS = ["quota", "retry"]
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    @hookimpl
-    def resilient_observers(self, runtime: Runtime) -> list[Any]:
-        return [self.events.append]
 
 
 def build(clock: FakeClock, observer: Collect | None = None, store: str = "memory://", **breaker: Any) -> Pipeline:

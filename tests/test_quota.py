@@ -12,24 +12,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from resilient import ConfigurationError, Event, Pipeline, QuotaExceeded, Runtime, Usage, hookimpl
+from resilient import ConfigurationError, Pipeline, QuotaExceeded, Runtime, Usage, hookimpl
 from resilient.testing import FakeClock, HTTPStatus, ProviderHTTPError, ScriptedProvider
 from resilient_quota import QuotaPolicy
 from resilient_quota._estimate import estimate_input_tokens, estimate_output_tokens
 from resilient_quota._signals import pause_from_headers
 from resilient_quota._store import current_window_key
 
+from ._policies import Collect
+
 # Fixtures that patch limits' clock are function-scoped; Hypothesis re-runs within one test.
 PROPERTY = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60, deadline=None)
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    @hookimpl
-    def resilient_observers(self, runtime: Runtime) -> list[Any]:
-        return [self.events.append]
 
 
 def build(clock: FakeClock, observer: Collect | None = None, store: str = "memory://", **quota: Any) -> Pipeline:

@@ -11,11 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilient import Event, Pipeline, Runtime, hookimpl
+from resilient import Pipeline
 from resilient.testing import FakeClock, HTTPStatus, Latency, ProviderHTTPError, ScriptedProvider
 from resilient_quota import QuotaPaused
 from resilient_retry import RetryGaveUp, RetryOptions, RetryScheduled
 from resilient_retry._backoff import backoff_cap, next_delay
+
+from ._policies import Collect
 
 RETRYABLE = [408, 409, 429, 500, 502, 503, 504, 529]
 NOT_RETRYABLE = [400, 401, 403, 404, 413, 422]
@@ -25,15 +27,6 @@ NOT_RETRYABLE = [400, 401, 403, 404, 413, 422]
 OTHER_PLUGINS = tuple(
     sorted(ep.name for ep in importlib.metadata.entry_points(group="resilient") if ep.name != "retry")
 )
-
-
-class Collect:
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    @hookimpl
-    def resilient_observers(self, runtime: Runtime) -> list[Any]:
-        return [self.events.append]
 
 
 def pipeline(
