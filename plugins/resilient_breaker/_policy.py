@@ -6,7 +6,6 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
-from urllib.parse import quote
 
 from resilient import (
     AsyncHandler,
@@ -22,7 +21,7 @@ from resilient import (
     StreamHandler,
     Target,
 )
-from resilient.storage import STORE_ERRORS, is_memory
+from resilient.storage import STORE_ERRORS, is_memory, key_part
 
 from ._events import BreakerRejected, BreakerStateChanged
 from ._machine import CLOSED, FORCED_CLOSED, FORCED_OPEN, IGNORED, OK, TOKEN_CLOSED, Limits, Machine, outcome_code
@@ -32,10 +31,6 @@ from ._store import AsyncRedisBreakers, Decision, MemoryBreakers, RedisBreakers
 __all__ = ["BreakerPolicy"]
 
 _log = logging.getLogger("resilient.breaker")
-
-
-def _part(value: str | None) -> str:
-    return "-" if value is None else quote(value, safe="") if value != "-" else "%2D"
 
 
 class BreakerPolicy(Policy):
@@ -99,7 +94,7 @@ class BreakerPolicy(Policy):
 
     def key_for(self, options: BreakerOptions, provider: str, model: str | None, tenant: str | None) -> str:
         parts = {"provider": provider, "model": model, "tenant": tenant}
-        inner = "/".join(f"{name}={_part(parts[name])}" for name in options.key)
+        inner = "/".join(f"{name}={key_part(parts[name])}" for name in options.key)
         if self._varies:
             # Overrides may give calls that share a key different windows or thresholds:
             # those are different breakers, or one ring would be judged by two sizes.

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import quote
 
 import limits
 
 from resilient import Call, Usage
+from resilient.storage import key_part
 
 from ._estimate import estimate_input_tokens, estimate_output_tokens
 from ._options import TOKEN_KINDS, QuotaOptions, parse_limits
 
 __all__ = ["Plan", "actual_tokens", "make_plan", "needed_tokens"]
-
-
-def _part(value: str | None) -> str:
-    """A key part that cannot collide: limits joins parts with "/", and "-" stands for none."""
-    if value is None:
-        return "-"
-    return quote(value, safe="") if value not in ("-", "") else {"-": "%2D", "": "%00"}[value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +38,9 @@ class Plan:
 def make_plan(options: QuotaOptions, provider: str, model: str | None, tenant: str | None) -> Plan:
     parts = {"provider": provider, "model": model, "tenant": tenant}
     # One identifier, not one per part: limits formats every identifier into the key on each hit.
-    ids = ("/".join(("quota", *(f"{name}={_part(parts[name])}" for name in options.key))),)
+    ids = ("/".join(("quota", *(f"{name}={key_part(parts[name])}" for name in options.key))),)
     tokens = tuple((kind, item, (*ids, kind)) for kind in TOKEN_KINDS for item in parse_limits(getattr(options, kind)))
-    label = "/".join(f"{name}={_part(parts[name])}" for name in options.key) or "global"
+    label = "/".join(f"{name}={key_part(parts[name])}" for name in options.key) or "global"
     requests = tuple(parse_limits(options.requests))
     return Plan(
         options=options,

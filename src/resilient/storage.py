@@ -13,12 +13,14 @@ import logging
 import threading
 import weakref
 from typing import Any
+from urllib.parse import quote
 
 import limits.storage
 from limits.errors import StorageError
 
 __all__ = [
     "STORE_ERRORS",
+    "key_part",
     "LoopBoundStorage",
     "PerLoop",
     "async_redis_client",
@@ -37,6 +39,19 @@ _log = logging.getLogger("resilient.storage")
 
 #: Seconds before a store operation gives up: a slow store must not hold a call.
 SOCKET_TIMEOUT = 2.0
+
+
+def key_part(value: str | None) -> str:
+    """A provider, model or tenant as one part of a store key, never colliding with another.
+
+    Parts are joined with "/" and "-" stands for none, so both are escaped
+    (with the rest of URL quoting); the empty string has its own spelling.
+    """
+    if value is None:
+        return "-"
+    if value in ("-", ""):
+        return "%2D" if value else "%00"
+    return quote(value, safe="")
 
 
 def is_memory(uri: str) -> bool:
