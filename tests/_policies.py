@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from resilient import (
@@ -11,6 +11,7 @@ from resilient import (
     Call,
     Event,
     Handler,
+    Order,
     Policy,
     Runtime,
     StreamHandler,
@@ -122,3 +123,21 @@ class Collect:
     @hookimpl
     def resilient_observers(self, runtime: Runtime) -> list[Any]:
         return [self.events.append]
+
+
+class Spy(Policy):
+    """Records ``see(call)`` for every call that passes through it, into ``seen``."""
+
+    name = "spy"
+
+    def __init__(self, see: Callable[[Call], Any], order: int = Order.INNERMOST) -> None:
+        self.see = see
+        self.order = order
+        self.seen: list[Any] = []
+
+    def wrap(self, nxt: Handler, target: Target) -> Handler:
+        def handler(call: Call) -> Any:
+            self.seen.append(self.see(call))
+            return nxt(call)
+
+        return handler

@@ -29,7 +29,7 @@ from resilient import (
 )
 from resilient.testing import ProviderHTTPError
 
-from ._policies import Contribute, Noop, Recorder, RetryAll
+from ._policies import Contribute, Noop, Recorder, RetryAll, Spy
 
 values = st.one_of(st.none(), st.integers(), st.text(max_size=20), st.lists(st.integers(), max_size=5))
 
@@ -127,18 +127,8 @@ def test_wrapped_function_runs_exactly_once_per_attempt_sync_and_async_agree(scr
 
 
 def test_attempt_counter_is_visible_to_the_provider_side() -> None:
-    attempts: list[int] = []
-
-    class Spy(Policy):
-        name = "spy"
-        order = 900
-
-        def wrap(self, nxt: Handler, target: Target) -> Handler:
-            def handler(call: Call) -> Any:
-                attempts.append(call.attempt)
-                return nxt(call)
-
-            return handler
+    spy = Spy(lambda call: call.attempt, order=900)
+    attempts = spy.seen
 
     n = {"calls": 0}
 
@@ -148,7 +138,7 @@ def test_attempt_counter_is_visible_to_the_provider_side() -> None:
             raise ConnectionError("down")
         return "up"
 
-    assert build(RetryAll(5), Spy()).guard(flaky)() == "up"
+    assert build(RetryAll(5), spy).guard(flaky)() == "up"
     assert attempts == [1, 2, 3]
 
 
@@ -217,19 +207,10 @@ def test_guard_keeps_name_doc_signature_and_kind() -> None:
 
 
 def test_model_is_static_or_read_from_the_call() -> None:
-    models: list[str | None] = []
+    spy = Spy(lambda call: call.model)
+    models = spy.seen
 
-    class Spy(Policy):
-        name = "spy"
-
-        def wrap(self, nxt: Handler, target: Target) -> Handler:
-            def handler(call: Call) -> Any:
-                models.append(call.model)
-                return nxt(call)
-
-            return handler
-
-    pipeline = build(Spy())
+    pipeline = build(spy)
 
     def create(**kwargs: Any) -> None:
         return None
@@ -454,19 +435,10 @@ def test_failing_watcher_never_breaks_the_stream(caplog: pytest.LogCaptureFixtur
 
 
 def test_request_context_reaches_policies_and_nests() -> None:
-    tenants: list[str | None] = []
+    spy = Spy(lambda call: call.tenant)
+    tenants = spy.seen
 
-    class Spy(Policy):
-        name = "spy"
-
-        def wrap(self, nxt: Handler, target: Target) -> Handler:
-            def handler(call: Call) -> Any:
-                tenants.append(call.tenant)
-                return nxt(call)
-
-            return handler
-
-    g = build(Spy()).guard(lambda: None)
+    g = build(spy).guard(lambda: None)
     g()
     with request_context(tenant="acme") as outer:
         g()
@@ -481,22 +453,13 @@ def test_request_context_reaches_policies_and_nests() -> None:
 
 
 def test_tenant_key_function_wins_over_context() -> None:
-    tenants: list[str | None] = []
-
-    class Spy(Policy):
-        name = "spy"
-
-        def wrap(self, nxt: Handler, target: Target) -> Handler:
-            def handler(call: Call) -> Any:
-                tenants.append(call.tenant)
-                return nxt(call)
-
-            return handler
+    spy = Spy(lambda call: call.tenant)
+    tenants = spy.seen
 
     def create(user: str) -> None:
         return None
 
-    g = build(Spy()).guard(tenant=lambda call: call.args[0])(create)
+    g = build(spy).guard(tenant=lambda call: call.args[0])(create)
     with request_context(tenant="ctx"):
         g("from-arg")
     assert tenants == ["from-arg"]
