@@ -1,0 +1,1 @@
+"""The audit plugin (under construction: registers no hooks yet)."""

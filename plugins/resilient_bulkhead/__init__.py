@@ -1,0 +1,1 @@
+"""The bulkhead plugin (under construction: registers no hooks yet)."""

@@ -1,0 +1,1 @@
+"""The cache plugin (under construction: registers no hooks yet)."""

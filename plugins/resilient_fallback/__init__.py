@@ -1,0 +1,1 @@
+"""The fallback plugin (under construction: registers no hooks yet)."""

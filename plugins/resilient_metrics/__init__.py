@@ -1,0 +1,1 @@
+"""The metrics plugin (under construction: registers no hooks yet)."""

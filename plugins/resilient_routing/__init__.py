@@ -1,0 +1,1 @@
+"""The routing plugin (under construction: registers no hooks yet)."""

@@ -1,0 +1,1 @@
+"""The timeout plugin (under construction: registers no hooks yet)."""
