@@ -45,6 +45,7 @@ def test_top_level_exports() -> None:
             "Target",
             "Usage",
             "__version__",
+            "capture_calls",
             "hookimpl",
             "option",
             "request_context",

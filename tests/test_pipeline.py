@@ -24,6 +24,7 @@ from resilient import (
     Runtime,
     StreamHandler,
     Target,
+    capture_calls,
     hookimpl,
     request_context,
 )
@@ -661,3 +662,60 @@ def test_guarding_a_partial_or_a_callable_object_names_it() -> None:
     assert c("x") == "x"
     assert target_of(c).operation == "Client"
     assert "0x" not in target_of(c).name
+
+
+def test_capture_calls_collects_the_calls_of_its_block_only() -> None:
+    pipeline = build(Noop("a"))
+
+    @pipeline.guard(provider="p")
+    def ask(model: str) -> str:
+        return model
+
+    ask(model="before")
+    with capture_calls() as calls:
+        ask(model="m1")
+        with capture_calls() as inner:
+            ask(model="m2")
+        ask(model="m3")
+    ask(model="after")
+    assert [c.model for c in calls] == ["m1", "m3"]
+    assert [c.model for c in inner] == ["m2"]
+
+
+def test_capture_calls_follows_async_tasks() -> None:
+    pipeline = build(Noop("a"))
+
+    @pipeline.guard(provider="p")
+    async def ask(model: str) -> str:
+        return model
+
+    async def main() -> list[str | None]:
+        with capture_calls() as calls:
+            await asyncio.gather(ask(model="x"), asyncio.create_task(ask(model="y")))
+        return sorted(c.model or "" for c in calls)
+
+    assert asyncio.run(main()) == ["x", "y"]
+
+
+class _Healthy(Noop):
+    def __init__(self, name: str, report: Any) -> None:
+        super().__init__(name)
+        self.report = report
+
+    def health(self) -> Any:
+        if isinstance(self.report, Exception):
+            raise self.report
+        return self.report
+
+
+def test_health_aggregates_policies_and_hides_error_messages() -> None:
+    ok = build(_Healthy("a", {"ok": True, "n": 1}), _Healthy("b", None), Noop("c"))
+    assert ok.health() == {"ok": True, "policies": {"a": {"ok": True, "n": 1}}}
+    assert asyncio.run(ok.ahealth()) == ok.health()
+
+    bad = build(_Healthy("a", {"ok": False}), _Healthy("b", RuntimeError("redis://:hunter2@db")))
+    report = bad.health()
+    assert report["ok"] is False
+    assert report["policies"]["b"] == {"ok": False, "error": "RuntimeError"}
+    assert "hunter2" not in repr(report)
+    assert asyncio.run(bad.ahealth()) == report

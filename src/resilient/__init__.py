@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .call import ABANDONED, SUCCESS, Call, Kind, Outcome, Target, Usage
+from .call import ABANDONED, SUCCESS, Call, Kind, Outcome, Target, Usage, capture_calls
 from .clock import SYSTEM_CLOCK, Clock, SystemClock
 from .config import CoreOptions, Duration, Section, Settings, option
 from .context import RequestContext, request_context
@@ -68,6 +68,7 @@ __all__ = [
     "Target",
     "Usage",
     "__version__",
+    "capture_calls",
     "hookimpl",
     "option",
     "request_context",

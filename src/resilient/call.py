@@ -10,13 +10,16 @@ attempt.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from . import context as _context
 
-__all__ = ["Call", "Kind", "Outcome", "Target", "Usage", "SUCCESS", "ABANDONED"]
+__all__ = ["ABANDONED", "SUCCESS", "Call", "Kind", "Outcome", "Target", "Usage", "capture_calls"]
 
 Kind = Literal["sync", "async", "stream", "astream"]
 
@@ -126,6 +129,10 @@ class Call:
         self._metadata: dict[str, Any] | None = None
         self._on_chunk: list[ChunkWatcher] | None = None
         self._on_end: list[EndWatcher] | None = None
+        if _capturing:  # a module global read: the common case (no capture open) costs ~10 ns
+            sink = _sink.get()
+            if sink is not None:
+                sink.append(self)
 
     @property
     def provider(self) -> str:
@@ -192,3 +199,34 @@ class Call:
     def __repr__(self) -> str:
         t = self.target
         return f"<Call {t.provider}:{t.operation} model={self.model!r} attempt={self.attempt}>"
+
+
+# capture_calls(): the calls made in a block, so a caller can read a result's
+# metadata (cache hit or stale, fallback step, route, cost). The counter lets
+# Call.__init__ skip the ContextVar lookup while no block is open anywhere.
+_capturing = 0
+_capturing_lock = threading.Lock()
+_sink: contextvars.ContextVar[list[Call] | None] = contextvars.ContextVar("resilient_capture", default=None)
+
+
+@contextmanager
+def capture_calls() -> Iterator[list[Call]]:
+    """Collect every :class:`Call` started inside the block, in order.
+
+    ``with capture_calls() as calls: answer = ask(...)`` then
+    ``calls[-1].metadata`` says how the answer was produced (``cache``,
+    ``fallback_step``, ``route``, ``cost_usd``) and ``calls[-1].usage`` what it
+    used. Blocks nest (the inner one collects its own calls); the list follows
+    the context into asyncio tasks created inside the block.
+    """
+    global _capturing
+    calls: list[Call] = []
+    token = _sink.set(calls)
+    with _capturing_lock:
+        _capturing += 1
+    try:
+        yield calls
+    finally:
+        with _capturing_lock:
+            _capturing -= 1
+        _sink.reset(token)

@@ -256,6 +256,28 @@ class Pipeline:
         wrapper.target = target  # type: ignore[attr-defined]
         return cast("Guarded[P, R]", wrapper)
 
+    # ------------------------------------------------------------------ readiness
+
+    def health(self) -> dict[str, Any]:
+        """Readiness for ``/ready``: ``{"ok": bool, "policies": {name: health}}``.
+
+        ``ok`` is false when any policy reports ``"ok": False``. A policy whose
+        ``health()`` raises is reported not ok with the error's type, never the
+        message (it could carry a store URL).
+        """
+        return _readiness([(p.name, _health_of(p)) for p in self.policies])
+
+    async def ahealth(self) -> dict[str, Any]:
+        """Async :meth:`health` (policies with async stores check them on the running loop)."""
+        found = []
+        for policy in self.policies:
+            try:
+                found.append((policy.name, await policy.ahealth()))
+            except Exception as exc:
+                _log.warning("health of policy %r failed: %s", policy.name, type(exc).__name__)
+                found.append((policy.name, {"ok": False, "error": type(exc).__name__}))
+        return _readiness(found)
+
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
@@ -398,6 +420,19 @@ def _build_wrapper(pipeline: Pipeline, fn: Callable[..., Any], target: Target) -
             await driver.aclose()
 
     return astream_wrapper
+
+
+def _health_of(policy: Policy) -> Mapping[str, Any] | None:
+    try:
+        return policy.health()
+    except Exception as exc:
+        _log.warning("health of policy %r failed: %s", policy.name, type(exc).__name__)
+        return {"ok": False, "error": type(exc).__name__}
+
+
+def _readiness(found: Sequence[tuple[str, Mapping[str, Any] | None]]) -> dict[str, Any]:
+    policies = {name: dict(h) for name, h in found if h is not None}
+    return {"ok": all(h.get("ok", True) is not False for h in policies.values()), "policies": policies}
 
 
 def _core_only(raw: Mapping[str, Any], file: str | None, env_vars: Mapping[str, str]) -> CoreOptions:

@@ -15,9 +15,10 @@ method does not act on that kind of call.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +112,22 @@ class Policy:
     async def aclose(self) -> None:
         """Async :meth:`close`, for async stores. Defaults to :meth:`close`."""
         self.close()
+
+    def health(self) -> Mapping[str, Any] | None:
+        """What ``/ready`` should show about this policy, or ``None`` for nothing.
+
+        A JSON-able mapping with an ``"ok"`` bool (``False`` makes the
+        pipeline not ready: e.g. its store is unreachable) and whatever else
+        helps an operator (breaker states, quota remaining, in-flight counts).
+        Called off the hot path; may do store I/O; should not take long.
+        """
+        return None
+
+    async def ahealth(self) -> Mapping[str, Any] | None:
+        """Async :meth:`health`, for async stores. Defaults to :meth:`health` (run in a thread)."""
+        if type(self).health is Policy.health:
+            return None
+        return await asyncio.to_thread(self.health)
 
     def kinds(self) -> tuple[str, ...]:
         """The kinds of call this policy acts on (the ``wrap_*`` it overrides)."""
