@@ -21,9 +21,17 @@ from typing import Any
 
 from ..call import Outcome
 from ..errors import ResilientError
-from ._usage import usage_from
+from ._usage import merge_usage, usage_from, usage_from_chunk
 
-__all__ = ["classify", "classify_status", "parse_retry_after", "response_headers", "usage_from"]
+__all__ = [
+    "classify",
+    "classify_status",
+    "merge_usage",
+    "parse_retry_after",
+    "response_headers",
+    "usage_from",
+    "usage_from_chunk",
+]
 
 _TIMEOUT_NAMES = frozenset({"TimeoutException", "APITimeoutError", "ReadTimeout", "ConnectTimeout"})
 _CONNECTION_NAMES = frozenset(

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..call import Usage
 
-__all__ = ["usage_from"]
+__all__ = ["merge_usage", "usage_from", "usage_from_chunk"]
 
 
 def _get(obj: Any, name: str) -> Any:
@@ -30,7 +30,8 @@ def usage_from(response: Any) -> Usage | None:
     (``prompt_token_count``, ``candidates_token_count``,
     ``cached_content_token_count``), and the dict forms of each; also the
     anthropic stream events ``message_start`` (``message.usage``) and
-    ``message_delta`` (``usage``).
+    ``message_delta`` (``usage``); openai Responses API ``usage`` (``input_tokens``
+    with ``input_tokens_details.cached_tokens`` split out).
     """
     usage = _get(response, "usage")
     if usage is None:
@@ -57,9 +58,58 @@ def usage_from(response: Any) -> Usage | None:
     fields = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     if all(_get(usage, f) is None for f in fields):
         return None
+    details = _get(usage, "input_tokens_details")  # openai Responses API: input_tokens includes the cached ones
+    if details is not None:
+        cached = _int(_get(details, "cached_tokens"))
+        return Usage(
+            input_tokens=max(_int(_get(usage, "input_tokens")) - cached, 0),
+            output_tokens=_int(_get(usage, "output_tokens")),
+            cache_read_tokens=cached,
+        )
     return Usage(
         input_tokens=_int(_get(usage, "input_tokens")),
         output_tokens=_int(_get(usage, "output_tokens")),
         cache_read_tokens=_int(_get(usage, "cache_read_input_tokens")),
         cache_write_tokens=_int(_get(usage, "cache_creation_input_tokens")),
+    )
+
+
+def usage_from_chunk(chunk: Any) -> Usage | None:
+    """The usage a stream chunk reports, or ``None`` for the (many) chunks that carry none.
+
+    anthropic: ``message_start`` (``message.usage``: input and cache tokens, a
+    first output count) and ``message_delta`` (``usage``: the output tokens so
+    far, and on newer APIs the input counts again); openai: the last chunk's
+    ``usage`` when the request asked for it (``stream_options={"include_usage":
+    True}``) and the Responses API's ``response.completed`` event; Gemini: each
+    chunk's ``usage_metadata``. Objects and dicts alike.
+
+    A chunk's counts are running totals, not increments: combine them with
+    :func:`merge_usage`, never by adding.
+    """
+    if isinstance(chunk, (str, bytes)):  # text chunks: the common case, and never usage
+        return None
+    usage = usage_from(chunk)
+    if usage is None:
+        inner = _get(chunk, "response")  # openai Responses API: the response.completed event
+        if inner is not None and not isinstance(inner, (str, bytes)):
+            usage = usage_from(inner)
+    return usage
+
+
+def merge_usage(seen: Usage | None, chunk: Usage) -> Usage:
+    """Combine the usage seen so far in a stream with a chunk's: the larger count of each kind.
+
+    Streams report running totals (anthropic's ``message_delta`` carries the
+    output tokens so far, Gemini repeats the prompt count on every chunk), so
+    the largest value seen is the total. Idempotent: merging the same chunk
+    twice, or from two watchers, changes nothing.
+    """
+    if seen is None:
+        return chunk
+    return Usage(
+        max(seen.input_tokens, chunk.input_tokens),
+        max(seen.output_tokens, chunk.output_tokens),
+        max(seen.cache_read_tokens, chunk.cache_read_tokens),
+        max(seen.cache_write_tokens, chunk.cache_write_tokens),
     )

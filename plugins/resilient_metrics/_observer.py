@@ -1,0 +1,148 @@
+"""Events from the other plugins and the HTTP adapters, turned into metrics.
+
+Events are matched by ``event.name`` and read by attribute, so this module
+imports no other plugin and no adapter: a plugin that is not installed
+simply sends nothing, and an event this module does not know is counted in
+``resilient_events_total`` and otherwise ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from resilient import Event
+
+from ._metrics import BREAKER_STATES, HTTP_METHODS, NONE, OTHER, Bounded, Metrics
+
+__all__ = ["MetricsObserver"]
+
+_log = logging.getLogger("resilient.metrics")
+
+#: Cache event names, by the ``result`` label they count as.
+CACHE_RESULTS = {
+    "cache.hit": "hit",
+    "cache.miss": "miss",
+    "cache.stale_served": "stale",
+    "cache.stale": "stale",
+}
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) and value else NONE
+
+
+class MetricsObserver:
+    """Called with every event the pipeline's policies emit; records what it knows, never raises."""
+
+    def __init__(self, metrics: Metrics, models: Bounded) -> None:
+        self.metrics = metrics
+        self.models = models
+        self._names = Bounded(256)
+        self._routes = Bounded(500)
+        self._limits = Bounded(200)
+        self._in_progress: dict[str, tuple[str, str]] = {}
+        self._handlers: dict[str, Callable[[Event], None]] = {
+            "retry.scheduled": self._retry_scheduled,
+            "retry.gave_up": self._retry_gave_up,
+            "quota.rejected": self._quota_rejected,
+            "quota.paused": self._quota_paused,
+            "breaker.state_changed": self._breaker_state,
+            "breaker.rejected": self._breaker_rejected,
+            "http.request_started": self._http_started,
+            "http.request_finished": self._http_finished,
+        }
+        for name, result in CACHE_RESULTS.items():
+            self._handlers[name] = self._cache(result)
+
+    def __call__(self, event: Event) -> None:
+        try:
+            name = getattr(event, "name", None)
+            if not isinstance(name, str):
+                return
+            self.metrics.events.labels(self._names(name)).inc()
+            handler = self._handlers.get(name)
+            if handler is not None:
+                handler(event)
+            elif name.endswith((".store_unavailable", ".store_error")):
+                self._store_error(event)
+            if name.startswith("quota.") and getattr(event, "remaining", None) is not None:
+                self._quota_remaining(event)
+        except Exception:  # a malformed event from someone else's plugin must not become an error log storm
+            _log.debug("metrics could not record event %r", event, exc_info=True)
+
+    def _call(self, event: Event) -> tuple[str, str, str]:
+        return _text(event.provider), _text(event.operation), self.models(event.model)
+
+    # ------------------------------------------------------------ policies
+
+    def _retry_scheduled(self, event: Event) -> None:
+        self.metrics.retries.labels(*self._call(event), _text(getattr(event, "outcome", None))).inc()
+
+    def _retry_gave_up(self, event: Event) -> None:
+        self.metrics.retries_exhausted.labels(*self._call(event), _text(getattr(event, "reason", None))).inc()
+
+    def _cache(self, result: str) -> Callable[[Event], None]:
+        def record(event: Event) -> None:
+            self.metrics.cache.labels(*self._call(event), result).inc()
+
+        return record
+
+    def _quota_rejected(self, event: Event) -> None:
+        limit = self._limits(_text(getattr(event, "limit", None)))
+        self.metrics.quota_rejections.labels(*self._call(event), limit).inc()
+
+    def _quota_paused(self, event: Event) -> None:
+        source = _text(getattr(event, "source", None))
+        self.metrics.quota_pauses.labels(_text(event.provider), self.models(event.model), source).inc()
+
+    def _quota_remaining(self, event: Event) -> None:
+        remaining = getattr(event, "remaining", None)
+        if isinstance(remaining, (int, float)) and not isinstance(remaining, bool):
+            limit = self._limits(_text(getattr(event, "limit", None)))
+            self.metrics.quota_remaining.labels(_text(event.provider), self.models(event.model), limit).set(remaining)
+
+    def _store_error(self, event: Event) -> None:
+        plugin = event.name.split(".", 1)[0]
+        self.metrics.store_errors.labels(self._names(plugin), _text(getattr(event, "fallback", None))).inc()
+
+    def _breaker_state(self, event: Event) -> None:
+        state = getattr(event, "state", None)
+        provider, model = _text(event.provider), self.models(event.model)
+        if state in BREAKER_STATES:
+            self.metrics.breaker_state.labels(provider, model).set(BREAKER_STATES[state])
+        self.metrics.breaker_transitions.labels(provider, model, state if state in BREAKER_STATES else OTHER).inc()
+
+    def _breaker_rejected(self, event: Event) -> None:
+        self.metrics.breaker_rejections.labels(_text(event.provider), self.models(event.model)).inc()
+
+    # ------------------------------------------------------------ HTTP adapters
+
+    def _http_labels(self, event: Event) -> tuple[str, str]:
+        route = getattr(event, "route", None)
+        method = getattr(event, "method", None)
+        method = method.upper() if isinstance(method, str) else ""
+        # Only a route template is a label; an adapter that could not match one says so with None.
+        route_label = self._routes(route) if isinstance(route, str) and route else "unmatched"
+        return route_label, method if method in HTTP_METHODS else OTHER
+
+    def _http_started(self, event: Event) -> None:
+        labels = self._http_labels(event)
+        self.metrics.http_in_progress.labels(*labels).inc()
+        request_id = getattr(event, "request_id", None)
+        if isinstance(request_id, str) and len(self._in_progress) < 100_000:
+            self._in_progress[request_id] = labels
+
+    def _http_finished(self, event: Event) -> None:
+        labels = self._http_labels(event)
+        request_id = getattr(event, "request_id", None)
+        started = self._in_progress.pop(request_id, None) if isinstance(request_id, str) else None
+        # Decrement what the start incremented, even if the route was resolved in between.
+        self.metrics.http_in_progress.labels(*(started or labels)).dec()
+        status = getattr(event, "status", None)
+        status_label = str(status) if isinstance(status, int) and 100 <= status <= 599 else "unknown"
+        self.metrics.http_requests.labels(*labels, status_label).inc()
+        duration = getattr(event, "duration", None)
+        if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration >= 0:
+            self.metrics.http_duration.labels(*labels).observe(duration)

@@ -1,0 +1,302 @@
+"""The metrics policy: outermost, it times every call and records its outcome, attempts, tokens and cost."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from resilient import (
+    AsyncHandler,
+    AsyncStreamHandler,
+    Call,
+    Handler,
+    Order,
+    Outcome,
+    Policy,
+    Runtime,
+    StreamHandler,
+    Target,
+    Usage,
+)
+from resilient.context import current as current_context
+from resilient.providers import merge_usage, usage_from, usage_from_chunk
+
+from ._metrics import Bounded, Metrics
+from ._options import MetricsOptions
+from ._prices import Price, PriceTable
+
+__all__ = ["MetricsPolicy"]
+
+
+class _Null:
+    """Stands for a metric child when prometheus-client is not installed: accounting still works."""
+
+    __slots__ = ()
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, amount: float) -> None:
+        pass
+
+
+_NULL = _Null()
+
+_TOTALS = ("tokens.input", "tokens.output", "tokens.cache_read", "tokens.cache_write")
+
+
+class _Children:
+    """The metric children of one (provider, operation, model, tenant) label set, bound once."""
+
+    __slots__ = (
+        "_by_outcome",
+        "_calls",
+        "_labels",
+        "attempts",
+        "cache_read",
+        "cache_write",
+        "cost",
+        "cost_unknown",
+        "duration",
+        "input",
+        "ok",
+        "output",
+        "price",
+    )
+
+    def __init__(self, metrics: Metrics | None, labels: tuple[str, ...], tenant: tuple[str, ...], price: Price | None):
+        self.price = price
+        self._labels = (*labels, *tenant)
+        self._by_outcome: dict[str, Any] = {}
+        self.ok: Any
+        self.duration: Any
+        self.attempts: Any
+        self.cost: Any
+        self.cost_unknown: Any
+        self.input: Any
+        self.output: Any
+        self.cache_read: Any
+        self.cache_write: Any
+        if metrics is None:
+            self._calls = None
+            self.ok = self.duration = self.attempts = self.cost = self.cost_unknown = _NULL
+            self.input = self.output = self.cache_read = self.cache_write = _NULL
+            return
+        self._calls = metrics.calls
+        self.ok = self.outcome("success")
+        self.duration = metrics.duration.labels(*labels)
+        self.attempts = metrics.attempts.labels(*labels)
+        self.cost = metrics.cost.labels(*labels, *tenant)
+        self.cost_unknown = metrics.cost_unknown.labels(*labels)
+        tokens = metrics.tokens
+        self.input = tokens.labels(*labels, *tenant, "input")
+        self.output = tokens.labels(*labels, *tenant, "output")
+        self.cache_read = tokens.labels(*labels, *tenant, "cache_read")
+        self.cache_write = tokens.labels(*labels, *tenant, "cache_write")
+
+    def outcome(self, kind: str) -> Any:
+        child = self._by_outcome.get(kind)
+        if child is None:
+            child = _NULL if self._calls is None else self._calls.labels(*self._labels, kind)
+            if len(self._by_outcome) < 64:  # outcome kinds come from classifiers: a handful
+                self._by_outcome[kind] = child
+        return child
+
+
+class MetricsPolicy(Policy):
+    """Times each call with the pipeline's clock and records it; reads usage and prices it.
+
+    Sets ``call.started``/``call.ended``, ``call.usage`` (from the response or
+    the stream's chunks when no inner policy did), ``call.metadata["cost_usd"]``
+    (``None`` when the model has no price) and adds ``tokens.*`` and
+    ``cost.usd`` to the request context's totals.
+    """
+
+    name = "metrics"
+    order = Order.METRICS
+
+    def __init__(self, options: MetricsOptions, runtime: Runtime, metrics: Metrics | None) -> None:
+        self._options = options
+        self._runtime = runtime
+        self._metrics = metrics
+        self._clock = runtime.clock
+        self.prices = PriceTable(options.prices, defaults=options.default_prices)
+        self.models = Bounded(options.max_models, options.allowed_models, strip_dates=True)
+        self._tenants = (
+            Bounded(len(options.allowed_tenants), options.allowed_tenants) if options.tenant_labels else None
+        )
+
+    # ------------------------------------------------------------ labels and accounting
+
+    def _children(self, target: Target, model: str | None, tenant: str | None) -> _Children:
+        labels = (target.provider, target.operation, self.models(model))
+        tenant_label = () if self._tenants is None else (self._tenants(tenant),)
+        return _Children(self._metrics, labels, tenant_label, self.prices.lookup(model))
+
+    def _binder(self, target: Target) -> Callable[[Call], _Children]:
+        """What finds a call's children: one bound set when the labels are static, else a cache per model."""
+        if target.model is not None and self._tenants is None:
+            static = self._children(target, target.model, None)
+            return lambda call: static
+        cache: dict[Any, _Children] = {}
+        tenants = self._tenants
+
+        def children_of(call: Call) -> _Children:
+            model = call.model
+            key: Any = model if tenants is None else (model, tenants(call.tenant))
+            found = cache.get(key)
+            if found is None:
+                found = self._children(target, model, call.tenant)
+                if len(cache) < 4096:
+                    cache[key] = found
+            return found
+
+        return children_of
+
+    @staticmethod
+    def account(children: _Children, call: Call, usage: Usage) -> float | None:
+        """Count ``usage``'s tokens and cost; note the cost on the call and the request's totals."""
+        if usage.input_tokens:
+            children.input.inc(usage.input_tokens)
+        if usage.output_tokens:
+            children.output.inc(usage.output_tokens)
+        if usage.cache_read_tokens:
+            children.cache_read.inc(usage.cache_read_tokens)
+        if usage.cache_write_tokens:
+            children.cache_write.inc(usage.cache_write_tokens)
+        price = children.price
+        cost: float | None
+        if price is None:
+            children.cost_unknown.inc()
+            cost = None
+        else:
+            cost = price.cost(usage)
+            children.cost.inc(cost)
+        call.metadata["cost_usd"] = cost
+        ctx = current_context()
+        if ctx is not None:
+            for name, n in zip(
+                _TOTALS,
+                (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens),
+                strict=True,
+            ):
+                ctx.add(name, n)
+            if cost is None:
+                ctx.add("cost.unknown_calls", 1)
+            else:
+                ctx.add("cost.usd", cost)
+        return cost
+
+    def _outcome_of(self, call: Call, exc: BaseException) -> Outcome:
+        outcome = call.outcome
+        if outcome is None or outcome.error is not exc:
+            outcome = self._runtime.classify(exc)
+        return outcome
+
+    def _ended(self, children: _Children, call: Call, outcome: Outcome, elapsed: float) -> None:
+        """Record a finished call (a failure, or a stream's end)."""
+        (children.ok if outcome.kind == "success" else children.outcome(outcome.kind)).inc()
+        children.duration.observe(elapsed)
+        # A refused call's last attempt never reached the provider.
+        children.attempts.inc(call.attempt - 1 if outcome.kind == "refused" else call.attempt)
+        usage = call.usage
+        if usage is not None:
+            self.account(children, call, usage)
+
+    # ------------------------------------------------------------ drivers
+
+    def wrap(self, nxt: Handler, target: Target) -> Handler:
+        monotonic = self._clock.monotonic
+        children_of = self._binder(target)
+        account, ended, outcome_of = self.account, self._ended, self._outcome_of
+
+        def metered(call: Call) -> Any:
+            start = call.started = monotonic()
+            try:
+                result = nxt(call)
+            except BaseException as exc:
+                end = call.ended = monotonic()
+                ended(children_of(call), call, outcome_of(call, exc), end - start)
+                raise
+            end = call.ended = monotonic()
+            children = children_of(call)
+            outcome = call.outcome
+            (children.ok if outcome is None or not outcome.ok else children.outcome(outcome.kind)).inc()
+            children.duration.observe(end - start)
+            children.attempts.inc(call.attempt)
+            usage = call.usage
+            if usage is None and not isinstance(result, str):
+                usage = call.usage = usage_from(result)
+            if usage is not None:
+                account(children, call, usage)
+            return result
+
+        return metered
+
+    def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
+        monotonic = self._clock.monotonic
+        children_of = self._binder(target)
+        account, ended, outcome_of = self.account, self._ended, self._outcome_of
+
+        async def metered(call: Call) -> Any:
+            start = call.started = monotonic()
+            try:
+                result = await nxt(call)
+            except BaseException as exc:
+                end = call.ended = monotonic()
+                ended(children_of(call), call, outcome_of(call, exc), end - start)
+                raise
+            end = call.ended = monotonic()
+            children = children_of(call)
+            outcome = call.outcome
+            (children.ok if outcome is None or not outcome.ok else children.outcome(outcome.kind)).inc()
+            children.duration.observe(end - start)
+            children.attempts.inc(call.attempt)
+            usage = call.usage
+            if usage is None and not isinstance(result, str):
+                usage = call.usage = usage_from(result)
+            if usage is not None:
+                account(children, call, usage)
+            return result
+
+        return metered
+
+    def _stream_watchers(
+        self, target: Target
+    ) -> tuple[Callable[[Call, Any], None], Callable[[Call, Outcome], None], Callable[[], float]]:
+        monotonic = self._clock.monotonic
+        children_of = self._binder(target)
+        ended = self._ended
+
+        def on_chunk(call: Call, chunk: Any) -> None:
+            usage = usage_from_chunk(chunk)
+            if usage is not None:
+                call.usage = merge_usage(call.usage, usage)
+
+        def on_end(call: Call, outcome: Outcome) -> None:
+            end = call.ended = monotonic()
+            ended(children_of(call), call, outcome, end - (call.started if call.started is not None else end))
+
+        return on_chunk, on_end, monotonic
+
+    def wrap_stream(self, nxt: StreamHandler, target: Target) -> StreamHandler:
+        on_chunk, on_end, monotonic = self._stream_watchers(target)
+
+        def metered(call: Call) -> Any:
+            call.started = monotonic()
+            call.on_chunk(on_chunk)
+            call.on_end(on_end)
+            return nxt(call)
+
+        return metered
+
+    def wrap_astream(self, nxt: AsyncStreamHandler, target: Target) -> AsyncStreamHandler:
+        on_chunk, on_end, monotonic = self._stream_watchers(target)
+
+        def metered(call: Call) -> Any:
+            call.started = monotonic()
+            call.on_chunk(on_chunk)
+            call.on_end(on_end)
+            return nxt(call)
+
+        return metered
