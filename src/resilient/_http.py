@@ -1,0 +1,503 @@
+"""What the web adapters share: options, request ids, tenant keys, route limits, problems, events.
+
+Pure code, no server I/O: :mod:`resilient.asgi`, :mod:`resilient.wsgi` and
+:mod:`resilient.flask` validate their options through :class:`HttpCore`
+once, and each adds only the way its protocol reads a request and writes a
+response. Rate limits are checked here with a sync or an async ``limits``
+strategy; both drivers run the same decision (:meth:`HttpCore.denied`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol
+
+import limits
+import orjson
+
+from .errors import ConfigurationError, QuotaExceeded, ResilientError
+from .events import Emitter, Event
+from .storage import STORE_ERRORS, LoopBoundStorage, PerLoop, close_sync, is_memory, key_part, sync_storage
+
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "UNMATCHED",
+    "HttpCore",
+    "HttpRequestFinished",
+    "HttpRequestStarted",
+    "RequestInfo",
+    "TenantKey",
+    "tenant_from_api_key_hash",
+    "tenant_from_client",
+    "tenant_from_header",
+]
+
+_log = logging.getLogger("resilient.http")
+
+#: The route label of a request no route matched: a raw path never becomes a label or a key.
+UNMATCHED = "<unmatched>"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+JSON_CONTENT_TYPE = "application/json"
+
+# A request id we echo must be safe in a header and in a log line; anything else is replaced.
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@+=\-]{1,128}")
+# Tenants from headers become store keys and may reach logs: bounded, printable ASCII.
+_TENANT_MAX = 128
+_TENANT_RE = re.compile(r"[\x21-\x7e]{1,128}")
+
+Strategy = Literal["fixed-window", "moving-window", "sliding-window-counter"]
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpRequestStarted(Event):
+    """A request entered the middleware (not the health, ready and metrics endpoints).
+
+    ``route`` is the route template (``/v1/items/{id}``) or ``"<unmatched>"``;
+    the matching :class:`HttpRequestFinished` carries the same route and method.
+    """
+
+    name: ClassVar[str] = "http.request_started"
+    route: str
+    method: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpRequestFinished(Event):
+    """A request left the middleware: emitted exactly once per started request.
+
+    ``status`` is the status sent (499 when the client left before any
+    response, 500 when the app failed before starting one); ``duration`` is
+    in seconds on the pipeline's clock.
+    """
+
+    name: ClassVar[str] = "http.request_finished"
+    route: str
+    method: str
+    status: int
+    duration: float
+
+
+# --------------------------------------------------------------------------- request view and tenant keys
+
+
+class RequestInfo(Protocol):
+    """What a tenant key function may read of a request, the same under ASGI and WSGI."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def client(self) -> str | None:
+        """The peer address (host only), or ``None`` when the server does not say."""
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (lower case), or ``None``."""
+
+
+#: A tenant key function: the tenant of a request, or ``None`` for no tenant.
+TenantKey = Callable[[RequestInfo], "str | None"]
+
+
+def _clean_tenant(value: str | None) -> str | None:
+    if not value:
+        return None
+    value = value.strip()
+    return value if _TENANT_RE.fullmatch(value) else None
+
+
+def tenant_from_header(name: str) -> TenantKey:
+    """The tenant is the value of header ``name`` (printable ASCII, at most 128 characters, else none)."""
+    header = name.lower()
+
+    def tenant(request: RequestInfo) -> str | None:
+        return _clean_tenant(request.header(header))
+
+    tenant.__qualname__ = f"tenant_from_header({header!r})"
+    return tenant
+
+
+def tenant_from_api_key_hash(name: str = "authorization") -> TenantKey:
+    """The tenant is a SHA-256 digest (16 hex digits) of the API key in header ``name``.
+
+    A ``Bearer`` prefix is dropped first. The key itself is never kept, so it
+    cannot reach a store key, a metric label or a log.
+    """
+    header = name.lower()
+
+    def tenant(request: RequestInfo) -> str | None:
+        value = request.header(header)
+        if not value:
+            return None
+        scheme, _, rest = value.partition(" ")
+        if rest and scheme.lower() == "bearer":
+            value = rest
+        value = value.strip()
+        if not value:
+            return None
+        return "key-" + hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+    tenant.__qualname__ = f"tenant_from_api_key_hash({header!r})"
+    return tenant
+
+
+def tenant_from_client() -> TenantKey:
+    """The tenant is the client's address (behind a proxy, configure the server to set it)."""
+
+    def tenant(request: RequestInfo) -> str | None:
+        return request.client
+
+    tenant.__qualname__ = "tenant_from_client()"
+    return tenant
+
+
+def tenant_key(spec: str | TenantKey | None, key: str = "tenant") -> TenantKey | None:
+    """A tenant key function from ``"header:<name>"``, ``"api_key_hash:<name>"``, ``"client"`` or a callable."""
+    if spec is None or callable(spec):
+        return spec
+    if isinstance(spec, str):
+        kind, _, arg = spec.partition(":")
+        if kind == "client" and not arg:
+            return tenant_from_client()
+        if kind == "header" and arg:
+            return tenant_from_header(arg)
+        if kind == "api_key_hash":
+            return tenant_from_api_key_hash(arg or "authorization")
+    raise ConfigurationError(
+        key, spec, "must be 'header:<name>', 'api_key_hash:<name>', 'client', a function of the request, or None"
+    )
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def request_id_of(value: str | None) -> str:
+    """The incoming request id when it is safe to echo, else a new one."""
+    if value and _REQUEST_ID_RE.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+# --------------------------------------------------------------------------- problems
+
+
+def problem_body(error: ResilientError, request_id: str | None) -> bytes:
+    body = error.to_problem()
+    if request_id is not None:
+        body["request_id"] = request_id
+    return orjson.dumps(body)
+
+
+def problem_headers(error: ResilientError) -> list[tuple[str, str]]:
+    return [("content-type", PROBLEM_CONTENT_TYPE), *error.headers().items()]
+
+
+class BodyTooLarge(ResilientError):
+    """The request body is larger than ``max_body_size``."""
+
+    status = 413
+    title = "Request body too large"
+    slug = "body-too-large"
+
+
+class BadRequest(ResilientError):
+    """The request is malformed in a way the adapter sees (a bad ``Content-Length``)."""
+
+    status = 400
+    title = "Bad request"
+    slug = "bad-request"
+
+
+class InternalError(ResilientError):
+    """The app failed; rendered only with ``problem_for_unhandled=True``, with no detail from the exception."""
+
+    status = 500
+    title = "Internal server error"
+    slug = "internal-error"
+
+
+def body_too_large(limit: int) -> BodyTooLarge:
+    return BodyTooLarge(f"The request body exceeds {limit} bytes.")
+
+
+def internal_error() -> InternalError:
+    # No detail from the exception: it could carry a prompt, a key or a store URL.
+    return InternalError("The server failed to handle the request.")
+
+
+def json_bytes(value: Any) -> bytes:
+    return orjson.dumps(value, default=str)
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+class RouteLimits:
+    """Rate limits by route template and client, parsed once.
+
+    ``table`` maps a route template (``"/v1/chat"``) to a limit string in the
+    ``limits`` notation (``"60/minute;1000/hour"``); ``"*"`` is the default for
+    every other route (counted per route). Each request is counted against
+    each limit of its route under the key ``http / route / client``.
+    """
+
+    def __init__(self, table: Mapping[str, str] | None, key: str = "rate_limits") -> None:
+        self.by_route: dict[str, tuple[limits.RateLimitItem, ...]] = {}
+        self.default: tuple[limits.RateLimitItem, ...] = ()
+        if table is None:
+            return
+        if not isinstance(table, Mapping):
+            raise ConfigurationError(key, table, "must be a mapping of route template (or '*') to a limit string")
+        for route, text in table.items():
+            if not isinstance(route, str) or not (route == "*" or route.startswith("/")):
+                raise ConfigurationError(
+                    f"{key}[{route!r}]", route, "must be a route template starting with '/' or '*'"
+                )
+            try:
+                items = tuple(limits.parse_many(text)) if isinstance(text, str) else ()
+            except ValueError:
+                items = ()
+            if not items:
+                raise ConfigurationError(
+                    f"{key}[{route!r}]", text, "must be a limit string such as '60/minute' or '10/second;500/hour'"
+                )
+            if route == "*":
+                self.default = items
+            else:
+                self.by_route[route] = items
+
+    def __bool__(self) -> bool:
+        return bool(self.by_route or self.default)
+
+    def for_route(self, route: str) -> tuple[limits.RateLimitItem, ...]:
+        return self.by_route.get(route, self.default)
+
+
+# --------------------------------------------------------------------------- the shared core
+
+
+def _path_option(key: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ConfigurationError(key, value, "must be a path starting with '/', or None to disable it")
+    return value
+
+
+def _header_name(key: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+        raise ConfigurationError(key, value, "must be an HTTP header name (letters, digits, '-'), or None")
+    return value.lower()
+
+
+class HttpCore:
+    """The validated options and the pure logic of a web adapter, built once.
+
+    See :class:`resilient.asgi.ResilientMiddleware` for what each option does;
+    the WSGI middleware and the Flask extension take the same ones.
+    """
+
+    def __init__(
+        self,
+        pipeline: Any,
+        *,
+        request_id_header: str | None = "x-request-id",
+        tenant: str | TenantKey | None = None,
+        rate_limits: Mapping[str, str] | None = None,
+        rate_limit_strategy: Strategy = "fixed-window",
+        rate_limit_store: str | None = None,
+        rate_limit_client: str | TenantKey | None = None,
+        metrics_path: str | None = "/metrics",
+        health_path: str | None = "/health",
+        ready_path: str | None = "/ready",
+        metrics_registry: Any = None,
+        max_body_size: int | None = None,
+        problem_for_unhandled: bool = False,
+    ) -> None:
+        runtime = getattr(pipeline, "runtime", None)
+        if runtime is None:
+            raise ConfigurationError("pipeline", pipeline, "must be a resilient.Pipeline")
+        self.pipeline = pipeline
+        self.emitter: Emitter = runtime.events
+        self.clock = runtime.clock
+        self.request_id_header = _header_name("request_id_header", request_id_header)
+        self.tenant = tenant_key(tenant)
+        self.limits = RouteLimits(rate_limits)
+        client = tenant_key(rate_limit_client, "rate_limit_client") if rate_limit_client is not None else None
+        # Clients are told apart by the tenant when there is one, else by address.
+        self.limit_client: TenantKey = client or self.tenant or tenant_from_client()
+        if rate_limit_strategy not in limits.strategies.STRATEGIES:
+            raise ConfigurationError(
+                "rate_limit_strategy", rate_limit_strategy, f"must be one of {sorted(limits.strategies.STRATEGIES)}"
+            )
+        self.strategy: Strategy = rate_limit_strategy
+        core = runtime.settings.core
+        self.store_uri: str = rate_limit_store or core.store
+        self.key_prefix: str = core.key_prefix
+        self._memory = is_memory(self.store_uri)
+        self.metrics_path = _path_option("metrics_path", metrics_path)
+        self.health_path = _path_option("health_path", health_path)
+        self.ready_path = _path_option("ready_path", ready_path)
+        self.metrics_registry = metrics_registry
+        if max_body_size is not None and (
+            isinstance(max_body_size, bool) or not isinstance(max_body_size, int) or max_body_size < 0
+        ):
+            raise ConfigurationError("max_body_size", max_body_size, "must be a number of bytes >= 0, or None")
+        self.max_body_size = max_body_size
+        self.problem_for_unhandled = bool(problem_for_unhandled)
+        self._sync_limiter: Any = None
+        self._async_storage = LoopBoundStorage(self.store_uri, self.key_prefix)
+        self._async_limiters = PerLoop(self._new_async_limiter)
+
+    # ------------------------------------------------------------------ rate limits
+
+    def sync_limiter(self) -> Any:
+        """The sync ``limits`` strategy on the store (made on first use)."""
+        if self._sync_limiter is None:
+            storage = sync_storage(self.store_uri, self.key_prefix)
+            strategy: Any = limits.strategies.STRATEGIES[self.strategy]
+            self._sync_limiter = strategy(storage)
+        return self._sync_limiter
+
+    def async_limiter(self) -> Any:
+        """The async ``limits`` strategy on the store, for the running event loop."""
+        return self._async_limiters.get()
+
+    def _new_async_limiter(self) -> Any:
+        strategy: Any = limits.aio.strategies.STRATEGIES[self.strategy]
+        return strategy(self._async_storage.get())
+
+    def identifiers(self, route: str, request: RequestInfo) -> tuple[str, str, str]:
+        try:
+            client = self.limit_client(request)
+        except Exception:
+            _log.exception("rate limit client key function %r failed", self.limit_client)
+            client = None
+        return ("http", key_part(route), key_part(client))
+
+    def denied(self, item: limits.RateLimitItem, reset_time: float) -> QuotaExceeded:
+        retry_after = max(0.0, reset_time - self.clock.time())
+        return QuotaExceeded("Rate limit exceeded for this route.", limit=str(item), retry_after=retry_after)
+
+    def rate_limit_headers(
+        self, item: limits.RateLimitItem, remaining: int, reset_time: float
+    ) -> list[tuple[str, str]]:
+        reset = max(0, math.ceil(reset_time - self.clock.time()))
+        return [
+            ("ratelimit-limit", str(item.amount)),
+            ("ratelimit-remaining", str(max(0, remaining))),
+            ("ratelimit-reset", str(reset)),
+        ]
+
+    def check_sync(self, route: str, request: RequestInfo) -> tuple[QuotaExceeded, list[tuple[str, str]]] | None:
+        """Count the request against its route's limits; the refusal when one is spent."""
+        items = self.limits.for_route(route)
+        if not items:
+            return None
+        ids = self.identifiers(route, request)
+        try:
+            limiter = self.sync_limiter()
+            for item in items:
+                if not limiter.hit(item, *ids):
+                    stats = limiter.get_window_stats(item, *ids)
+                    return self.denied(item, stats.reset_time), self.rate_limit_headers(
+                        item, stats.remaining, stats.reset_time
+                    )
+        except STORE_ERRORS as exc:
+            # A store that is down lets requests through: the app keeps serving.
+            _log.warning("rate limit store unavailable (%s); request allowed", type(exc).__name__)
+        return None
+
+    async def check_async(self, route: str, request: RequestInfo) -> tuple[QuotaExceeded, list[tuple[str, str]]] | None:
+        """Async :meth:`check_sync`."""
+        items = self.limits.for_route(route)
+        if not items:
+            return None
+        if self._memory:
+            # In-process state: no I/O to await, and one count shared by every event loop.
+            return self.check_sync(route, request)
+        ids = self.identifiers(route, request)
+        try:
+            limiter = self.async_limiter()
+            for item in items:
+                if not await limiter.hit(item, *ids):
+                    stats = await limiter.get_window_stats(item, *ids)
+                    return self.denied(item, stats.reset_time), self.rate_limit_headers(
+                        item, stats.remaining, stats.reset_time
+                    )
+        except STORE_ERRORS as exc:
+            _log.warning("rate limit store unavailable (%s); request allowed", type(exc).__name__)
+        return None
+
+    async def aclose(self) -> None:
+        """Close the running loop's store client."""
+        if not self._memory:
+            self._async_limiters.pop()
+            await self._async_storage.aclose()
+
+    def close(self) -> None:
+        """Close the sync store client."""
+        if self._sync_limiter is not None:
+            close_sync(self._sync_limiter.storage)
+            self._sync_limiter = None
+
+    # ------------------------------------------------------------------ tenant
+
+    def tenant_of(self, request: RequestInfo) -> str | None:
+        if self.tenant is None:
+            return None
+        try:
+            return self.tenant(request)
+        except Exception:
+            _log.exception("tenant key function %r failed", self.tenant)
+            return None
+
+    # ------------------------------------------------------------------ endpoints
+
+    def readiness(self, health: Mapping[str, Any] | None) -> tuple[int, bytes]:
+        body = dict(health) if health is not None else {"ok": True, "policies": {}}
+        ok = bool(body.get("ok", False))
+        return (200 if ok else 503), json_bytes(body)
+
+    def ready_sync(self) -> tuple[int, bytes]:
+        health = getattr(self.pipeline, "health", None)
+        try:
+            return self.readiness(health() if health is not None else None)
+        except Exception as exc:
+            _log.warning("readiness check failed: %s", type(exc).__name__)
+            return self.readiness({"ok": False, "error": type(exc).__name__})
+
+    async def ready_async(self) -> tuple[int, bytes]:
+        ahealth = getattr(self.pipeline, "ahealth", None)
+        try:
+            return self.readiness(await ahealth() if ahealth is not None else None)
+        except Exception as exc:
+            _log.warning("readiness check failed: %s", type(exc).__name__)
+            return self.readiness({"ok": False, "error": type(exc).__name__})
+
+    def metrics(self, accept: str | None) -> tuple[bytes, str]:
+        return exposition(self.metrics_registry, accept)
+
+
+HEALTH_BODY = b'{"status":"ok"}'
+
+
+def exposition(registry: Any = None, accept: str | None = None) -> tuple[bytes, str]:
+    """The Prometheus exposition of ``registry`` (imported on first use: prometheus is optional)."""
+    from .prometheus import exposition as render
+
+    return render(registry=registry, accept_header=accept)

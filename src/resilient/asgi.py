@@ -1,0 +1,406 @@
+"""A pure ASGI middleware: request context, route rate limits, problem+json, HTTP events, endpoints.
+
+::
+
+    app = FastAPI()
+    app.add_middleware(ResilientMiddleware, pipeline=pipeline, tenant="header:x-tenant-id",
+                       rate_limits={"/v1/chat": "60/minute", "*": "600/minute"})
+
+Not a ``BaseHTTPMiddleware``: messages pass through as they come, so a
+streaming response (SSE) reaches the client chunk by chunk and a client that
+leaves mid-stream is seen by the app. Options are validated once, in
+``__init__``; see ``docs/adapters.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from typing import Any
+
+from ._http import (
+    HEALTH_BODY,
+    JSON_CONTENT_TYPE,
+    UNMATCHED,
+    HttpCore,
+    HttpRequestFinished,
+    HttpRequestStarted,
+    Strategy,
+    TenantKey,
+    body_too_large,
+    internal_error,
+    problem_body,
+    problem_headers,
+    request_id_of,
+)
+from .context import request_context
+from .errors import ResilientError
+
+__all__ = ["ResilientMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_log = logging.getLogger("resilient.asgi")
+
+# Resolved route templates by path; cleared when full so random paths cannot grow it.
+_ROUTE_CACHE_SIZE = 4096
+
+
+class _Request:
+    """A :class:`~resilient._http.RequestInfo` over an ASGI scope; headers are read only when asked."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, scope: Scope) -> None:
+        self._scope = scope
+
+    @property
+    def method(self) -> str:
+        return str(self._scope.get("method", "GET"))
+
+    @property
+    def path(self) -> str:
+        return str(self._scope.get("path", "/"))
+
+    @property
+    def client(self) -> str | None:
+        client = self._scope.get("client")
+        return str(client[0]) if client else None
+
+    def header(self, name: str) -> str | None:
+        key = name.encode("latin-1")
+        for k, v in self._scope.get("headers", ()):
+            if k == key:
+                return bytes(v).decode("latin-1")
+        return None
+
+
+def _encode_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+
+
+class ResilientMiddleware:
+    """Serve an ASGI app with resilient's HTTP policies.
+
+    ``pipeline`` gives the store, the clock and the event emitter. Per request:
+
+    - the request id is read from ``request_id_header`` (echoed; generated when
+      missing or unsafe), the tenant from ``tenant`` (``"header:<name>"``,
+      ``"api_key_hash:<name>"``, ``"client"`` or a function of the request),
+      and both are put in :func:`resilient.request_context` around the app;
+    - ``rate_limits`` (route template or ``"*"`` -> ``"60/minute"``) are counted
+      per route and client (``rate_limit_client``, default the tenant, else the
+      address) with the ``rate_limit_strategy`` of ``limits`` on
+      ``rate_limit_store`` (default the pipeline's ``store``); over a limit the
+      answer is 429 problem+json with ``Retry-After`` and ``RateLimit-*``;
+    - a :class:`~resilient.ResilientError` raised by the app becomes
+      problem+json with its status and ``Retry-After`` (when the response has
+      not started; after, the error propagates and the server drops the
+      connection); other exceptions propagate to the server, or become a
+      bodyless 500 problem with ``problem_for_unhandled=True``;
+    - ``http.request_started`` / ``http.request_finished`` events (route
+      template, method, status, duration) go to the pipeline's observers;
+    - a ``Content-Length`` above ``max_body_size`` is refused with 413, and a
+      streamed body that grows past it too (when the app has not answered).
+
+    ``metrics_path``, ``health_path`` and ``ready_path`` are served by the
+    middleware itself (``None`` turns one off). On lifespan shutdown the
+    pipeline is closed after the app's own shutdown.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        pipeline: Any,
+        request_id_header: str | None = "x-request-id",
+        tenant: str | TenantKey | None = None,
+        rate_limits: Mapping[str, str] | None = None,
+        rate_limit_strategy: Strategy = "fixed-window",
+        rate_limit_store: str | None = None,
+        rate_limit_client: str | TenantKey | None = None,
+        metrics_path: str | None = "/metrics",
+        health_path: str | None = "/health",
+        ready_path: str | None = "/ready",
+        metrics_registry: Any = None,
+        max_body_size: int | None = None,
+        problem_for_unhandled: bool = False,
+        route: Callable[[Scope], str | None] | None = None,
+        close_pipeline: bool = True,
+    ) -> None:
+        self.app = app
+        self.core = core = HttpCore(
+            pipeline,
+            request_id_header=request_id_header,
+            tenant=tenant,
+            rate_limits=rate_limits,
+            rate_limit_strategy=rate_limit_strategy,
+            rate_limit_store=rate_limit_store,
+            rate_limit_client=rate_limit_client,
+            metrics_path=metrics_path,
+            health_path=health_path,
+            ready_path=ready_path,
+            metrics_registry=metrics_registry,
+            max_body_size=max_body_size,
+            problem_for_unhandled=problem_for_unhandled,
+        )
+        self._route_fn = route
+        self._close_pipeline = close_pipeline
+        self._rid_key = core.request_id_header.encode("latin-1") if core.request_id_header else None
+        self._endpoints: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
+        if core.health_path:
+            self._endpoints[core.health_path] = self._health
+        if core.ready_path:
+            self._endpoints[core.ready_path] = self._ready
+        if core.metrics_path:
+            self._endpoints[core.metrics_path] = self._metrics
+        self._emitter = core.emitter
+        self._monotonic = core.clock.monotonic
+        self._router: Any = getattr(app, "router", None)
+        self._routes: dict[str, str] = {}
+        if hasattr(app, "add_exception_handler") and hasattr(app, "exception_handlers"):
+            # Wrapping a Starlette app from outside: its ServerErrorMiddleware would answer 500 before
+            # the error reaches us, so the app's own exception handling renders resilient's errors.
+            app.add_exception_handler(ResilientError, _starlette_problem)
+            if problem_for_unhandled:
+                app.add_exception_handler(Exception, _starlette_internal_error)
+
+    # ------------------------------------------------------------------ per request
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http":
+            if kind == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+            return
+        endpoint = self._endpoints.get(scope["path"])
+        if endpoint is not None and scope["method"] in ("GET", "HEAD"):
+            await endpoint(scope, receive, send)
+            return
+
+        core = self.core
+        request = _Request(scope)
+        rid_key = self._rid_key
+        request_id = None
+        if rid_key is not None:
+            for k, v in scope["headers"]:
+                if k == rid_key:
+                    request_id = v.decode("latin-1")
+                    break
+        request_id = request_id_of(request_id)
+        tenant = core.tenant_of(request) if core.tenant is not None else None
+        route = self._route(scope)
+        method = scope["method"]
+        emitter = self._emitter
+        if emitter.enabled:
+            emitter.emit(HttpRequestStarted(route=route, method=method, tenant=tenant))
+        started = self._monotonic()
+        echo = [(rid_key, request_id.encode("latin-1"))] if rid_key is not None else []
+        # status: the response's once started; [1]: the client has gone.
+        state: list[Any] = [0, False]
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state[0] = message["status"]
+                if echo:
+                    message = {**message, "headers": [*message.get("headers", ()), *echo]}
+            await send(message)
+
+        limit = core.max_body_size
+        received = [0]
+
+        async def receive_wrapper() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                if limit is not None:
+                    received[0] += len(message.get("body", b""))
+                    if received[0] > limit:
+                        # A ResilientError, so it renders the same wherever the app lets it out.
+                        raise body_too_large(limit)
+            elif message["type"] == "http.disconnect":
+                state[1] = True
+            return message
+
+        try:
+            refusal = None
+            if limit is not None:
+                refusal = self._check_length(scope, limit)
+            if refusal is None and core.limits:
+                denied = await core.check_async(route, request)
+                if denied is not None:
+                    await self._problem(send_wrapper, denied[0], request_id, denied[1])
+                    return
+            if refusal is not None:
+                await self._problem(send_wrapper, refusal, request_id)
+                return
+            with request_context(request_id=request_id, tenant=tenant, route=route):
+                await self.app(scope, receive_wrapper, send_wrapper)
+        except ResilientError as exc:
+            if state[0]:
+                raise
+            await self._problem(send_wrapper, exc, request_id)
+        except OSError:
+            # The client went away and the app let the failed send escape: nothing to answer.
+            if not state[1]:
+                if not state[0]:
+                    state[0] = 500
+                raise
+        except Exception:
+            if state[0] or not core.problem_for_unhandled:
+                if not state[0]:
+                    state[0] = 500
+                raise
+            _log.exception("unhandled error serving %s %s", method, route)
+            await self._problem(send_wrapper, internal_error(), request_id)
+        finally:
+            if emitter.enabled:
+                status = state[0] or (499 if state[1] else 500)
+                emitter.emit(
+                    HttpRequestFinished(
+                        route=route,
+                        method=method,
+                        status=status,
+                        duration=self._monotonic() - started,
+                        tenant=tenant,
+                    )
+                )
+
+    def _check_length(self, scope: Scope, limit: int) -> ResilientError | None:
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                try:
+                    length = int(v)
+                except ValueError:
+                    from ._http import BadRequest
+
+                    return BadRequest("The Content-Length header is not a number.")
+                if length > limit:
+                    return body_too_large(limit)
+        return None
+
+    async def _problem(
+        self, send: Send, error: ResilientError, request_id: str, extra: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        body = problem_body(error, request_id)
+        headers = _encode_headers([*problem_headers(error), *extra, ("content-length", str(len(body)))])
+        await send({"type": "http.response.start", "status": error.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    # ------------------------------------------------------------------ routes
+
+    def _route(self, scope: Scope) -> str:
+        """The route template of the request, before the app runs (limits need it)."""
+        if self._route_fn is not None:
+            try:
+                return self._route_fn(scope) or UNMATCHED
+            except Exception:
+                _log.exception("route function %r failed", self._route_fn)
+                return UNMATCHED
+        path = scope["path"]
+        found = self._routes.get(path)
+        if found is not None:
+            return found
+        router = self._router
+        if router is None:
+            app = scope.get("app")
+            router = getattr(app, "router", None)
+            if router is None:
+                return UNMATCHED
+            self._router = router
+        found = _match(getattr(router, "routes", ()), scope, "") or UNMATCHED
+        if len(self._routes) >= _ROUTE_CACHE_SIZE:
+            self._routes.clear()
+        self._routes[path] = found
+        return found
+
+    # ------------------------------------------------------------------ endpoints
+
+    async def _health(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _respond(send, 200, JSON_CONTENT_TYPE, HEALTH_BODY, scope["method"])
+
+    async def _ready(self, scope: Scope, receive: Receive, send: Send) -> None:
+        status, body = await self.core.ready_async()
+        await _respond(send, status, JSON_CONTENT_TYPE, body, scope["method"])
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        accept = _Request(scope).header("accept")
+        try:
+            body, content_type = self.core.metrics(accept)
+        except Exception as exc:
+            _log.warning("metrics exposition failed: %s", type(exc).__name__)
+            await _respond(send, 503, JSON_CONTENT_TYPE, b'{"ok":false,"error":"metrics unavailable"}', "GET")
+            return
+        await _respond(send, 200, content_type, body, scope["method"])
+
+    # ------------------------------------------------------------------ lifespan
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "lifespan.shutdown.complete":
+                await self._shutdown()
+            await send(message)
+
+        await self.app(scope, receive, send_wrapper)
+
+    async def _shutdown(self) -> None:
+        try:
+            await self.core.aclose()
+            if self._close_pipeline:
+                await self.core.pipeline.aclose()
+        except Exception:
+            _log.exception("closing the pipeline at shutdown failed")
+
+
+def _match(routes: Iterable[Any], scope: Scope, prefix: str) -> str | None:
+    """Match the scope against Starlette-style routes (``matches`` / ``path``), into mounts."""
+    from starlette.routing import Match
+
+    partial = None
+    for route in routes:
+        try:
+            match, child = route.matches(scope)
+        except Exception:  # a route that cannot judge this scope
+            continue
+        if match is Match.NONE:
+            continue
+        path = getattr(route, "path", "")
+        inner = getattr(route, "routes", None)
+        if match is Match.FULL:
+            if inner is not None and child:
+                found = _match(inner, {**scope, **child}, prefix + path)
+                if found is not None:
+                    return found
+                # Starlette dispatches into a matched mount; a miss inside is a 404 there.
+                return None if inner else prefix + path + "/{path}"
+            return prefix + path
+        if partial is None:
+            partial = prefix + path
+    return partial
+
+
+async def _starlette_problem(request: Any, exc: Exception) -> Any:
+    from starlette.responses import Response
+
+    from .context import current
+
+    assert isinstance(exc, ResilientError)
+    ctx = current()
+    body = problem_body(exc, ctx.request_id if ctx is not None else None)
+    return Response(body, status_code=exc.status, headers=dict(problem_headers(exc)))
+
+
+async def _starlette_internal_error(request: Any, exc: Exception) -> Any:
+    # Starlette's ServerErrorMiddleware answers with this, then re-raises for the server to log.
+    return await _starlette_problem(request, internal_error())
+
+
+async def _respond(send: Send, status: int, content_type: str, body: bytes, method: str) -> None:
+    headers = [(b"content-type", content_type.encode("latin-1")), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
