@@ -58,9 +58,13 @@ class RetryPolicy(Policy):
         call.outcome = outcome
         if not options.enabled:  # turned off for this provider, model or tenant
             return None, "disabled"
-        delay, reason = next_delay(
-            options, outcome, call.attempt, self._clock.monotonic() - start, self._runtime.random
-        )
+        now = self._clock.monotonic()
+        delay, reason = next_delay(options, outcome, call.attempt, now - start, self._runtime.random)
+        # The call's one deadline, set outside retry by the timeout plugin's deadline step.
+        meta = call._metadata
+        deadline = meta.get("deadline") if meta is not None else None
+        if delay is not None and deadline is not None and now + delay >= deadline:
+            return None, "deadline"
         return delay, reason
 
     def _outcome(self, call: Call, delay: float | None, reason: str) -> float | None:
