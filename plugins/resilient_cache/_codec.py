@@ -1,0 +1,156 @@
+"""Values as data: what may be stored, and how it is rebuilt. Never pickle.
+
+A pydantic model (anthropic and openai responses and stream events) is kept
+as ``{"t": "module:QualName", "d": its JSON form}`` and rebuilt with the
+class's ``model_validate``, only for classes from allowed module prefixes,
+so a stored value cannot make this process import or run anything else.
+Plain JSON values are kept as ``{"j": value}``, only if they come back equal
+(a tuple, a set or a datetime would not). Anything else is not stored.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+__all__ = ["ALLOWED_PREFIXES", "Codec", "Entry", "Unstorable"]
+
+ALLOWED_PREFIXES = ("anthropic.", "openai.")
+FORMAT = 1
+
+
+class Unstorable(Exception):
+    """A value that cannot be stored as data (the call still succeeds; it is just not cached)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stored response: ``value`` (a chunk list for a stream), when it was stored and until when it is
+    fresh, and until when it may still answer a failed call (wall-clock seconds)."""
+
+    value: Any
+    stream: bool
+    stored_at: float
+    fresh_until: float
+    stale_until: float
+
+    def fresh(self, now: float) -> bool:
+        return now < self.fresh_until
+
+    def usable(self, now: float) -> bool:
+        """Fresh, or within its stale window."""
+        return now < self.stale_until
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+class Codec:
+    """Encodes entries to bytes and back, rebuilding models only from ``prefixes``."""
+
+    def __init__(self, extra_prefixes: Iterable[str] = ()) -> None:
+        self.prefixes = tuple(ALLOWED_PREFIXES) + tuple(p if p.endswith(".") else p + "." for p in extra_prefixes)
+        self._classes: dict[str, type[Any]] = {}
+
+    def _allowed(self, module: str) -> bool:
+        return any(module.startswith(p) or module + "." == p for p in self.prefixes)
+
+    # ------------------------------------------------------------ values
+
+    def dump(self, value: Any) -> Any:
+        """The data form of one value, or :class:`Unstorable`."""
+        if isinstance(value, _PLAIN) and not isinstance(value, float):
+            return {"j": value}
+        cls = type(value)
+        if hasattr(value, "model_dump") and not isinstance(value, type):
+            if not self._allowed(cls.__module__):
+                raise Unstorable(f"{cls.__module__}.{cls.__qualname__} is not from an allowed module")
+            try:
+                data = value.model_dump(mode="json")
+            except Exception as exc:
+                raise Unstorable(f"model_dump failed: {type(exc).__name__}") from None
+            return {"t": f"{cls.__module__}:{cls.__qualname__}", "d": data}
+        if isinstance(value, (dict, list, float)):
+            try:
+                back = orjson.loads(orjson.dumps(value))
+            except (TypeError, ValueError):
+                raise Unstorable(f"{cls.__name__} is not JSON") from None
+            if back != value or not _same_shape(back, value):
+                raise Unstorable(f"{cls.__name__} does not come back equal from JSON")
+            return {"j": value}
+        raise Unstorable(f"{cls.__name__} is neither JSON nor a pydantic model")
+
+    def load(self, data: Any) -> Any:
+        """The value back from its data form (ValueError if it cannot be rebuilt)."""
+        if "j" in data:
+            return data["j"]
+        cls = self._class(data["t"])
+        return cls.model_validate(data["d"])
+
+    def _class(self, name: str) -> type[Any]:
+        found = self._classes.get(name)
+        if found is not None:
+            return found
+        module_name, _, qualname = name.partition(":")
+        if not self._allowed(module_name):
+            raise ValueError(f"stored type {name!r} is not from an allowed module")
+        module = sys.modules.get(module_name) or importlib.import_module(module_name)
+        obj: Any = module
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+        if not isinstance(obj, type) or not hasattr(obj, "model_validate"):
+            raise ValueError(f"stored type {name!r} is not a model class")
+        self._classes[name] = obj
+        return obj
+
+    # ------------------------------------------------------------ entries
+
+    def encode(self, entry: Entry) -> bytes:
+        """An entry as bytes for the shared store (raises :class:`Unstorable`)."""
+        value = [self.dump(v) for v in entry.value] if entry.stream else self.dump(entry.value)
+        return self.encode_data(entry, value)
+
+    @staticmethod
+    def encode_data(entry: Entry, data: Any) -> bytes:
+        doc = {
+            "v": FORMAT,
+            "s": entry.stream,
+            "at": entry.stored_at,
+            "f": entry.fresh_until,
+            "x": entry.stale_until,
+            "d": data,
+        }
+        try:
+            return orjson.dumps(doc)
+        except (TypeError, ValueError):  # a model whose JSON form is still not JSON
+            raise Unstorable("not JSON") from None
+
+    def decode(self, raw: bytes) -> Entry:
+        """An entry from the shared store's bytes (ValueError if it is corrupt or its type is not allowed)."""
+        try:
+            doc = orjson.loads(raw)
+            if doc["v"] != FORMAT:
+                raise ValueError(f"entry format {doc['v']!r}")
+            stream = bool(doc["s"])
+            value = [self.load(v) for v in doc["d"]] if stream else self.load(doc["d"])
+            return Entry(value, stream, float(doc["at"]), float(doc["f"]), float(doc["x"]))
+        except (KeyError, TypeError, AttributeError, ImportError) as exc:
+            raise ValueError(f"unreadable entry: {type(exc).__name__}") from None
+        except ValueError:  # includes orjson.JSONDecodeError and pydantic.ValidationError
+            raise
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    """Equal values of different types (1 == 1.0 == True, [] vs ()) are not the same response."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return all(_same_shape(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return all(_same_shape(x, y) for x, y in zip(a, b, strict=True))
+    return True

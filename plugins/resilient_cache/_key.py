@@ -1,0 +1,102 @@
+"""The cache key of a call: SHA-256 of its canonical request, so no prompt or secret is ever in a key."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from resilient import Call, ConfigurationError
+
+from ._options import CacheOptions
+
+__all__ = ["KeyFunction", "KeyMaker", "import_function", "key_maker", "strip"]
+
+#: Bumped when the canonical form changes, so old entries are never read as new ones.
+KEY_VERSION = 1
+
+#: A user's key function: the JSON-able part of the key standing for the request (None: do not cache).
+KeyFunction = Callable[[Call], Any]
+#: Call -> hex key, or None when the call cannot be keyed (then it is not cached).
+KeyMaker = Callable[[Call], "str | None"]
+
+_OPTIONS = orjson.OPT_SORT_KEYS  # keys that are not strings make the call unkeyable, never collide
+
+
+def _default(obj: Any) -> Any:
+    """Arguments orjson does not know: pydantic models by their JSON form; anything else is unkeyable."""
+    dump = getattr(obj, "model_dump", None)
+    if dump is not None and not isinstance(obj, type):
+        return dump(mode="json")
+    raise TypeError(type(obj).__name__)
+
+
+def strip(value: Mapping[str, Any], path: tuple[str, ...]) -> Mapping[str, Any]:
+    """``value`` without the field at ``path`` (copied only where something is removed)."""
+    head = path[0]
+    if head not in value:
+        return value
+    if len(path) == 1:
+        return {k: v for k, v in value.items() if k != head}
+    inner = value[head]
+    if not isinstance(inner, Mapping):
+        return value
+    stripped = strip(inner, path[1:])
+    if stripped is inner:
+        return value
+    return {**value, head: stripped}
+
+
+def import_function(spec: str, what: str) -> Callable[..., Any]:
+    """The function named by ``'module:function'`` (configuration values ``key_function``, ``tag_function``)."""
+    module_name, _, attr = spec.partition(":")
+    try:
+        found = importlib.import_module(module_name)
+        for part in attr.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as exc:
+        allowed = f"must name an importable function ({type(exc).__name__}: {exc})"
+        raise ConfigurationError(f"cache.{what}", spec, allowed) from None
+    if not callable(found):
+        raise ConfigurationError(f"cache.{what}", spec, "must name a callable")
+    return found
+
+
+def key_maker(options: CacheOptions, stream: bool, key_function: KeyFunction | None = None) -> KeyMaker:
+    """The key function of a target kind (values and streams never share entries) under ``options``."""
+    by_tenant = options.scope == "tenant"
+    paths = tuple(tuple(p.split(".")) for p in options.ignore)
+    top = frozenset(p[0] for p in paths if len(p) == 1)
+    nested = tuple(p for p in paths if len(p) > 1)
+    nested_heads = frozenset(p[0] for p in nested)
+    dumps, sha256, opts, default = orjson.dumps, hashlib.sha256, _OPTIONS, _default
+    head = (KEY_VERSION, stream)
+
+    def request(call: Call) -> Any:
+        kwargs: Mapping[str, Any] = call.kwargs
+        if not top.isdisjoint(kwargs):
+            kwargs = {k: v for k, v in kwargs.items() if k not in top}
+        if not nested_heads.isdisjoint(kwargs):
+            for path in nested:
+                kwargs = strip(kwargs, path)
+        return (call.args, kwargs)
+
+    def make(call: Call) -> str | None:
+        target = call.target
+        try:
+            part = request(call) if key_function is None else key_function(call)
+            if part is None:
+                return None
+            raw = dumps(
+                (head, target.provider, target.operation, target.model, call.tenant if by_tenant else None, part),
+                default=default,
+                option=opts,
+            )
+        except Exception:  # an argument that is not data, or the user's key function failed: not cached
+            return None
+        return sha256(raw).hexdigest()
+
+    return make

@@ -1,0 +1,739 @@
+"""The cache policy: a lean hit path, and thin sync and async drivers around the logic in :mod:`._flow`."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from resilient import (
+    AsyncHandler,
+    AsyncStreamHandler,
+    Call,
+    Handler,
+    Order,
+    Policy,
+    Runtime,
+    Section,
+    StreamHandler,
+    Target,
+)
+from resilient.storage import STORE_ERRORS, is_memory
+
+from ._codec import Codec, Entry, Unstorable
+from ._events import (
+    CacheBypassed,
+    CacheHit,
+    CacheInvalidated,
+    CacheMiss,
+    CacheNotStored,
+    CacheStaleServed,
+    CacheStored,
+    CacheStoreError,
+)
+from ._flight import AsyncFlights, Flights, Shared
+from ._flow import Lookup, Missed, Op, Put, Release, Sleep, Steps, adrive, drive, stale_reason
+from ._key import KeyFunction, KeyMaker, import_function, key_maker
+from ._local import LocalLayer
+from ._options import CacheOptions
+from ._record import Recorder
+from ._store import FOLLOWER, FRESH, LEADER, AsyncSharedStore, SharedStore, entry_bytes, split_entry
+
+__all__ = ["CachePolicy", "TagFunction"]
+
+_log = logging.getLogger("resilient.cache")
+_PLANS_MAX = 10_000
+
+#: A user's tag function: more tags for a call's entry.
+TagFunction = Callable[[Call], Iterable[str]]
+
+
+def _store_errors() -> tuple[type[Exception], ...]:
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - the memory store needs no redis
+        return STORE_ERRORS
+    return (*STORE_ERRORS, redis.RedisError)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a target needs under one options object, worked out once."""
+
+    options: CacheOptions
+    enabled: bool
+    key: KeyMaker
+    ttl: float
+    temperature_zero: bool
+    tags: Callable[[Call], tuple[str, ...]] | None
+
+
+def _is_temperature_zero(call: Call) -> bool:
+    temperature = call.kwargs.get("temperature")
+    return temperature is not None and not isinstance(temperature, bool) and temperature == 0
+
+
+class CachePolicy(Policy):
+    """Answers identical requests from a cache: in-process layer, then the shared store, then the provider.
+
+    ``key`` and ``tags`` are functions of the :class:`~resilient.Call` that
+    replace (``key``) the request part of the key, or add (``tags``) tags to
+    its entry; they win over the ``key_function``/``tag_function`` settings.
+    """
+
+    name = "cache"
+    order = Order.CACHE
+
+    def __init__(
+        self,
+        section: Section[CacheOptions],
+        runtime: Runtime,
+        *,
+        key: KeyFunction | None = None,
+        tags: TagFunction | None = None,
+    ) -> None:
+        self._section = section
+        self._runtime = runtime
+        self._clock = runtime.clock
+        self._events = runtime.events
+        self._classify = runtime.classify
+        base = section.base
+        core = runtime.settings.core
+        self._key_function = key or (import_function(base.key_function, "key_function") if base.key_function else None)
+        self._tag_function = tags or (import_function(base.tag_function, "tag_function") if base.tag_function else None)
+        self._codec = Codec(base.allowed_types)
+        self._local = LocalLayer(base.max_entries)
+        self.uri = base.storage or core.store
+        self.prefix = f"{core.key_prefix}cache:"
+        shared = not is_memory(self.uri)
+        self._shared = SharedStore(self.uri, self.prefix, base.store_timeout) if shared else None
+        self._ashared = AsyncSharedStore(self.uri, self.prefix, base.store_timeout) if shared else None
+        self._errors = _store_errors()
+        self._down_until = 0.0
+        self._flights = Flights()
+        self._aflights = AsyncFlights()
+        self._plans: dict[tuple[int, str, bool], Plan] = {}
+
+    # ------------------------------------------------------------ plans
+
+    def _plan(self, options: CacheOptions, operation: str, stream: bool) -> Plan:
+        cache_key = (id(options), operation, stream)
+        plan = self._plans.get(cache_key)
+        if plan is None or plan.options is not options:
+            if len(self._plans) >= _PLANS_MAX:
+                self._plans.clear()
+            enabled = (
+                options.enabled
+                and options.cacheable != "never"
+                and (not options.operations or operation in options.operations)
+            )
+            plan = self._plans[cache_key] = Plan(
+                options=options,
+                enabled=enabled,
+                key=key_maker(options, stream, self._key_function),
+                ttl=options.ttl_for(operation),
+                temperature_zero=options.cacheable == "temperature_zero",
+                tags=self._tagger(options),
+            )
+        return plan
+
+    def _tagger(self, options: CacheOptions) -> Callable[[Call], tuple[str, ...]] | None:
+        fields, user = options.tags, self._tag_function
+        if not fields and user is None:
+            return None
+
+        def tags(call: Call) -> tuple[str, ...]:
+            found = []
+            for name in fields:
+                value = getattr(call, name)
+                if value is not None:
+                    found.append(f"{name}={value}")
+            if user is not None:
+                try:
+                    found.extend(str(t) for t in user(call))
+                except Exception:
+                    _log.exception("cache tag function failed; entry stored without its tags")
+            return tuple(found)
+
+        return tags
+
+    def _fixed(self, target: Target, stream: bool) -> Plan | None:
+        """The plan of a target when there are no overrides (then the per-call path skips the lookup)."""
+        if self._section.varies:
+            return None
+        return self._plan(self._section.base, target.operation, stream)
+
+    def _plan_for(self, call: Call, stream: bool) -> Plan:
+        options = self._section.for_call(call.provider, call.model, call.tenant)
+        return self._plan(options, call.operation, stream)
+
+    def _admit(self, call: Call, plan: Plan) -> str | None:
+        """The call's key, or None when the cache stays out of it (recorded as 'bypass')."""
+        if plan.temperature_zero and not _is_temperature_zero(call):
+            self._bypass(call, "not_cacheable")
+            return None
+        key = plan.key(call)
+        if key is None:
+            self._bypass(call, "unkeyable")
+        return key
+
+    # ------------------------------------------------------------ telling
+
+    def _bypass(self, call: Call, reason: str) -> None:
+        call.metadata["cache"] = "bypass"
+        if self._events.enabled:
+            self._events.emit(CacheBypassed(**_about(call), reason=reason))
+
+    def _hit(self, call: Call, key: str, entry: Entry | None, layer: str, now: float) -> None:
+        metadata = call.metadata
+        metadata["cache"] = "hit"
+        metadata["cache_key"] = key
+        if self._events.enabled:
+            age = now - entry.stored_at if entry is not None else 0.0
+            self._events.emit(CacheHit(**_about(call), key=key, layer=layer, age=age))
+
+    def _stale(self, call: Call, key: str, entry: Entry, reason: str) -> Any:
+        metadata = call.metadata
+        metadata["cache"] = "stale"
+        metadata["cache_key"] = key
+        if self._events.enabled:
+            staleness = max(0.0, self._clock.time() - entry.fresh_until)
+            self._events.emit(CacheStaleServed(**_about(call), key=key, reason=reason, staleness=staleness))
+        return entry.value
+
+    def _not_stored(self, call: Call, key: str, reason: str) -> None:
+        if self._events.enabled:
+            self._events.emit(CacheNotStored(**_about(call), key=key, reason=reason))
+
+    def _store_failed(self, call: Call | None, action: str, exc: BaseException) -> None:
+        options = self._section.base
+        self._down_until = self._clock.monotonic() + options.store_retry
+        _log.warning(
+            "cache store unavailable during %s (%s); local layer only for %.0fs",
+            action,
+            type(exc).__name__,
+            options.store_retry,
+        )
+        if self._events.enabled:
+            about = _about(call) if call is not None else {}
+            self._events.emit(CacheStoreError(**about, action=action, error=type(exc).__name__))
+
+    def _shared_usable(self) -> bool:
+        return self._shared is not None and not (self._down_until and self._down_until > self._clock.monotonic())
+
+    # ------------------------------------------------------------ the logic, as steps
+
+    def _find(self, call: Call, plan: Plan, key: str, local: Entry | None) -> Steps[Op, Missed]:
+        """After a local miss: the shared store (taking the lease, or waiting for its holder), then 'miss'."""
+        options, clock = plan.options, self._clock
+        now = clock.time()
+        stale = local if local is not None and local.usable(now) else None
+        token = ""
+        if self._shared_usable():
+            lease = options.single_flight
+            token = secrets.token_hex(8) if lease else ""
+            lease_ms = max(1, int(options.lease_ttl * 1000))
+            deadline: float | None = None
+            while True:
+                try:
+                    found = yield Lookup(key, now, token, lease_ms, lease)
+                except self._errors as exc:
+                    self._store_failed(call, "get", exc)
+                    token = ""
+                    break
+                entry = self._decode(found.raw) if found.raw is not None else None
+                if found.code == FRESH and entry is not None and entry.fresh(now):
+                    self._keep_local(key, entry, plan, call, now)
+                    self._hit(call, key, entry, "shared", now)
+                    return Missed(entry=entry)
+                if entry is not None and entry.usable(now) and (stale is None or entry.stored_at > stale.stored_at):
+                    stale = entry
+                if found.code != FOLLOWER:
+                    if found.code != LEADER:
+                        token = ""
+                    break
+                # Another worker holds the lease: look again until it stores, gives up, or we tire of waiting.
+                mono = clock.monotonic()
+                if deadline is None:
+                    deadline = mono + options.flight_wait
+                if mono >= deadline:
+                    token = ""
+                    break
+                yield Sleep(options.poll_interval)
+                now = clock.time()
+        metadata = call.metadata
+        metadata["cache"] = "miss"
+        metadata["cache_key"] = key
+        if self._events.enabled:
+            self._events.emit(CacheMiss(**_about(call), key=key, stale=stale is not None))
+        return Missed(stale=stale, token=token)
+
+    def _fill(self, call: Call, plan: Plan, key: str, value: Any, stream: bool, token: str) -> Steps[Op, None]:
+        """Store a response (both layers), or say why not; release the lease either way."""
+        options = plan.options
+        now = self._clock.time()
+        entry = Entry(value, stream, now, now + plan.ttl, now + plan.ttl + options.max_stale)
+        try:
+            raw = self._codec.encode(entry)
+        except Unstorable:
+            self._not_stored(call, key, "unserializable")
+            yield from self._release(call, key, token)
+            return
+        if len(raw) > options.max_value_bytes:
+            self._not_stored(call, key, "too_large")
+            yield from self._release(call, key, token)
+            return
+        tags = plan.tags(call) if plan.tags is not None else ()
+        self._keep_local(key, entry, plan, call, now, tags)
+        if self._shared_usable():
+            px = max(1, int((entry.stale_until - now) * 1000))
+            try:
+                yield Put(key, entry_bytes(entry.fresh_until, raw), px, token, tags)
+            except self._errors as exc:
+                self._store_failed(call, "put", exc)
+        if self._events.enabled:
+            self._events.emit(CacheStored(**_about(call), key=key, size=len(raw), ttl=plan.ttl, stream=stream))
+
+    def _release(self, call: Call, key: str, token: str) -> Steps[Op, None]:
+        if token and self._shared_usable():
+            try:
+                yield Release(key, token)
+            except self._errors as exc:
+                self._store_failed(call, "lease", exc)
+
+    def _keep_local(
+        self, key: str, entry: Entry, plan: Plan, call: Call, now: float, tags: tuple[str, ...] | None = None
+    ) -> None:
+        if self._shared is None:
+            until = entry.stale_until
+        else:
+            if plan.options.local_ttl <= 0:
+                return
+            until = now + plan.options.local_ttl
+        if tags is None:
+            tags = plan.tags(call) if plan.tags is not None else ()
+        self._local.put(key, entry, until, tags)
+
+    def _decode(self, raw: bytes) -> Entry | None:
+        try:
+            return self._codec.decode(split_entry(raw))
+        except (ValueError, IndexError) as exc:
+            _log.warning("cache entry unreadable (%s); treated as a miss", exc)
+            return None
+
+    # ------------------------------------------------------------ drivers: performing steps
+
+    def _perform(self, op: Op) -> Any:
+        shared = self._shared
+        assert shared is not None
+        if type(op) is Lookup:
+            return shared.lookup(op.key, op.now, op.token, op.lease_ms, op.lease)
+        if type(op) is Put:
+            return shared.put(op.key, op.raw, op.px, op.token, op.tags)
+        if type(op) is Release:
+            return shared.release(op.key, op.token)
+        assert type(op) is Sleep
+        return self._clock.sleep(op.seconds)
+
+    async def _aperform(self, op: Op) -> Any:
+        shared = self._ashared
+        assert shared is not None
+        if type(op) is Lookup:
+            return await shared.lookup(op.key, op.now, op.token, op.lease_ms, op.lease)
+        if type(op) is Put:
+            return await shared.put(op.key, op.raw, op.px, op.token, op.tags)
+        if type(op) is Release:
+            return await shared.release(op.key, op.token)
+        assert type(op) is Sleep
+        return await self._clock.asleep(op.seconds)
+
+    # ------------------------------------------------------------ sync
+
+    def wrap(self, nxt: Handler, target: Target) -> Handler:
+        fixed = self._fixed(target, False)
+        if fixed is not None and not fixed.enabled:
+            return nxt
+        local_get, time = self._local.get, self._clock.time
+        events = self._events
+
+        def cached(call: Call) -> Any:
+            plan = fixed if fixed is not None else self._plan_for(call, False)
+            if not plan.enabled:
+                return nxt(call)
+            key = self._admit(call, plan)
+            if key is None:
+                return nxt(call)
+            now = time()
+            entry = local_get(key, now)
+            if entry is not None and now < entry.fresh_until:
+                metadata = call.metadata
+                metadata["cache"] = "hit"
+                metadata["cache_key"] = key
+                if events.enabled:
+                    events.emit(CacheHit(**_about(call), key=key, layer="local", age=now - entry.stored_at))
+                return entry.value
+            return self._miss(call, nxt, plan, key, entry)
+
+        return cached
+
+    def _miss(self, call: Call, nxt: Handler, plan: Plan, key: str, local: Entry | None) -> Any:
+        options = plan.options
+        if not options.single_flight:
+            return self._fetch(call, nxt, plan, key, local)
+        flight, leader = self._flights.begin(key)
+        if not leader:
+            shared = Flights.wait(flight, options.flight_wait)
+            if shared is not None:
+                return self._follow(call, key, shared)
+            return self._fetch(call, nxt, plan, key, local)
+        result = Shared(False)
+        try:
+            value = self._fetch(call, nxt, plan, key, local)
+            result = Shared(True, value, call.metadata.get("cache", "miss"))
+            return value
+        except Exception as exc:
+            result = Shared(False, error=exc)
+            raise
+        finally:
+            self._flights.end(key, flight, result)
+
+    def _follow(self, call: Call, key: str, shared: Shared) -> Any:
+        """A waiting call takes the result of the identical call it waited for: its value, or its error."""
+        if shared.error is not None:
+            raise shared.error
+        if shared.state == "stale":
+            call.metadata["cache"] = "stale"
+            call.metadata["cache_key"] = key
+        else:
+            self._hit(call, key, None, "flight", self._clock.time())
+        return shared.value
+
+    def _fetch(self, call: Call, nxt: Handler, plan: Plan, key: str, local: Entry | None) -> Any:
+        found = drive(self._find(call, plan, key, local), self._perform)
+        if found.entry is not None:
+            return found.entry.value
+        try:
+            value = nxt(call)
+        except Exception as exc:
+            drive(self._release(call, key, found.token), self._perform)
+            stale = found.stale
+            reason = stale_reason(exc, self._classify) if stale is not None else None
+            if stale is None or reason is None or not stale.usable(self._clock.time()):
+                raise
+            return self._stale(call, key, stale, reason)
+        drive(self._fill(call, plan, key, value, False, found.token), self._perform)
+        return value
+
+    def wrap_stream(self, nxt: StreamHandler, target: Target) -> StreamHandler:
+        fixed = self._fixed(target, True)
+        if fixed is not None and not fixed.enabled:
+            return nxt
+        local_get, time = self._local.get, self._clock.time
+
+        def cached(call: Call) -> Iterator[Any]:
+            plan = fixed if fixed is not None else self._plan_for(call, True)
+            if not plan.enabled:
+                return nxt(call)
+            key = self._admit(call, plan)
+            if key is None:
+                return nxt(call)
+            now = time()
+            entry = local_get(key, now)
+            if entry is not None and now < entry.fresh_until:
+                self._hit(call, key, entry, "local", now)
+                return iter(entry.value)
+            options = plan.options
+            if options.single_flight:
+                flight, leader = self._flights.begin(key)
+                if not leader:
+                    shared = Flights.wait(flight, options.flight_wait)
+                    if shared is not None and shared.ok:
+                        return iter(self._follow(call, key, shared))
+                    return self._record(call, nxt, plan, key, entry, None)
+                return self._record(call, nxt, plan, key, entry, flight)
+            return self._record(call, nxt, plan, key, entry, None)
+
+        return cached
+
+    def _record(
+        self, call: Call, nxt: StreamHandler, plan: Plan, key: str, local: Entry | None, flight: Any
+    ) -> Iterator[Any]:
+        """The provider's stream, recorded as it passes and stored if it ends whole (sync)."""
+        result = Shared(False)
+        try:
+            found = drive(self._find(call, plan, key, local), self._perform)
+            if found.entry is not None:
+                result = Shared(True, found.entry.value, "miss")
+                yield from found.entry.value
+                return
+            recorder, token = Recorder(), found.token
+            it: Iterator[Any] | None = None
+            try:
+                it = nxt(call)
+                for chunk in it:
+                    recorder.add(chunk)
+                    yield chunk
+            except GeneratorExit:
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+                self._not_stored(call, key, "incomplete_stream")
+                drive(self._release(call, key, token), self._perform)
+                raise
+            except Exception as exc:
+                drive(self._release(call, key, token), self._perform)
+                stale = found.stale
+                reason = stale_reason(exc, self._classify) if stale is not None and not recorder.chunks else None
+                if stale is None or reason is None or not stale.usable(self._clock.time()):
+                    self._not_stored(call, key, "incomplete_stream")
+                    raise
+                chunks = self._stale(call, key, stale, reason)
+                result = Shared(True, chunks, "stale")
+                yield from chunks
+                return
+            if recorder.complete():
+                drive(self._fill(call, plan, key, recorder.chunks, True, token), self._perform)
+                result = Shared(True, recorder.chunks, "miss")
+            else:
+                self._not_stored(call, key, "incomplete_stream")
+                drive(self._release(call, key, token), self._perform)
+        finally:
+            if flight is not None:
+                self._flights.end(key, flight, result)
+
+    # ------------------------------------------------------------ async
+
+    def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
+        fixed = self._fixed(target, False)
+        if fixed is not None and not fixed.enabled:
+            return nxt
+        local_get, time = self._local.get, self._clock.time
+        events = self._events
+
+        async def cached(call: Call) -> Any:
+            plan = fixed if fixed is not None else self._plan_for(call, False)
+            if not plan.enabled:
+                return await nxt(call)
+            key = self._admit(call, plan)
+            if key is None:
+                return await nxt(call)
+            now = time()
+            entry = local_get(key, now)
+            if entry is not None and now < entry.fresh_until:
+                metadata = call.metadata
+                metadata["cache"] = "hit"
+                metadata["cache_key"] = key
+                if events.enabled:
+                    events.emit(CacheHit(**_about(call), key=key, layer="local", age=now - entry.stored_at))
+                return entry.value
+            return await self._amiss(call, nxt, plan, key, entry)
+
+        return cached
+
+    async def _amiss(self, call: Call, nxt: AsyncHandler, plan: Plan, key: str, local: Entry | None) -> Any:
+        options = plan.options
+        if not options.single_flight:
+            return await self._afetch(call, nxt, plan, key, local)
+        flight, leader = self._aflights.begin(key)
+        if not leader:
+            shared = await AsyncFlights.wait(flight, options.flight_wait)
+            if shared is not None:
+                return self._follow(call, key, shared)
+            return await self._afetch(call, nxt, plan, key, local)
+        result = Shared(False)
+        try:
+            value = await self._afetch(call, nxt, plan, key, local)
+            result = Shared(True, value, call.metadata.get("cache", "miss"))
+            return value
+        except Exception as exc:
+            result = Shared(False, error=exc)
+            raise
+        finally:
+            self._aflights.end(key, flight, result)
+
+    async def _afetch(self, call: Call, nxt: AsyncHandler, plan: Plan, key: str, local: Entry | None) -> Any:
+        found = await adrive(self._find(call, plan, key, local), self._aperform)
+        if found.entry is not None:
+            return found.entry.value
+        try:
+            value = await nxt(call)
+        except Exception as exc:
+            await adrive(self._release(call, key, found.token), self._aperform)
+            stale = found.stale
+            reason = stale_reason(exc, self._classify) if stale is not None else None
+            if stale is None or reason is None or not stale.usable(self._clock.time()):
+                raise
+            return self._stale(call, key, stale, reason)
+        await adrive(self._fill(call, plan, key, value, False, found.token), self._aperform)
+        return value
+
+    def wrap_astream(self, nxt: AsyncStreamHandler, target: Target) -> AsyncStreamHandler:
+        fixed = self._fixed(target, True)
+        if fixed is not None and not fixed.enabled:
+            return nxt
+        local_get, time = self._local.get, self._clock.time
+
+        async def cached(call: Call) -> AsyncIterator[Any]:
+            plan = fixed if fixed is not None else self._plan_for(call, True)
+            key = self._admit(call, plan) if plan.enabled else None
+            if key is None:
+                it = nxt(call)
+                try:
+                    async for chunk in it:
+                        yield chunk
+                finally:
+                    await _aclose(it)
+                return
+            now = time()
+            entry = local_get(key, now)
+            if entry is not None and now < entry.fresh_until:
+                self._hit(call, key, entry, "local", now)
+                for chunk in entry.value:
+                    yield chunk
+                return
+            options, flight = plan.options, None
+            if options.single_flight:
+                flight, leader = self._aflights.begin(key)
+                if not leader:
+                    shared = await AsyncFlights.wait(flight, options.flight_wait)
+                    flight = None
+                    if shared is not None and shared.ok:
+                        for chunk in self._follow(call, key, shared):
+                            yield chunk
+                        return
+            result = Shared(False)
+            try:
+                found = await adrive(self._find(call, plan, key, entry), self._aperform)
+                if found.entry is not None:
+                    result = Shared(True, found.entry.value, "miss")
+                    for chunk in found.entry.value:
+                        yield chunk
+                    return
+                recorder, token = Recorder(), found.token
+                it = nxt(call)
+                try:
+                    async for chunk in it:
+                        recorder.add(chunk)
+                        yield chunk
+                except GeneratorExit:
+                    await _aclose(it)
+                    self._not_stored(call, key, "incomplete_stream")
+                    await adrive(self._release(call, key, token), self._aperform)
+                    raise
+                except Exception as exc:
+                    await _aclose(it)
+                    await adrive(self._release(call, key, token), self._aperform)
+                    stale = found.stale
+                    reason = stale_reason(exc, self._classify) if stale is not None and not recorder.chunks else None
+                    if stale is None or reason is None or not stale.usable(self._clock.time()):
+                        self._not_stored(call, key, "incomplete_stream")
+                        raise
+                    chunks = self._stale(call, key, stale, reason)
+                    result = Shared(True, chunks, "stale")
+                    for chunk in chunks:
+                        yield chunk
+                    return
+                if recorder.complete():
+                    await adrive(self._fill(call, plan, key, recorder.chunks, True, token), self._aperform)
+                    result = Shared(True, recorder.chunks, "miss")
+                else:
+                    self._not_stored(call, key, "incomplete_stream")
+                    await adrive(self._release(call, key, token), self._aperform)
+            finally:
+                if flight is not None:
+                    self._aflights.end(key, flight, result)
+
+        return cached
+
+    # ------------------------------------------------------------ management
+
+    def key_for(
+        self,
+        provider: str,
+        operation: str,
+        kwargs: Mapping[str, Any],
+        *,
+        args: tuple[Any, ...] = (),
+        model: str | None = None,
+        tenant: str | None = None,
+        stream: bool = False,
+    ) -> str | None:
+        """The key a call with these arguments has (e.g. to invalidate it); None if it would not be cached."""
+        target = Target(provider, operation, "stream" if stream else "sync", model=model, tenant=lambda _: tenant)
+        call = Call(target, args, dict(kwargs))
+        return self._plan_for(call, stream).key(call)
+
+    def invalidate(self, *, key: str | None = None, tag: str | None = None) -> int:
+        """Remove the entry ``key`` or every entry tagged ``tag``, here and in the shared store.
+
+        Other workers' in-process layers keep theirs for at most ``local_ttl``.
+        Returns how many entries were removed (from the shared store when there is one).
+        """
+        if (key is None) == (tag is None):
+            raise ValueError("invalidate() takes key= or tag=, one of them")
+        removed = self._local.delete(key) if key is not None else self._local.delete_tag(tag or "")
+        if self._shared is not None:
+            try:
+                removed = self._shared.delete(key) if key is not None else self._shared.delete_tag(tag or "")
+            except self._errors as exc:
+                self._store_failed(None, "invalidate", exc)
+                raise
+        self._invalidated(key, tag, int(removed))
+        return int(removed)
+
+    async def ainvalidate(self, *, key: str | None = None, tag: str | None = None) -> int:
+        """:meth:`invalidate` for async code."""
+        if (key is None) == (tag is None):
+            raise ValueError("ainvalidate() takes key= or tag=, one of them")
+        removed = self._local.delete(key) if key is not None else self._local.delete_tag(tag or "")
+        if self._ashared is not None:
+            try:
+                if key is not None:
+                    removed = await self._ashared.delete(key)
+                else:
+                    removed = await self._ashared.delete_tag(tag or "")
+            except self._errors as exc:
+                self._store_failed(None, "invalidate", exc)
+                raise
+        self._invalidated(key, tag, int(removed))
+        return int(removed)
+
+    def _invalidated(self, key: str | None, tag: str | None, removed: int) -> None:
+        if self._events.enabled:
+            self._events.emit(CacheInvalidated(key=key, tag=tag, removed=removed))
+
+    def clear_local(self) -> None:
+        """Empty this process's layer (the shared store is left as it is)."""
+        self._local.clear()
+
+    def health(self) -> dict[str, Any]:
+        """``ok`` false only when the shared store does not answer (the cache then works from memory)."""
+        info: dict[str, Any] = {"ok": True, "local_entries": len(self._local), "store": "memory"}
+        if self._shared is not None:
+            info["store"] = "redis"
+            try:
+                info["ok"] = self._shared.ping()
+            except self._errors as exc:
+                info.update(ok=False, error=type(exc).__name__)
+        return info
+
+    def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
+
+    async def aclose(self) -> None:
+        self.close()
+        if self._ashared is not None:
+            await self._ashared.aclose()
+
+
+def _about(call: Call) -> dict[str, Any]:
+    return {"provider": call.provider, "operation": call.operation, "model": call.model, "tenant": call.tenant}
+
+
+async def _aclose(it: Any) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        await aclose()
