@@ -26,6 +26,7 @@ CACHE_RESULTS = {
     "cache.miss": "miss",
     "cache.stale_served": "stale",
     "cache.stale": "stale",
+    "cache.bypass": "bypass",
 }
 
 

@@ -86,7 +86,8 @@ class _Children:
         self.ok = self.outcome("success")
         self.duration = metrics.duration.labels(*labels)
         self.attempts = metrics.attempts.labels(*labels)
-        self.cost = metrics.cost.labels(*labels, *tenant)
+        # No cost series for a model without a price: a 0 there would read as free.
+        self.cost = _NULL if price is None else metrics.cost.labels(*labels, *tenant)
         self.cost_unknown = metrics.cost_unknown.labels(*labels)
         tokens = metrics.tokens
         self.input = tokens.labels(*labels, *tenant, "input")
