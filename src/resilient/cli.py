@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--file", help="configuration file (default: resilient.toml or pyproject.toml here)")
     c.set_defaults(func=_cmd_config)
 
+    from .masking._stream import add_parser as _add_mask_parser
+
+    _add_mask_parser(sub)
+
     # Plugins may add their own subcommands; a broken plugin must not break the CLI.
     plugins = load_plugins()
     for impl in plugins.pm.hook.resilient_cli.get_hookimpls():

@@ -22,6 +22,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .events import Observer
+    from .masking import Detector
     from .policy import Classifier, Policy, Runtime
 
 __all__ = ["hookimpl", "hookspec", "PROJECT"]
@@ -71,6 +72,17 @@ def resilient_policies(runtime: Runtime) -> Sequence[Policy]:
     the event emitter. Return :class:`~resilient.policy.Policy` objects (an
     empty sequence when disabled by configuration); the pipeline orders them
     by ``order`` and the ``order`` setting and asks each to wrap every target.
+    """
+
+
+@hookspec
+def resilient_mask_detectors() -> Sequence[Detector]:
+    """Contribute log-masking detectors (:class:`resilient.masking.Detector`).
+
+    Called when a masker is built from the configuration
+    (:func:`resilient.masking.load_masker`); the first-party detectors come
+    from this hook too. Each detector can be turned off by name with
+    ``[masking] disable``; names must be unique across plugins.
     """
 
 

@@ -1,0 +1,317 @@
+"""What a secret looks like: the first-party detectors and the checksum validators.
+
+A :class:`Detector` is a regular expression for one kind of secret (or
+personal data), the part of a match to replace, and optionally a validator
+that confirms a candidate (Luhn for card numbers, mod-97 for IBANs) so that
+look-alikes are left alone. Detectors never use named groups: the engine
+joins them into one alternation of its own named groups.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["Detector", "default_detectors", "iban_valid", "luhn_valid"]
+
+
+@dataclass(frozen=True)
+class Detector:
+    """One kind of secret.
+
+    ``pattern`` is a regular expression (standard :mod:`re` syntax, no named
+    groups). ``secret_groups`` are the numbers of the pattern's groups that
+    hold the secret, first matched wins; ``0`` (the default) replaces the
+    whole match, so ``password=`` can be kept while its value is replaced.
+    Backreferences by number (``\\1``) are not allowed: the engine renumbers groups.
+    ``validator`` receives the secret text and returns ``False`` to leave a
+    candidate as it is. ``flags`` apply to the pattern alone (as an inline
+    group), so one detector may be case-insensitive and the next not.
+    ``anchors`` are lower-case strings one of which every match contains
+    (``"sk-ant-"``, ``"@"``): a text whose lower-cased form contains none of
+    them skips the detector. No anchors: the detector always runs. An anchor
+    that some match lacks makes the detector miss it, so keep them loose.
+    """
+
+    name: str
+    pattern: str
+    secret_groups: tuple[int, ...] = (0,)
+    validator: Callable[[str], bool] | None = None
+    flags: int = 0
+    description: str = ""
+    anchors: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if any(a != a.lower() or not a for a in self.anchors):
+            raise ValueError(f"detector {self.name!r}: anchors must be non-empty lower-case strings")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"detector name {self.name!r} must be lower_snake_case")
+        compiled = re.compile(self.pattern, self.flags)
+        if compiled.groupindex:
+            raise ValueError(f"detector {self.name!r}: named groups are reserved for the engine; use plain groups")
+        for g in self.secret_groups:
+            if not 0 <= g <= compiled.groups:
+                raise ValueError(f"detector {self.name!r}: no group {g} in its pattern")
+
+    @property
+    def groups(self) -> int:
+        return re.compile(self.pattern, self.flags).groups
+
+
+def luhn_valid(text: str) -> bool:
+    """True when the digits of ``text`` pass the Luhn check (card numbers)."""
+    digits = [int(c) for c in text if c.isdigit()]
+    if len(digits) < 12:
+        return False
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+# Lengths of IBANs per country (ISO 13616 registry), used to reject look-alikes early.
+_IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29,
+    "BY": 28, "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29,
+    "ES": 24, "FI": 18, "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28,
+    "HR": 21, "HU": 28, "IE": 22, "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20,
+    "LB": 28, "LC": 32, "LI": 21, "LT": 20, "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19,
+    "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15, "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29,
+    "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28,
+    "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}  # fmt: skip
+
+
+def iban_valid(text: str) -> bool:
+    """True when ``text`` (spaces allowed) is an IBAN of its country's length with a valid mod-97 checksum."""
+    compact = text.replace(" ", "").upper()
+    if _IBAN_LENGTHS.get(compact[:2]) != len(compact):
+        return False
+    rearranged = compact[4:] + compact[:4]
+    try:
+        number = int("".join(str(int(c, 36)) for c in rearranged))
+    except ValueError:
+        return False
+    return number % 97 == 1
+
+
+def _phone_valid(text: str) -> bool:
+    digits = sum(c.isdigit() for c in text)
+    return 7 <= digits <= 15
+
+
+# A token starts where the previous character cannot continue it. The check comes after the
+# token's first character (a two-character lookbehind) so that the pattern starts with a literal:
+# the regex engine then skips an alternative at a position whose character cannot start it.
+_B = r"(?<![A-Za-z0-9_\-].)"
+_E = r"(?![A-Za-z0-9_\-])"
+# Key names whose value is a secret, for key=value, key: value and JSON: a key *ending* in one of
+# these (client_secret, db_password, X-Api-Key, csrftoken). Each is a fixed-width lookbehind at the
+# end of the whole key, so the key is scanned once from its first character (no lazy prefix that
+# retries every name at every offset); ``max_tokens`` does not end in one.
+_SECRET_SUFFIXES = (
+    "token", "secret", "password", "passwd", "pwd", "passphrase", "credential", "credentials", "cookie",
+    "api_key", "api-key", "apikey", "access_key", "access-key", "accesskey", "secret_key", "secret-key",
+    "secretkey", "private_key", "private-key", "privatekey", "hmac_key", "signing_key", "session_id",
+    "session-id", "sessionid", "auth",
+)  # fmt: skip
+# The key is matched possessively (Python 3.11+), so a key that does not end in a secret name fails
+# at once instead of backtracking through its prefixes; 3.10 backtracks (same result, slower).
+_POSSESSIVE = "+" if sys.version_info >= (3, 11) else ""
+_SECRET_KEY = (
+    r"[A-Za-z_](?<![A-Za-z0-9_\-].)[A-Za-z0-9_\-]{0,80}" + _POSSESSIVE + r"(?![A-Za-z0-9_\-])"
+    r"(?i:" + "|".join(f"(?<={re.escape(n)})" for n in _SECRET_SUFFIXES) + ")"
+)
+# A value after a secret key name: double-quoted (JSON, with escapes), single-quoted (Python repr), or bare.
+_VALUE = r"""(?:"((?:[^"\\\n]|\\.){1,4096})"|'((?:[^'\\\n]|\\.){1,4096})'|([^\s"',;&)}\]]{1,4096}))"""
+
+
+def _build() -> tuple[Detector, ...]:
+    return (
+        Detector(
+            "pem_private_key",
+            r"-----BEGIN[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----"
+            r"(?:(?s:.){0,65536}?-----END[A-Z0-9 ]{0,40}PRIVATE KEY(?: BLOCK)?-----|[A-Za-z0-9+/=\s\\:,-]{0,65536})",
+            description="PEM private keys (RSA, EC, OPENSSH, PKCS#8, encrypted), whole block; a block cut short is "
+            "masked to the end of its base64",
+        ),
+        Detector(
+            "anthropic_api_key",
+            r"s" + _B + r"k-ant-(?:api|admin|oat|sid)[0-9]{2}-[A-Za-z0-9_\-]{20,300}" + _E,
+            description="Anthropic API and admin keys (sk-ant-api03-..., sk-ant-admin01-...)",
+        ),
+        Detector(
+            "openai_api_key",
+            r"s" + _B + r"k-(?:(?:proj|svcacct|admin|None)-[A-Za-z0-9_\-]{20,300}|[A-Za-z0-9]{32,200})" + _E,
+            description="OpenAI keys: project, service-account, admin and legacy sk- keys",
+        ),
+        Detector("google_api_key", r"A" + _B + r"Iza[0-9A-Za-z_\-]{35}" + _E, description="Google API keys (Gemini)"),
+        Detector(
+            "aws_access_key_id",
+            r"A(?<![A-Z0-9].)(?:KIA|SIA|BIA|CCA|IDA|ROA|GPA|NPA|NVA|PKA)[A-Z2-7]{16}(?![A-Z0-9])",
+            description="AWS access key ids",
+        ),
+        Detector(
+            "aws_secret_access_key",
+            r"(?i:aws_?secret_?access_?key|aws_?secret_?key|secretaccesskey)[\"']?\s{0,5}[:=]\s{0,5}[\"']?"
+            r"([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+])",
+            secret_groups=(1,),
+            description="AWS secret access keys, by their key name (they have no prefix of their own)",
+        ),
+        Detector(
+            "github_token",
+            r"g" + _B + r"(?:h[pousr]_[A-Za-z0-9]{36,251}|ithub_pat_[A-Za-z0-9_]{22,255})" + _E,
+            description="GitHub tokens (ghp_, gho_, ghu_, ghs_, ghr_, github_pat_)",
+        ),
+        Detector(
+            "gitlab_token",
+            r"g" + _B + r"l(?:pat|dt|rt|ptt|ft|imt|soat|cbt|oas)-[A-Za-z0-9_\-]{20,64}" + _E,
+            description="GitLab tokens (glpat-, gldt-, glrt-, ...)",
+        ),
+        Detector(
+            "slack_token",
+            r"x" + _B + r"(?:ox[abposre]-[A-Za-z0-9\-]{10,250}|app-[0-9]-[A-Za-z0-9\-]{10,250})" + _E,
+            description="Slack bot, user, app and refresh tokens",
+        ),
+        Detector(
+            "slack_webhook",
+            r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]{20,200}",
+            description="Slack incoming-webhook URLs",
+        ),
+        Detector(
+            "stripe_key",
+            r"[srw]" + _B + r"(?:(?<=[sr])k_(?:live|test)_[A-Za-z0-9]{16,247}|(?<=w)hsec_[A-Za-z0-9]{24,64})" + _E,
+            description="Stripe secret and restricted keys, webhook signing secrets (publishable pk_ keys are public)",
+        ),
+        Detector("twilio_api_key", r"S" + _B + r"K[0-9a-fA-F]{32}" + _E, description="Twilio API key SIDs (SK...)"),
+        Detector(
+            "sendgrid_api_key",
+            r"S" + _B + r"G\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}" + _E,
+            description="SendGrid API keys",
+        ),
+        Detector("huggingface_token", r"h" + _B + r"f_[A-Za-z0-9]{30,60}" + _E, description="Hugging Face tokens"),
+        Detector("groq_api_key", r"g" + _B + r"sk_[A-Za-z0-9]{48,60}" + _E, description="Groq API keys"),
+        Detector("xai_api_key", r"x" + _B + r"ai-[A-Za-z0-9]{70,90}" + _E, description="xAI API keys"),
+        Detector("replicate_token", r"r" + _B + r"8_[A-Za-z0-9]{37,40}" + _E, description="Replicate API tokens"),
+        Detector("npm_token", r"n" + _B + r"pm_[A-Za-z0-9]{36}" + _E, description="npm access tokens"),
+        Detector("pypi_token", r"p" + _B + r"ypi-AgE[A-Za-z0-9_\-]{50,300}" + _E, description="PyPI API tokens"),
+        Detector(
+            "jwt",
+            r"e" + _B + r"yJ[A-Za-z0-9_\-]{5,4096}\.eyJ[A-Za-z0-9_\-]{5,8192}\.[A-Za-z0-9_\-]{0,4096}" + _E,
+            description="JSON Web Tokens (header.payload.signature, both JSON parts base64url)",
+        ),
+        Detector(
+            "authorization",
+            r"(?i:(?<![A-Za-z0-9_\-])(?:proxy-)?authorization[\"']?\s{0,5}[:=]\s{0,5}[\"']?"
+            r"(?:(?:bearer|basic|token|digest|apikey|ApiKey)\s{1,5})?)"
+            r"([^\s\"',;)}\]]{1,4096})",
+            secret_groups=(1,),
+            description="Authorization / Proxy-Authorization header values, whatever the scheme",
+        ),
+        Detector(
+            "bearer_token",
+            r"(?i:(?<![A-Za-z0-9_\-])(?:bearer|basic)\s{1,5})([A-Za-z0-9._~+/\-]{8,4096}=*)(?![A-Za-z0-9._~+/=\-])",
+            secret_groups=(1,),
+            description="Bearer and Basic credentials outside a header line",
+        ),
+        Detector(
+            "url_password",
+            r"[A-Za-z](?<![A-Za-z0-9+.\-].)[A-Za-z0-9+.\-]{0,30}://[^\s:/@?#\"']{0,256}:([^\s@/?#\"']{1,256})@",
+            secret_groups=(1,),
+            description="Passwords in URLs (redis://:pw@host, postgresql://user:pw@host)",
+        ),
+        Detector(
+            "url_query_secret",
+            r"(?i:[?&;](?:key|api[_-]?key|apikey|access[_-]?token|token|auth|sig|signature|secret|password|"
+            r"client[_-]?secret|x-goog-api-key|x-amz-signature|x-amz-credential|x-amz-security-token|code)=)"
+            r"([^&\s#\"'<>]{1,4096})",
+            secret_groups=(1,),
+            description="Secrets in URL query strings (?key= as the Gemini REST API sends it, signatures, tokens)",
+        ),
+        Detector(
+            "secret_assignment",
+            _SECRET_KEY + r"[\"']?\s{0,5}(?:[:=]|=>)\s{0,5}" + _VALUE,
+            secret_groups=(1, 2, 3),
+            validator=lambda v: (
+                v.lower() not in ("none", "null", "true", "false", "nil", "****", "") and not v.startswith("[REDACTED")
+            ),
+            description="Values of keys named like secrets (api_key, password, token, secret, ...) in key=value, "
+            "key: value, JSON and Python reprs",
+        ),
+        Detector(
+            "email",
+            r"[A-Za-z0-9._%+\-](?<![A-Za-z0-9._%+\-].)[A-Za-z0-9._%+\-]{0,63}@[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?"
+            r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?)*\.[A-Za-z]{2,24}(?![A-Za-z0-9\-])",
+            description="E-mail addresses",
+        ),
+        Detector(
+            "card_number",
+            r"[3-6](?<![A-Za-z0-9_\-].)[0-9](?:[ \-]?[0-9]){11,17}(?![A-Za-z0-9_])",
+            validator=luhn_valid,
+            description="Payment card numbers (13-19 digits starting 3-6, spaces or dashes allowed), Luhn-checked",
+        ),
+        Detector(
+            "iban",
+            r"[A-Z](?<![A-Za-z0-9].)[A-Z][0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])",
+            validator=iban_valid,
+            description="IBANs, compact or in groups of four, country length and mod-97 checked",
+        ),
+        Detector(
+            "phone_number",
+            r"[+(0-9](?<![A-Za-z0-9+\-].)"
+            r"(?:(?<=\+)[1-9][0-9]{0,2}[ .\-]?(?:\([0-9]{1,4}\)[ .\-]?)?[0-9]{1,4}(?:[ .\-]?[0-9]{2,4}){1,4}"
+            r"|(?<=\()[0-9]{3}\)[ .\-]?[0-9]{3}[ .\-][0-9]{4}"
+            r"|(?<=[0-9])[0-9]{2}[.\-][0-9]{3}[.\-][0-9]{4})(?![A-Za-z0-9_])",
+            validator=_phone_valid,
+            description="Phone numbers: international (+CC ...) and North American (555) 123-4567 / 555-123-4567",
+        ),
+    )
+
+
+# Every match of a detector contains one of its anchors (lower-cased). Detectors of digits
+# (cards, IBANs, phones) have none: digits are in almost every log line anyway.
+_ANCHORS: dict[str, tuple[str, ...]] = {
+    "pem_private_key": ("-----begin",),
+    "anthropic_api_key": ("sk-ant-",),
+    "openai_api_key": ("sk-",),
+    "google_api_key": ("aiza",),
+    "aws_access_key_id": ("akia", "asia", "abia", "acca", "aida", "aroa", "agpa", "anpa", "anva", "apka"),
+    "aws_secret_access_key": ("secret",),
+    "github_token": ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+    "gitlab_token": ("gl",),
+    "slack_token": ("xox", "xapp-"),
+    "slack_webhook": ("hooks.slack.com",),
+    "stripe_key": ("_live_", "_test_", "whsec_"),
+    "twilio_api_key": ("sk",),
+    "sendgrid_api_key": ("sg.",),
+    "huggingface_token": ("hf_",),
+    "groq_api_key": ("gsk_",),
+    "xai_api_key": ("xai-",),
+    "replicate_token": ("r8_",),
+    "npm_token": ("npm_",),
+    "pypi_token": ("pypi-",),
+    "jwt": ("eyj",),
+    "authorization": ("authorization",),
+    "bearer_token": ("bearer", "basic"),
+    "url_password": ("://",),
+    "url_query_secret": ("=",),
+    "secret_assignment": ("key", "token", "secret", "pass", "pwd", "credential", "session", "cookie", "auth"),
+    "email": ("@",),
+}
+
+_DEFAULTS: tuple[Detector, ...] | None = None
+
+
+def default_detectors() -> tuple[Detector, ...]:
+    """The first-party detectors, in the order they are tried at one position."""
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = tuple(dataclasses.replace(d, anchors=_ANCHORS.get(d.name, ())) for d in _build())
+    return _DEFAULTS
