@@ -20,6 +20,7 @@ class Events:
     def __init__(self) -> None:
         self.events: list[Event] = []
         self.finished = threading.Event()
+        self.stream_finished = threading.Event()
 
     @hookimpl
     def resilient_observers(self, runtime: Any) -> list[Any]:
@@ -29,6 +30,8 @@ class Events:
         self.events.append(event)
         if event.name == "http.request_finished":
             self.finished.set()
+            if getattr(event, "route", None) == "/stream":
+                self.stream_finished.set()
 
     def named(self, name: str) -> list[Any]:
         return [e for e in self.events if e.name == name]
@@ -138,3 +141,167 @@ def uvicorn_server(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# --------------------------------------------------------------------------- WSGI and Flask
+
+
+def wsgi_app(gate: Gate | None = None) -> Any:
+    """A plain WSGI app (no framework): routes by path."""
+    import json
+
+    gate = gate or Gate()
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ["PATH_INFO"]
+        if path == "/ok":
+            start_response("200 OK", [("content-type", "application/json")])
+            return [json.dumps(context_json()).encode()]
+        if path == "/quota":
+            raise QuotaExceeded("Token quota spent.", limit="1000 tokens/minute", retry_after=12.2)
+        if path == "/boom":
+            raise RuntimeError("secret sk-live-123 in the message")
+        if path == "/echo":
+            data = environ["wsgi.input"].read()
+            start_response("200 OK", [("content-type", "text/plain")])
+            return [str(len(data)).encode()]
+        if path == "/late-quota":  # refused while the body starts, before any byte is sent
+
+            def late() -> Iterator[bytes]:
+                raise CircuitOpen(retry_after=3)
+                yield b""  # pragma: no cover
+
+            start_response("200 OK", [("content-type", "text/plain")])
+            return late()
+        if path == "/stream":
+
+            def chunks() -> Iterator[bytes]:
+                try:
+                    yield b"data: first\n\n"
+                    gate.release.wait(10)
+                    yield ("data: " + json.dumps(context_json()) + "\n\n").encode()
+                finally:
+                    gate.closed.set()
+
+            start_response("200 OK", [("content-type", "text/event-stream")])
+            return chunks()
+        start_response("404 Not Found", [("content-type", "text/plain")])
+        return [b"not found"]
+
+    return app
+
+
+def flask_app(gate: Gate | None = None) -> Any:
+    from flask import Flask, Response, request, stream_with_context
+
+    gate = gate or Gate()
+    app = Flask("flask_test_app")
+
+    @app.get("/items/<int:item_id>")
+    def item(item_id: int) -> Any:
+        return {"id": item_id, **context_json()}
+
+    @app.get("/quota")
+    def quota() -> Any:
+        raise QuotaExceeded("Token quota spent.", limit="1000 tokens/minute", retry_after=12.2, provider="anthropic")
+
+    @app.get("/circuit")
+    def circuit() -> Any:
+        raise CircuitOpen(retry_after=5, provider="openai")
+
+    @app.get("/boom")
+    def boom() -> Any:
+        raise RuntimeError("secret sk-live-123 in the message")
+
+    @app.post("/echo")
+    def echo() -> Any:
+        return {"got": request.get_json()}
+
+    @app.get("/stream")
+    def stream() -> Any:
+        def chunks() -> Iterator[str]:
+            try:
+                yield "data: first\n\n"
+                # Wait for the test, but keep writing so a sync worker notices a client that left.
+                for _ in range(200):
+                    if gate.release.wait(0.05):
+                        break
+                    yield ": keep-alive\n\n"
+                yield "data: " + str(context_json()["request_id"]) + "\n\n"
+            finally:
+                gate.closed.set()
+
+        return Response(stream_with_context(chunks()), mimetype="text/event-stream")
+
+    return app
+
+
+def gunicorn_flask_app() -> Any:
+    """For ``gunicorn 'tests._webapps:gunicorn_flask_app()'``: the Flask app with the extension, plus probes."""
+    from flask import request
+
+    from resilient.flask import Resilient
+
+    gate = Gate()
+    events = Events()
+    app = flask_app(gate)
+
+    @app.get("/_events")
+    def seen() -> Any:
+        if request.args.get("after_stream"):  # a gthread worker may still be writing to the gone client
+            events.stream_finished.wait(10)
+        finished = events.named("http.request_finished")
+        return {"in_progress": events.in_progress, "finished": [[e.route, e.status] for e in finished]}
+
+    @app.post("/_release")
+    def release() -> Any:
+        gate.release.set()
+        return {"released": True}
+
+    Resilient(
+        app,
+        pipeline=pipeline(events),
+        tenant="header:x-tenant-id",
+        rate_limits={"/items/<int:item_id>": "3/minute"},
+    )
+    return app
+
+
+@contextmanager
+def gunicorn_server(worker_class: str, factory: str = "tests._webapps:gunicorn_flask_app()") -> Iterator[str]:
+    """Run gunicorn (one worker) on a free loopback port in a subprocess; yields the base URL."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    port = free_port()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [sys.executable, "-m", "gunicorn", "-w", "1", "-k", worker_class, "-b", f"127.0.0.1:{port}"]
+    if worker_class == "gthread":
+        args += ["--threads", "4"]
+    proc = subprocess.Popen([*args, "--timeout", "30", factory], cwd=root, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {proc.stderr.read().decode() if proc.stderr else ''}")
+            try:
+                httpx.get(f"{url}/health", timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("gunicorn did not start") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
