@@ -134,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_mask_parser(sub)
 
+    from .testing import _sim_cli  # options only; starlette and uvicorn are imported when it runs
+
+    s = sub.add_parser("simulate", help="serve a fake Anthropic/OpenAI provider with faults (resilient[simulator])")
+    _sim_cli.add_arguments(s)
+    s.set_defaults(func=_sim_cli.run)
+
     # Plugins may add their own subcommands; a broken plugin must not break the CLI.
     plugins = load_plugins()
     for impl in plugins.pm.hook.resilient_cli.get_hookimpls():

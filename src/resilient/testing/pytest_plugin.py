@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -11,6 +11,9 @@ from ..pipeline import Pipeline
 from ._clock import FakeClock
 from ._redis import RedisServer, redis_required, redis_server
 from ._scripted import ScriptedProvider
+
+if TYPE_CHECKING:
+    from .simulator import SimulatorServer
 
 
 @pytest.fixture
@@ -70,3 +73,19 @@ def redis_store() -> Iterator[RedisServer]:
         if redis_required():
             pytest.fail(f"RESILIENT_REQUIRE_REDIS is set but {exc}")
         pytest.skip(str(exc))
+
+
+@pytest.fixture
+def simulator() -> Iterator[SimulatorServer]:
+    """A fake Anthropic/OpenAI provider served on a free loopback port for one test.
+
+    Point the SDKs at ``simulator.base_url`` (Anthropic) or
+    ``simulator.openai_base_url`` (OpenAI); script faults and read counters
+    on ``simulator.simulator`` (a :class:`resilient.testing.simulator.Simulator`).
+    Needs ``resilient[simulator]`` (starlette and uvicorn).
+    """
+    # Imported here: starlette must not load for test runs that do not use the simulator.
+    from .simulator import run_simulator
+
+    with run_simulator() as server:
+        yield server
