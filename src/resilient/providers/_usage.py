@@ -10,14 +10,23 @@ from ..call import Usage
 __all__ = ["merge_usage", "usage_from", "usage_from_chunk"]
 
 
+# Whether a type is a Mapping, remembered: isinstance against the ABC costs more than the
+# rest of reading a field, and responses come in a handful of types.
+_is_mapping: dict[type, bool] = {dict: True}
+
+
 def _get(obj: Any, name: str) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name)
-    return getattr(obj, name, None)
+    cls = type(obj)
+    mapping = _is_mapping.get(cls)
+    if mapping is None:
+        mapping = issubclass(cls, Mapping)
+        if len(_is_mapping) < 1024:
+            _is_mapping[cls] = mapping
+    return obj.get(name) if mapping else getattr(obj, name, None)
 
 
 def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return value if type(value) is int and value > 0 else 0
 
 
 def usage_from(response: Any) -> Usage | None:
@@ -55,23 +64,18 @@ def usage_from(response: Any) -> Usage | None:
             output_tokens=_int(_get(usage, "completion_tokens")),
             cache_read_tokens=cached,
         )
-    fields = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-    if all(_get(usage, f) is None for f in fields):
+    input_tokens = _get(usage, "input_tokens")
+    output_tokens = _get(usage, "output_tokens")
+    cache_read = _get(usage, "cache_read_input_tokens")
+    cache_write = _get(usage, "cache_creation_input_tokens")
+    if input_tokens is None and output_tokens is None and cache_read is None and cache_write is None:
         return None
-    details = _get(usage, "input_tokens_details")  # openai Responses API: input_tokens includes the cached ones
-    if details is not None:
-        cached = _int(_get(details, "cached_tokens"))
-        return Usage(
-            input_tokens=max(_int(_get(usage, "input_tokens")) - cached, 0),
-            output_tokens=_int(_get(usage, "output_tokens")),
-            cache_read_tokens=cached,
-        )
-    return Usage(
-        input_tokens=_int(_get(usage, "input_tokens")),
-        output_tokens=_int(_get(usage, "output_tokens")),
-        cache_read_tokens=_int(_get(usage, "cache_read_input_tokens")),
-        cache_write_tokens=_int(_get(usage, "cache_creation_input_tokens")),
-    )
+    if cache_read is None and cache_write is None:
+        details = _get(usage, "input_tokens_details")  # openai Responses API: input_tokens includes the cached ones
+        if details is not None:
+            cached = _int(_get(details, "cached_tokens"))
+            return Usage(max(_int(input_tokens) - cached, 0), _int(output_tokens), cached)
+    return Usage(_int(input_tokens), _int(output_tokens), _int(cache_read), _int(cache_write))
 
 
 def usage_from_chunk(chunk: Any) -> Usage | None:
