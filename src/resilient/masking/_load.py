@@ -10,7 +10,7 @@ from ._detectors import Detector, default_detectors
 from ._engine import Masker
 from ._options import MaskingOptions
 
-__all__ = ["load_masker", "masker_from_options"]
+__all__ = ["detectors_of", "installed_detectors", "load_masker", "masker_from_options"]
 
 
 def masker_from_options(options: MaskingOptions, detectors: Sequence[Detector] | None = None) -> Masker:
@@ -79,8 +79,18 @@ def load_masker(
         sections.update(dict(declared))
     settings = Settings.build(raw, file, env_vars, sections, ignore=core.disable)
     options = settings.options(MaskingOptions) if "masking" in settings.sections else MaskingOptions()
-    # The first-party detectors first (they decide ties at one position), then the plugins' in name order.
-    ordered = [_plugin] + [i.plugin for i in registered.infos if i.ok and i.plugin is not _plugin]
-    seen: set[int] = set()
-    unique = [p for p in ordered if not (id(p) in seen or seen.add(id(p)))]  # type: ignore[func-returns-value]
-    return masker_from_options(options, detectors_of(unique)), options
+    return masker_from_options(options, _ordered(i.plugin for i in registered.infos if i.ok)), options
+
+
+def _ordered(plugins: Iterable[object]) -> list[Detector]:
+    """The first-party detectors first (they decide ties at one position), then the plugins' in name order."""
+    from . import _plugin
+
+    return detectors_of([_plugin, *(p for p in plugins if p is not None and p is not _plugin)])
+
+
+def installed_detectors() -> list[Detector]:
+    """The first-party detectors and those of every plugin installed (entry points)."""
+    from .._plugins import load_plugins
+
+    return _ordered(i.plugin for i in load_plugins().infos if i.ok)
