@@ -302,6 +302,19 @@ def test_openai_stream_without_usage_and_errors(srv: SimulatorServer, oai: opena
         oai.chat.completions.create(model="gpt-sim", messages=[{"role": "user", "content": "x"}])
 
 
+def test_openai_error_mid_stream(srv: SimulatorServer, oai: openai.OpenAI) -> None:
+    srv.simulator.script(StreamError(after=2))
+    seen = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in oai.chat.completions.create(
+            model="gpt-sim", messages=[{"role": "user", "content": "x"}], stream=True
+        ):
+            seen.append(chunk.choices[0].delta.content)
+    assert seen == ["", "Simulated "]
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["type"] == "server_error"
+
+
 def test_openai_drop_mid_stream(srv: SimulatorServer, oai: openai.OpenAI) -> None:
     srv.simulator.script("drop:2")
     with pytest.raises((httpx2.TransportError, openai.APIConnectionError)):
@@ -504,6 +517,28 @@ def test_bad_options_name_the_option(options: dict[str, Any], name: str) -> None
         Simulator(**options)
 
 
+def test_configure_changes_options_while_serving_and_validates_them() -> None:
+    clock = FakeClock()
+    sim = Simulator(clock=clock)
+
+    async def statuses(n: int) -> list[int]:
+        async with raw_client(sim) as http:
+            body = {"model": MODEL, "max_tokens": 5, "messages": HELLO}
+            return [(await http.post("/v1/messages", json=body)).status_code for _ in range(n)]
+
+    assert asyncio.run(statuses(2)) == [200, 200]
+    sim.configure(rpm=3)
+    assert asyncio.run(statuses(2)) == [200, 429]
+    sim.configure(rpm=None, fail_rate=1.0, faults=["500"])
+    assert asyncio.run(statuses(1)) == [500]
+    with pytest.raises(ValueError, match="latency='later'"):
+        sim.configure(latency="later")
+    with pytest.raises(TypeError, match=r"unknown option.*latncy"):
+        sim.configure(latncy=1)
+    assert sim.latency == 0.0
+    assert sim.fail_rate == 1.0
+
+
 @given(
     words=st.lists(st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1), max_size=30),
     max_tokens=st.integers(1, 40),
@@ -527,7 +562,7 @@ def test_replies_respect_max_tokens_and_streams_spell_the_same_text(words: list[
 
 
 def test_pytest_fixture_serves_a_fresh_simulator_with_real_latency(simulator: SimulatorServer) -> None:
-    simulator.simulator.latency = 0.05
+    simulator.simulator.configure(latency="50ms")
     assert simulator.simulator.stats.total == 0
     with openai.OpenAI(api_key="test", base_url=simulator.openai_base_url, max_retries=0) as c:
         started = time.monotonic()

@@ -145,6 +145,38 @@ def _duration(name: str, value: float | str) -> float:
     return seconds
 
 
+_OPTIONS = ("fail_rate", "faults", "latency", "first_byte_latency", "chunk_delay", "retry_after", "rpm")
+
+
+def _validate(
+    *,
+    fail_rate: float,
+    faults: Iterable[FaultSpec],
+    latency: float | str,
+    first_byte_latency: float | str,
+    chunk_delay: float | str,
+    retry_after: float | str,
+    rpm: int | None,
+) -> dict[str, Any]:
+    """The options as stored, or ValueError naming the option, its value and what is allowed."""
+    if isinstance(fail_rate, bool) or not isinstance(fail_rate, (int, float)) or not 0.0 <= fail_rate <= 1.0:
+        raise ValueError(f"fail_rate={fail_rate!r}: a probability between 0 and 1")
+    parsed = parse_faults(faults)
+    if fail_rate and not parsed:
+        raise ValueError("faults=(): fail_rate > 0 needs at least one fault to draw")
+    if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or rpm < 1):
+        raise ValueError(f"rpm={rpm!r}: a whole number of requests per minute >= 1, or None")
+    return {
+        "fail_rate": float(fail_rate),
+        "faults": parsed,
+        "latency": _duration("latency", latency),
+        "first_byte_latency": _duration("first_byte_latency", first_byte_latency),
+        "chunk_delay": _duration("chunk_delay", chunk_delay),
+        "retry_after": _duration("retry_after", retry_after),
+        "rpm": rpm,
+    }
+
+
 def _rfc3339(wall: float) -> str:
     return datetime.fromtimestamp(math.ceil(wall), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -184,25 +216,30 @@ class Simulator:
         chunk_delay: float | str = 0.0,
         seed: int | None = None,
         rng: random.Random | None = None,
-        retry_after: float = 1.0,
+        retry_after: float | str = 1.0,
         rpm: int | None = None,
         reply: ReplyFn | None = None,
         clock: Clock = SYSTEM_CLOCK,
         sleep: Sleep | None = None,
     ) -> None:
-        if isinstance(fail_rate, bool) or not isinstance(fail_rate, (int, float)) or not 0.0 <= fail_rate <= 1.0:
-            raise ValueError(f"fail_rate={fail_rate!r}: a probability between 0 and 1")
-        self.fail_rate = float(fail_rate)
-        self.faults = parse_faults(faults)
-        if self.fail_rate and not self.faults:
-            raise ValueError("faults=(): fail_rate > 0 needs at least one fault to draw")
-        self.latency = _duration("latency", latency)
-        self.first_byte_latency = _duration("first_byte_latency", first_byte_latency)
-        self.chunk_delay = _duration("chunk_delay", chunk_delay)
-        self.retry_after = _duration("retry_after", retry_after)
-        if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or rpm < 1):
-            raise ValueError(f"rpm={rpm!r}: a whole number of requests per minute >= 1, or None")
-        self.rpm = rpm
+        self.fail_rate: float
+        self.faults: tuple[Fault, ...]
+        self.latency: float
+        self.first_byte_latency: float
+        self.chunk_delay: float
+        self.retry_after: float
+        self.rpm: int | None
+        values = _validate(
+            fail_rate=fail_rate,
+            faults=faults,
+            latency=latency,
+            first_byte_latency=first_byte_latency,
+            chunk_delay=chunk_delay,
+            retry_after=retry_after,
+            rpm=rpm,
+        )
+        for name, value in values.items():
+            setattr(self, name, value)
         self.rng = rng if rng is not None else random.Random(seed)
         self.reply: ReplyFn = reply or default_reply
         self.clock = clock
@@ -228,6 +265,25 @@ class Simulator:
         await self.app(scope, receive, send)
 
     # -- control -----------------------------------------------------------------------------
+
+    def configure(self, **options: Any) -> Simulator:
+        """Change options while serving (validated as in the constructor), e.g. ``sim.configure(fail_rate=0.5)``.
+
+        Accepts ``fail_rate``, ``faults``, ``latency``, ``first_byte_latency``,
+        ``chunk_delay``, ``retry_after`` and ``rpm``; a new ``rpm`` applies to
+        the current window.
+        """
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise TypeError(f"configure(): unknown option(s) {', '.join(unknown)}; allowed: {', '.join(_OPTIONS)}")
+        current: dict[str, Any] = {name: getattr(self, name) for name in _OPTIONS}
+        values = _validate(**{**current, **options})
+        with self._lock:
+            for name in options:
+                setattr(self, name, values[name])
+            self._window.limit = self.rpm or DEFAULT_RPM
+            self._window.enforce = self.rpm is not None
+        return self
 
     def script(self, *faults: FaultSpec) -> Simulator:
         """Queue faults for the next requests, one each, before ``fail_rate`` applies again.
