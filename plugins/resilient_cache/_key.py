@@ -82,6 +82,8 @@ def key_maker(options: CacheOptions, stream: bool, key_function: KeyFunction | N
         if not nested_heads.isdisjoint(kwargs):
             for path in nested:
                 kwargs = strip(kwargs, path)
+        if type(kwargs.get("temperature")) is int:  # 0 and 0.0 ask the same question
+            kwargs = {**kwargs, "temperature": float(kwargs["temperature"])}
         return (call.args, kwargs)
 
     def make(call: Call) -> str | None:

@@ -709,14 +709,15 @@ class CachePolicy(Policy):
         self._local.clear()
 
     def health(self) -> dict[str, Any]:
-        """``ok`` false only when the shared store does not answer (the cache then works from memory)."""
-        info: dict[str, Any] = {"ok": True, "local_entries": len(self._local), "store": "memory"}
+        """Always ``ok``: a cache whose store is down still answers (from memory, or by calling the provider).
+        ``degraded`` says the shared store does not answer."""
+        info: dict[str, Any] = {"ok": True, "store": "memory", "local_entries": len(self._local)}
         if self._shared is not None:
             info["store"] = "redis"
             try:
-                info["ok"] = self._shared.ping()
+                info["degraded"] = not self._shared.ping()
             except self._errors as exc:
-                info.update(ok=False, error=type(exc).__name__)
+                info.update(degraded=True, error=type(exc).__name__)
         return info
 
     def close(self) -> None:
