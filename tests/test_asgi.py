@@ -111,6 +111,7 @@ def test_tenant_from_api_key_hash_and_client() -> None:
         ("metrics_path", "metrics", r"metrics_path = 'metrics'"),
         ("request_id_header", "x request", r"request_id_header = 'x request'"),
         ("max_body_size", -1, r"max_body_size = -1"),
+        ("cache_get", 0, r"cache_get = 0: must be a time to live"),
     ],
 )
 def test_bad_options_name_the_key_and_value(option: str, value: Any, match: str) -> None:
@@ -372,3 +373,53 @@ def test_a_client_that_leaves_mid_stream_leaves_nothing_in_progress() -> None:
         assert gate.closed.wait(10)  # the app's generator was closed
     assert events.in_progress == 0
     assert [e.status for e in events.named("http.request_finished")] == [200]
+
+
+# --------------------------------------------------------------------------- GET cache
+
+
+def test_get_responses_are_cached_for_their_ttl() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    served: list[str] = []
+
+    async def count(request: Any) -> JSONResponse:
+        served.append(request.url.path)
+        headers = {"cache-control": "no-store"} if request.query_params.get("nostore") else {}
+        return JSONResponse({"n": len(served)}, headers=headers)
+
+    clock = FakeClock()
+    events = Events()
+    app = serve(Starlette(routes=[Route("/n", count)]), events, clock=clock, cache_get=30, tenant="header:x-tenant")
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            out = [await client.get("/n"), await client.get("/n")]
+            out.append(await client.get("/n", headers={"x-tenant": "other"}))  # another tenant, another entry
+            out.append(await client.get("/n", headers={"authorization": "Bearer k"}))  # no tenant, a credential
+            out.append(await client.get("/n", headers={"cache-control": "no-cache"}))
+            out += [await client.get("/n?nostore=1"), await client.get("/n?nostore=1")]
+            clock.advance(30)
+            out.append(await client.get("/n"))
+            return out
+
+    responses = asyncio.run(run())
+    assert [r.json()["n"] for r in responses] == [1, 1, 2, 3, 4, 5, 6, 7]
+    assert responses[1].headers["x-resilient-cache"] == "hit"
+    assert "x-resilient-cache" not in responses[0].headers
+    assert responses[1].headers["x-request-id"] != responses[0].headers["x-request-id"]
+    assert events.in_progress == 0
+    assert len(events.named("http.request_finished")) == 8
+
+
+def test_streams_are_never_cached_nor_delayed() -> None:
+    gate = Gate()
+    gate.release.set()
+    app = serve(starlette_app(gate), cache_get=60)
+    first = request(app, "GET", "/sse")
+    second = request(app, "GET", "/sse")
+    assert first.text == second.text == "data: first\n\ndata: second\n\n"
+    assert "x-resilient-cache" not in second.headers

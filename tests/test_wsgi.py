@@ -182,3 +182,27 @@ def test_every_started_request_finishes_exactly_once(paths: list[str]) -> None:
             client.get(path)
     assert events.in_progress == 0
     assert len(events.named("http.request_finished")) == len(paths)
+
+
+def test_get_responses_are_cached_for_their_ttl() -> None:
+    served: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        served.append(1)
+        start_response(
+            "200 OK",
+            [("content-type", "text/plain"), ("cache-control", "private")]
+            if "c" in environ["QUERY_STRING"]
+            else [("content-type", "text/plain")],
+        )
+        return [str(len(served)).encode()]
+
+    clock = FakeClock()
+    events = Events()
+    client = serve(app, events, clock=clock, cache_get=10)
+    texts = [client.get("/").text, client.get("/").text, client.get("/?c=1").text, client.get("/?c=1").text]
+    assert texts == ["1", "1", "2", "3"]
+    assert client.get("/").headers["x-resilient-cache"] == "hit"
+    clock.advance(10)
+    assert client.get("/").text == "4"
+    assert events.in_progress == 0

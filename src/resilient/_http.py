@@ -285,6 +285,77 @@ class RouteLimits:
         return self.by_route.get(route, self.default)
 
 
+# --------------------------------------------------------------------------- GET response cache
+
+#: What an adapter keeps per response: its own form of status, headers and body.
+CachedResponse = Any
+
+# Headers a cached copy must not replay: they belong to one exchange.
+_UNCACHED_HEADERS = frozenset({"set-cookie", "date", "connection", "transfer-encoding", "keep-alive"})
+
+
+class ResponseCache:
+    """Whole GET responses kept for ``ttl`` seconds in this process, at most ``max_entries`` of them.
+
+    The key is the method, path, query, tenant and ``Accept``. A response is
+    kept only if it is a 200 with a body of at most ``max_body`` bytes, no
+    ``Set-Cookie``, no ``Cache-Control: no-store`` / ``private``, and is not an
+    event stream. A request with ``Authorization`` or a ``Cookie`` and no tenant
+    is never served from or stored in the cache (it could be another user's),
+    nor one that sends ``Cache-Control: no-cache`` or ``no-store``.
+    """
+
+    def __init__(self, ttl: float, max_entries: int, max_body: int, monotonic: Callable[[], float]) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.max_body = max_body
+        self._monotonic = monotonic
+        self._entries: dict[tuple[str, ...], tuple[float, CachedResponse]] = {}
+
+    def key(self, request: RequestInfo, query: str, tenant: str | None) -> tuple[str, ...] | None:
+        """The cache key of a GET request, or ``None`` when it must bypass the cache."""
+        if tenant is None and (request.header("authorization") or request.header("cookie")):
+            return None
+        control = request.header("cache-control")
+        if control and ("no-cache" in control or "no-store" in control):
+            return None
+        return (request.path, query, tenant or "", request.header("accept") or "")
+
+    def get(self, key: tuple[str, ...]) -> CachedResponse | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        expires, response = found
+        if self._monotonic() >= expires:
+            self._entries.pop(key, None)
+            return None
+        return response
+
+    def storable(self, status: int, headers: list[tuple[str, str]]) -> bool:
+        if status != 200:
+            return False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == "set-cookie":
+                return False
+            if lower == "cache-control" and ("no-store" in value or "private" in value):
+                return False
+            if lower == "content-type" and value.startswith("text/event-stream"):
+                return False
+        return True
+
+    @staticmethod
+    def replayable(name: str) -> bool:
+        """Whether a response header is kept in the cached copy."""
+        return name.lower() not in _UNCACHED_HEADERS
+
+    def put(self, key: tuple[str, ...], response: CachedResponse) -> None:
+        if len(self._entries) >= self.max_entries and key not in self._entries:
+            # Drop the oldest entry (dicts keep insertion order).
+            self._entries.pop(next(iter(self._entries)), None)
+        self._entries[key] = (self._monotonic() + self.ttl, response)
+
+
 # --------------------------------------------------------------------------- the shared core
 
 
@@ -327,6 +398,9 @@ class HttpCore:
         metrics_registry: Any = None,
         max_body_size: int | None = None,
         problem_for_unhandled: bool = False,
+        cache_get: float | None = None,
+        cache_max_entries: int = 1024,
+        cache_max_body: int = 1_048_576,
     ) -> None:
         runtime = getattr(pipeline, "runtime", None)
         if runtime is None:
@@ -359,6 +433,14 @@ class HttpCore:
             raise ConfigurationError("max_body_size", max_body_size, "must be a number of bytes >= 0, or None")
         self.max_body_size = max_body_size
         self.problem_for_unhandled = bool(problem_for_unhandled)
+        self.cache: ResponseCache | None = None
+        if cache_get is not None and cache_get is not False:
+            if isinstance(cache_get, bool) or not isinstance(cache_get, (int, float)) or not cache_get > 0:
+                raise ConfigurationError("cache_get", cache_get, "must be a time to live in seconds > 0, or None")
+            for key, value in (("cache_max_entries", cache_max_entries), ("cache_max_body", cache_max_body)):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ConfigurationError(key, value, "must be an integer >= 1")
+            self.cache = ResponseCache(float(cache_get), cache_max_entries, cache_max_body, self.clock.monotonic)
         self._sync_limiter: Any = None
         self._async_storage = LoopBoundStorage(self.store_uri, self.key_prefix)
         self._async_limiters = PerLoop(self._new_async_limiter)

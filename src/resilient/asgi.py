@@ -25,6 +25,7 @@ from ._http import (
     HttpCore,
     HttpRequestFinished,
     HttpRequestStarted,
+    ResponseCache,
     Strategy,
     TenantKey,
     body_too_large,
@@ -104,6 +105,10 @@ class ResilientMiddleware:
       bodyless 500 problem with ``problem_for_unhandled=True``;
     - ``http.request_started`` / ``http.request_finished`` events (route
       template, method, status, duration) go to the pipeline's observers;
+    - with ``cache_get`` (seconds), whole 200 GET responses are kept in the
+      process (at most ``cache_max_entries``, bodies up to ``cache_max_body``
+      bytes) and replayed with ``x-resilient-cache: hit``; the copy is taken as
+      the response passes, never delaying it (rules: ``ResponseCache``);
     - a ``Content-Length`` above ``max_body_size`` is refused with 413, and a
       streamed body that grows past it too (when the app has not answered).
 
@@ -129,6 +134,9 @@ class ResilientMiddleware:
         metrics_registry: Any = None,
         max_body_size: int | None = None,
         problem_for_unhandled: bool = False,
+        cache_get: float | None = None,
+        cache_max_entries: int = 1024,
+        cache_max_body: int = 1_048_576,
         route: Callable[[Scope], str | None] | None = None,
         close_pipeline: bool = True,
     ) -> None:
@@ -147,6 +155,9 @@ class ResilientMiddleware:
             metrics_registry=metrics_registry,
             max_body_size=max_body_size,
             problem_for_unhandled=problem_for_unhandled,
+            cache_get=cache_get,
+            cache_max_entries=cache_max_entries,
+            cache_max_body=cache_max_body,
         )
         self._route_fn = route
         self._close_pipeline = close_pipeline
@@ -239,8 +250,20 @@ class ResilientMiddleware:
             if refusal is not None:
                 await self._problem(send_wrapper, refusal, request_id)
                 return
+            downstream: Send = send_wrapper
+            cache = core.cache
+            if cache is not None and method == "GET":
+                key = cache.key(request, scope.get("query_string", b"").decode("latin-1"), tenant)
+                if key is not None:
+                    hit = cache.get(key)
+                    if hit is not None:
+                        status, headers, body = hit
+                        await send_wrapper({"type": "http.response.start", "status": status, "headers": headers})
+                        await send_wrapper({"type": "http.response.body", "body": body})
+                        return
+                    downstream = _caching_send(send_wrapper, cache, key)
             with request_context(request_id=request_id, tenant=tenant, route=route):
-                await self.app(scope, receive_wrapper, send_wrapper)
+                await self.app(scope, receive_wrapper, downstream)
         except ResilientError as exc:
             if state[0]:
                 raise
@@ -355,6 +378,39 @@ class ResilientMiddleware:
                 await self.core.pipeline.aclose()
         except Exception:
             _log.exception("closing the pipeline at shutdown failed")
+
+
+def _caching_send(send: Send, cache: ResponseCache, key: tuple[str, ...]) -> Send:
+    """Pass every message on as it comes, keeping a copy of a storable response to cache at its end."""
+    parts: list[bytes] | None = None
+    kept: list[tuple[bytes, bytes]] = []
+    status = 0
+    size = 0
+
+    async def caching_send(message: Message) -> None:
+        nonlocal parts, status, size
+        kind = message["type"]
+        if kind == "http.response.start":
+            status = message["status"]
+            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+            text = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
+            if cache.storable(status, text):
+                parts = []
+                kept[:] = [(k, v) for k, v in headers if cache.replayable(k.decode("latin-1"))]
+                kept.append((b"x-resilient-cache", b"hit"))
+        elif kind == "http.response.body" and parts is not None:
+            body = message.get("body", b"")
+            size += len(body)
+            if size > cache.max_body:
+                parts = None
+            else:
+                parts.append(body)
+                if not message.get("more_body", False):
+                    cache.put(key, (status, kept, b"".join(parts)))
+                    parts = None
+        await send(message)
+
+    return caching_send
 
 
 def _match(routes: Iterable[Any], scope: Scope, prefix: str) -> str | None:

@@ -139,6 +139,9 @@ class ResilientWSGIMiddleware:
         metrics_registry: Any = None,
         max_body_size: int | None = None,
         problem_for_unhandled: bool = False,
+        cache_get: float | None = None,
+        cache_max_entries: int = 1024,
+        cache_max_body: int = 1_048_576,
         route: Callable[[Environ], str | None] | None = None,
     ) -> None:
         self.app = app
@@ -156,6 +159,9 @@ class ResilientWSGIMiddleware:
             metrics_registry=metrics_registry,
             max_body_size=max_body_size,
             problem_for_unhandled=problem_for_unhandled,
+            cache_get=cache_get,
+            cache_max_entries=cache_max_entries,
+            cache_max_body=cache_max_body,
         )
         self._route_fn = route
         header = core.request_id_header
@@ -200,6 +206,17 @@ class ResilientWSGIMiddleware:
                 denied = core.check_sync(route, request)
                 if denied is not None:
                     return body.problem(denied[0], denied[1])
+            cache = core.cache
+            if cache is not None and method == "GET":
+                key = cache.key(request, environ.get("QUERY_STRING", ""), tenant)
+                if key is not None:
+                    hit = cache.get(key)
+                    if hit is not None:
+                        status_line, headers, data = hit
+                        body.start_response(status_line, headers)
+                        body.iterator = iter((data,))
+                        return body
+                    body.cache_key = key
             body.inner = self.app(environ, body.start_response)
             body.iterator = iter(body.inner)
             return body
@@ -263,13 +280,17 @@ class _Body:
         "_finished",
         "_mw",
         "_start_response",
+        "cache_key",
         "ctx",
         "inner",
         "iterator",
+        "kept",
         "method",
+        "parts",
         "request_id",
         "route",
         "sent",
+        "size",
         "started",
         "status",
         "tenant",
@@ -297,12 +318,25 @@ class _Body:
         self.iterator: Iterator[bytes] | None = None
         self.ctx: RequestContext | None = None
         self.started = mw._monotonic()
+        self.cache_key: tuple[str, ...] | None = None
+        self.parts: list[bytes] | None = None  # a copy of a storable response, for the cache
+        self.size = 0
+        self.kept: Any = None
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         try:
             self.status = int(status[:3])
         except ValueError:
             self.status = 500
+        if self.cache_key is not None:
+            cache = self._mw.core.cache
+            assert cache is not None
+            if cache.storable(self.status, headers):
+                self.parts = []
+                kept = [(k, v) for k, v in headers if cache.replayable(k)]
+                self.kept = (status, [*kept, ("x-resilient-cache", "hit")])
+            else:
+                self.parts = None
         header = self._mw._rid_header
         if header is not None:
             headers = [*headers, (header, self.request_id)]
@@ -327,6 +361,8 @@ class _Body:
         try:
             chunk = next(self.iterator)
         except StopIteration:
+            if self.parts is not None:
+                self._store()
             raise
         except ResilientError as exc:
             if self.sent:
@@ -337,7 +373,20 @@ class _Body:
         finally:
             _current.reset(token)
         self.sent = True  # some servers send the headers with an empty first chunk
+        if self.parts is not None:
+            self.size += len(chunk)
+            if self.size > self._mw.core.cache.max_body:  # type: ignore[union-attr]
+                self.parts = None
+            else:
+                self.parts.append(chunk)
         return chunk
+
+    def _store(self) -> None:
+        cache = self._mw.core.cache
+        if cache is not None and self.cache_key is not None and self.parts is not None:
+            status, headers = self.kept
+            cache.put(self.cache_key, (status, headers, b"".join(self.parts)))
+        self.parts = None
 
     def _close_inner(self) -> None:
         inner, self.inner = self.inner, None
