@@ -571,6 +571,15 @@ def test_pytest_fixture_serves_a_fresh_simulator_with_real_latency(simulator: Si
     assert simulator.base_url.startswith("http://127.0.0.1:")
 
 
+def test_sdk_retries_follow_a_fractional_retry_after(simulator: SimulatorServer) -> None:
+    simulator.simulator.script("529", "529", "ok").configure(retry_after="10ms")
+    with anthropic.Anthropic(api_key="test", base_url=simulator.base_url, max_retries=2) as c:
+        raw = c.messages.with_raw_response.create(model=MODEL, max_tokens=10, messages=HELLO)
+    assert raw.retries_taken == 2
+    assert simulator.simulator.stats.faults == {"529": 2, "ok": 1}
+    assert simulator.simulator.stats.total == 3
+
+
 def test_cli_rejects_bad_options_by_name(capsys: pytest.CaptureFixture[str]) -> None:
     from resilient.cli import main
 

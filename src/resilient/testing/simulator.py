@@ -182,8 +182,8 @@ def _rfc3339(wall: float) -> str:
 
 
 def _retry_after_header(seconds: float) -> str:
-    # Integral seconds, as the providers send them; never 0 so clients do wait a little.
-    return str(max(1, math.ceil(seconds)))
+    # Whole seconds as the providers send them; a fraction only when configured so (the SDKs parse floats).
+    return f"{seconds:g}"
 
 
 class Simulator:
@@ -355,7 +355,7 @@ class Simulator:
             if not self._window.admit(now):
                 fault: Fault = Status(429)
                 label = "rpm"
-                retry_after = self._window.retry_after(now)
+                retry_after = float(math.ceil(self._window.retry_after(now)))
             else:
                 if self._script:
                     fault = self._script.popleft()
@@ -693,8 +693,8 @@ class SimulatorServer:
     simulator: Simulator
     host: str = "127.0.0.1"
     port: int = 0
-    _server: Any = field(default=None, repr=False)
-    _thread: threading.Thread | None = field(default=None, repr=False)
+    _server: Any = field(default=None, init=False, repr=False)
+    _thread: threading.Thread | None = field(default=None, init=False, repr=False)
 
     @property
     def base_url(self) -> str:
