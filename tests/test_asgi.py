@@ -423,3 +423,33 @@ def test_streams_are_never_cached_nor_delayed() -> None:
     second = request(app, "GET", "/sse")
     assert first.text == second.text == "data: first\n\ndata: second\n\n"
     assert "x-resilient-cache" not in second.headers
+
+
+# --------------------------------------------------------------------------- with the metrics plugin
+
+
+def test_http_metrics_by_route_template_through_the_metrics_plugin() -> None:
+    import prometheus_client
+
+    import resilient_metrics
+    from resilient import Pipeline
+
+    registry = prometheus_client.CollectorRegistry()
+    with resilient_metrics.use_registry(registry):
+        p = Pipeline(plugins=[resilient_metrics], discover=False, env={})
+    gate = Gate()
+    app = ResilientMiddleware(starlette_app(gate), pipeline=p, metrics_registry=registry)
+    with uvicorn_server(app) as url, httpx.Client(base_url=url, timeout=10) as client:
+        assert client.get("/items/secret-42").status_code == 200
+        assert client.get("/quota").status_code == 429
+        with client.stream("GET", "/sse") as stream:  # the client leaves mid-stream
+            assert next(stream.iter_raw()) == b"data: first\n\n"
+        gate.release.set()
+        assert gate.closed.wait(10)
+        text = client.get("/metrics").text
+    sample = registry.get_sample_value
+    assert sample("resilient_http_requests_total", {"route": "/items/{item_id}", "method": "GET", "status": "200"}) == 1
+    assert sample("resilient_http_requests_total", {"route": "/quota", "method": "GET", "status": "429"}) == 1
+    assert sample("resilient_http_requests_in_progress", {"route": "/sse", "method": "GET"}) == 0
+    assert "secret-42" not in text
+    assert 'route="/items/{item_id}"' in text

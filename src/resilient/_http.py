@@ -62,12 +62,14 @@ class HttpRequestStarted(Event):
     """A request entered the middleware (not the health, ready and metrics endpoints).
 
     ``route`` is the route template (``/v1/items/{id}``) or ``"<unmatched>"``;
-    the matching :class:`HttpRequestFinished` carries the same route and method.
+    the matching :class:`HttpRequestFinished` carries the same route, method
+    and ``request_id`` (to pair them; never a metric label).
     """
 
     name: ClassVar[str] = "http.request_started"
     route: str
     method: str
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +86,7 @@ class HttpRequestFinished(Event):
     method: str
     status: int
     duration: float
+    request_id: str | None = None
 
 
 # --------------------------------------------------------------------------- request view and tenant keys

@@ -210,7 +210,7 @@ class ResilientMiddleware:
         method = scope["method"]
         emitter = self._emitter
         if emitter.enabled:
-            emitter.emit(HttpRequestStarted(route=route, method=method, tenant=tenant))
+            emitter.emit(HttpRequestStarted(route=route, method=method, tenant=tenant, request_id=request_id))
         started = self._monotonic()
         echo = [(rid_key, request_id.encode("latin-1"))] if rid_key is not None else []
         # status: the response's once started; [1]: the client has gone.
@@ -291,6 +291,7 @@ class ResilientMiddleware:
                         status=status,
                         duration=self._monotonic() - started,
                         tenant=tenant,
+                        request_id=request_id,
                     )
                 )
 

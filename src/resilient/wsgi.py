@@ -190,7 +190,7 @@ class ResilientWSGIMiddleware:
         route = self._route(environ)
         emitter = self._emitter
         if emitter.enabled:
-            emitter.emit(HttpRequestStarted(route=route, method=method, tenant=tenant))
+            emitter.emit(HttpRequestStarted(route=route, method=method, tenant=tenant, request_id=request_id))
         body = _Body(self, route, method, tenant, request_id, start_response)
         ctx = RequestContext(request_id=request_id, tenant=tenant, route=route)
         body.ctx = ctx
@@ -414,6 +414,7 @@ class _Body:
                             status=self.status or 500,
                             duration=self._mw._monotonic() - self.started,
                             tenant=self.tenant,
+                            request_id=self.request_id,
                         )
                     )
 
