@@ -297,9 +297,10 @@ def table(rows: Sequence[Row]) -> tuple[str, list[dict[str, Any]]]:
     return h.markdown_table(columns, cells), records
 
 
-# Generous: the policy does more than the hand-written wrapper (duck-typed usage, the Call object,
-# outcome bookkeeping, call.metadata["cost_usd"]); the target keeps it within a small constant factor.
-TARGET_OVERHEAD = 3.0
+# The policy does more than the hand-written wrapper: it reads usage by duck typing into a Usage
+# (about 2.5 us of the difference: any provider's shape, objects or dicts), makes the Call, keeps the
+# outcome and notes call.metadata["cost_usd"]. Measured about 1.7x; the target leaves room for noise.
+TARGET_OVERHEAD = 2.0
 
 
 def targets(rows: Sequence[Row]) -> tuple[list[str], list[dict[str, Any]]]:
