@@ -506,6 +506,44 @@ def test_anthropic_stream_usage_comes_from_message_start_and_delta(
     assert ctx.totals["cost.usd"] == pytest.approx(ANTHROPIC_COST)
 
 
+def test_time_to_first_chunk_is_observed_for_streams(registry: CollectorRegistry, clock: FakeClock) -> None:
+    pipeline = build(registry, clock)
+    events = anthropic_events(True)
+
+    def slow_stream() -> Iterator[Any]:
+        clock.advance(1.5)  # time to first token
+        yield from events[:2]
+        clock.advance(6.0)  # the rest of the generation
+        yield from events[2:]
+
+    stream = pipeline.guard(provider="anthropic", operation="stream", model=SONNET)(slow_stream)
+    with capture_calls() as calls:
+        assert len(list(stream())) == 5
+    assert calls[0].metadata["first_chunk_s"] == 1.5
+    assert value(registry, "resilient_stream_first_chunk_seconds_sum", operation="stream") == 1.5
+    assert value(registry, "resilient_stream_first_chunk_seconds_count") == 1
+    assert value(registry, "resilient_call_duration_seconds_sum") == 7.5
+    # Non-stream targets have no first-chunk series at all.
+    pipeline.guard(provider="anthropic", operation="plain", model=SONNET)(ScriptedProvider())()
+    assert {lab["operation"] for lab in series(registry, "resilient_stream_first_chunk_seconds_count")} == {"stream"}
+
+
+def test_a_failure_to_record_never_reaches_the_call(
+    registry: CollectorRegistry, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    pipeline = build(registry, clock, tenant_labels=True, allowed_tenants=["acme"])
+
+    def broken_tenant(call: Any) -> str:
+        raise RuntimeError("tenant lookup bug")
+
+    ok = pipeline.guard(provider="p", model="m", tenant=broken_tenant)(ScriptedProvider(default="answer"))
+    failing = pipeline.guard(provider="p", model="m", tenant=broken_tenant)(ScriptedProvider(default=HTTPStatus(503)))
+    assert ok() == "answer"
+    with pytest.raises(ProviderHTTPError):  # the provider's error, not the recording's
+        failing()
+    assert caplog.text.count("metrics failed to record a call") == 2
+
+
 def test_openai_and_gemini_stream_usage(registry: CollectorRegistry, clock: FakeClock) -> None:
     pipeline = build(registry, clock)
     provider = ScriptedProvider([Chunks(OPENAI_CHUNKS), Chunks(GEMINI_CHUNKS)])
@@ -730,6 +768,7 @@ def exercise_everything(registry: CollectorRegistry, clock: FakeClock) -> None:
     with pytest.raises(ProviderHTTPError):
         ask()
     pipeline.guard(provider="acme", model="unknown-1")(provider)()
+    list(pipeline.guard(provider="anthropic", model=SONNET)(ScriptedProvider().stream)())
     on = {"provider": "anthropic", "operation": "messages", "model": SONNET}
     emit(
         pipeline,

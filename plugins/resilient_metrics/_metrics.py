@@ -94,6 +94,14 @@ class Metrics:
             registry=reg,
             buckets=options.buckets,
         )
+        self.first_chunk = Histogram(
+            "stream_first_chunk_seconds",
+            "Time from the start of a streamed call to its first chunk, in seconds.",
+            CALL,
+            namespace=ns,
+            registry=reg,
+            buckets=options.buckets,
+        )
         self.attempts = counter("call_attempts", "Attempts made by provider calls (one per try).", CALL)
         self.tokens = counter(
             "tokens", "Tokens used, by kind (input, output, cache_read, cache_write).", (*CALL, *tenant, "kind")

@@ -58,13 +58,21 @@ class _Children:
         "cost",
         "cost_unknown",
         "duration",
+        "first_chunk",
         "input",
         "ok",
         "output",
         "price",
     )
 
-    def __init__(self, metrics: Metrics | None, labels: tuple[str, ...], tenant: tuple[str, ...], price: Price | None):
+    def __init__(
+        self,
+        metrics: Metrics | None,
+        labels: tuple[str, ...],
+        tenant: tuple[str, ...],
+        price: Price | None,
+        stream: bool,
+    ) -> None:
         self.price = price
         self._labels = (*labels, *tenant)
         self._by_outcome: dict[str, Any] = {}
@@ -77,15 +85,17 @@ class _Children:
         self.output: Any
         self.cache_read: Any
         self.cache_write: Any
+        self.first_chunk: Any
         if metrics is None:
             self._calls = None
-            self.ok = self.duration = self.attempts = self.cost = self.cost_unknown = _NULL
+            self.ok = self.duration = self.attempts = self.cost = self.cost_unknown = self.first_chunk = _NULL
             self.input = self.output = self.cache_read = self.cache_write = _NULL
             return
         self._calls = metrics.calls
         self.ok = self.outcome("success")
         self.duration = metrics.duration.labels(*labels)
         self.attempts = metrics.attempts.labels(*labels)
+        self.first_chunk = metrics.first_chunk.labels(*labels) if stream else _NULL
         # No cost series for a model without a price: a 0 there would read as free.
         self.cost = _NULL if price is None else metrics.cost.labels(*labels, *tenant)
         self.cost_unknown = metrics.cost_unknown.labels(*labels)
@@ -132,7 +142,8 @@ class MetricsPolicy(Policy):
     def _children(self, target: Target, model: str | None, tenant: str | None) -> _Children:
         labels = (target.provider, target.operation, self.models(model))
         tenant_label = () if self._tenants is None else (self._tenants(tenant),)
-        return _Children(self._metrics, labels, tenant_label, self.prices.lookup(model))
+        stream = target.kind in ("stream", "astream")
+        return _Children(self._metrics, labels, tenant_label, self.prices.lookup(model), stream)
 
     def _binder(self, target: Target) -> Callable[[Call], _Children]:
         """What finds a call's children: one bound set when the labels are static, else a cache per model."""
@@ -194,6 +205,42 @@ class MetricsPolicy(Policy):
             outcome = self._runtime.classify(exc)
         return outcome
 
+    def _recorders(
+        self, target: Target
+    ) -> tuple[Callable[[Call, Any, float, float], None], Callable[[Call, BaseException, float, float], None]]:
+        """What records a call that returned and one that raised: shared by the sync and async drivers.
+
+        Recording never raises into the call: a bug here (or in a tenant key
+        function) is logged, and the call's own result or error goes on.
+        """
+        children_of = self._binder(target)
+        account, ended, outcome_of, log = self.account, self._ended, self._outcome_of, self._runtime.log
+
+        def succeeded(call: Call, result: Any, start: float, end: float) -> None:
+            call.ended = end
+            try:
+                children = children_of(call)
+                outcome = call.outcome
+                (children.ok if outcome is None or not outcome.ok else children.outcome(outcome.kind)).inc()
+                children.duration.observe(end - start)
+                children.attempts.inc(call.attempt)
+                usage = call.usage
+                if usage is None and not isinstance(result, str):
+                    usage = call.usage = usage_from(result)
+                if usage is not None:
+                    account(children, call, usage)
+            except Exception:
+                log.exception("metrics failed to record a call of %s", target.name or target.operation)
+
+        def failed(call: Call, exc: BaseException, start: float, end: float) -> None:
+            call.ended = end
+            try:
+                ended(children_of(call), call, outcome_of(call, exc), end - start)
+            except Exception:
+                log.exception("metrics failed to record a call of %s", target.name or target.operation)
+
+        return succeeded, failed
+
     def _ended(self, children: _Children, call: Call, outcome: Outcome, elapsed: float) -> None:
         """Record a finished call (a failure, or a stream's end)."""
         (children.ok if outcome.kind == "success" else children.outcome(outcome.kind)).inc()
@@ -208,56 +255,32 @@ class MetricsPolicy(Policy):
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:
         monotonic = self._clock.monotonic
-        children_of = self._binder(target)
-        account, ended, outcome_of = self.account, self._ended, self._outcome_of
+        succeeded, failed = self._recorders(target)
 
         def metered(call: Call) -> Any:
             start = call.started = monotonic()
             try:
                 result = nxt(call)
             except BaseException as exc:
-                end = call.ended = monotonic()
-                ended(children_of(call), call, outcome_of(call, exc), end - start)
+                failed(call, exc, start, monotonic())
                 raise
-            end = call.ended = monotonic()
-            children = children_of(call)
-            outcome = call.outcome
-            (children.ok if outcome is None or not outcome.ok else children.outcome(outcome.kind)).inc()
-            children.duration.observe(end - start)
-            children.attempts.inc(call.attempt)
-            usage = call.usage
-            if usage is None and not isinstance(result, str):
-                usage = call.usage = usage_from(result)
-            if usage is not None:
-                account(children, call, usage)
+            succeeded(call, result, start, monotonic())
             return result
 
         return metered
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
         monotonic = self._clock.monotonic
-        children_of = self._binder(target)
-        account, ended, outcome_of = self.account, self._ended, self._outcome_of
+        succeeded, failed = self._recorders(target)
 
         async def metered(call: Call) -> Any:
             start = call.started = monotonic()
             try:
                 result = await nxt(call)
             except BaseException as exc:
-                end = call.ended = monotonic()
-                ended(children_of(call), call, outcome_of(call, exc), end - start)
+                failed(call, exc, start, monotonic())
                 raise
-            end = call.ended = monotonic()
-            children = children_of(call)
-            outcome = call.outcome
-            (children.ok if outcome is None or not outcome.ok else children.outcome(outcome.kind)).inc()
-            children.duration.observe(end - start)
-            children.attempts.inc(call.attempt)
-            usage = call.usage
-            if usage is None and not isinstance(result, str):
-                usage = call.usage = usage_from(result)
-            if usage is not None:
-                account(children, call, usage)
+            succeeded(call, result, start, monotonic())
             return result
 
         return metered
@@ -270,6 +293,11 @@ class MetricsPolicy(Policy):
         ended = self._ended
 
         def on_chunk(call: Call, chunk: Any) -> None:
+            metadata = call.metadata
+            if "first_chunk_s" not in metadata:
+                started = call.started if call.started is not None else monotonic()
+                metadata["first_chunk_s"] = elapsed = monotonic() - started
+                children_of(call).first_chunk.observe(elapsed)
             usage = usage_from_chunk(chunk)
             if usage is not None:
                 call.usage = merge_usage(call.usage, usage)
