@@ -133,6 +133,7 @@ class BulkheadPolicy(Policy):
                     base.key_function,
                     f"no such key function; register it with resilient_bulkhead.register_key(); known: {known}",
                 )
+        self._key_function = fn
         self._key = _key_of(base.key, fn)
         self._pools: dict[Key, Slots] = {}
         self._pools_lock = threading.Lock()
@@ -157,11 +158,12 @@ class BulkheadPolicy(Policy):
             return self._base
         return self._section.for_call(call.provider, call.model, call.tenant)
 
-    def _pool(self, key: Key) -> Slots:
+    def _pool(self, key: Key, limit: int) -> Slots:
+        """The pool of ``key``, made with ``limit`` slots on first use (a pool keeps its limit)."""
         pool = self._pools.get(key)
         if pool is None:
             with self._pools_lock:
-                pool = self._pools.setdefault(key, Slots())
+                pool = self._pools.get(key) or self._pools.setdefault(key, Slots(limit))
         return pool
 
     def _wait_limit(self, call: Call, options: BulkheadOptions) -> float:
@@ -174,8 +176,8 @@ class BulkheadPolicy(Policy):
         return wait
 
     def _refuse(self, call: Call, key: Key, options: BulkheadOptions, reason: str) -> ConcurrencyLimitExceeded:
-        pool = self._pool(key)
         limit = options.max_concurrent or 0
+        pool = self._pool(key, limit)
         if self._events.enabled:
             self._events.emit(
                 BulkheadRejected(
@@ -199,14 +201,14 @@ class BulkheadPolicy(Policy):
 
     # ------------------------------------------------------------ in process
 
-    def _acquire(self, call: Call, key: Key, pool: Slots, options: BulkheadOptions, limit: int) -> None:
+    def _acquire(self, call: Call, key: Key, pool: Slots, options: BulkheadOptions) -> None:
         """Wait for a slot in this process (the fast path already failed), or raise."""
         wait = self._wait_limit(call, options)
         if wait <= 0 or options.max_waiting == 0:
             raise self._refuse(call, key, options, "full")
         event = threading.Event()
         waiter = Waiter(event.set)
-        verdict = pool.admit(limit, options.max_waiting, waiter)
+        verdict = pool.queue(waiter, options.max_waiting)
         if verdict == ADMITTED:
             return
         if verdict == REFUSED:
@@ -222,14 +224,14 @@ class BulkheadPolicy(Policy):
             return
         raise self._refuse(call, key, options, "timeout")
 
-    async def _aacquire(self, call: Call, key: Key, pool: Slots, options: BulkheadOptions, limit: int) -> None:
+    async def _aacquire(self, call: Call, key: Key, pool: Slots, options: BulkheadOptions) -> None:
         wait = self._wait_limit(call, options)
         if wait <= 0 or options.max_waiting == 0:
             raise self._refuse(call, key, options, "full")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         waiter = Waiter(_wake_future(loop, fut, pool))
-        verdict = pool.admit(limit, options.max_waiting, waiter)
+        verdict = pool.queue(waiter, options.max_waiting)
         if verdict == ADMITTED:
             return
         if verdict == REFUSED:
@@ -307,6 +309,16 @@ class BulkheadPolicy(Policy):
 
     # ------------------------------------------------------------ drivers
 
+    def _static_key(self, target: Target) -> Key | None:
+        """The key of every call of ``target`` when it depends on nothing per call, else None."""
+        if self._key_function is not None:
+            return None
+        parts = self._base.key
+        if "tenant" in parts or ("model" in parts and target.model is None):
+            return None
+        values = {"provider": target.provider, "model": target.model, "operation": target.operation}
+        return tuple(values[p] for p in parts)
+
     def _stays_out(self) -> bool:
         base = self._base
         return not self._varies and (not base.enabled or base.max_concurrent is None)
@@ -329,50 +341,45 @@ class BulkheadPolicy(Policy):
                 return nxt(call)
             options, limit = found
             key = key_of(call)
-            pool = self._pool(key)
-            if self._leases is not None:
-                return self._fleet(call, key, pool, options, limit, nxt)
-            if pool.admit(limit, 0, None) != ADMITTED:
-                self._acquire(call, key, pool, options, limit)
+            pool = self._pool(key, limit)
+            token = self._lease(call, key, options, limit) if self._leases is not None else None
+            try:
+                if not pool.take():
+                    self._acquire(call, key, pool, options)
+            except BaseException:
+                if token is not None:
+                    self._unlease(key, token)
+                raise
             try:
                 return nxt(call)
             finally:
                 pool.release()
+                if token is not None:
+                    self._unlease(key, token)
 
         return limited
-
-    def _fleet(self, call: Call, key: Key, pool: Slots, options: BulkheadOptions, limit: int, nxt: Handler) -> Any:
-        token = self._lease(call, key, options, limit)
-        local = limit if token is None else sys.maxsize  # the store is down: the in-process limit applies
-        if pool.admit(local, 0, None) != ADMITTED:
-            self._acquire(call, key, pool, options, local)
-        try:
-            return nxt(call)
-        finally:
-            pool.release()
-            if token is not None:
-                self._unlease(key, token)
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
         if self._stays_out():
             return nxt
         key_of = self._key
-        if not self._varies and self._leases is None:
+        static = self._static_key(target)
+        if static is not None and not self._varies and self._leases is None:
+            # The hot path: the key is known from the target alone, so its pool is found once, here;
+            # a call takes a token without a lock and puts it back.
             base = self._base
-            limit = base.max_concurrent or 0
-            pools, pool_of = self._pools, self._pool
+            pool = self._pool(static, base.max_concurrent or 0)
+            take, release = pool.take, pool.release
 
-            async def limited_fixed(call: Call) -> Any:
-                key = key_of(call)
-                pool = pools.get(key) or pool_of(key)
-                if pool.admit(limit, 0, None) != ADMITTED:
-                    await self._aacquire(call, key, pool, base, limit)
+            async def limited_static(call: Call) -> Any:
+                if not take():
+                    await self._aacquire(call, static, pool, base)
                 try:
                     return await nxt(call)
                 finally:
-                    pool.release()
+                    release()
 
-            return limited_fixed
+            return limited_static
 
         async def limited(call: Call) -> Any:
             found = self._limit(call)
@@ -380,19 +387,15 @@ class BulkheadPolicy(Policy):
                 return await nxt(call)
             options, limit = found
             key = key_of(call)
-            pool = self._pool(key)
-            token = None
-            if self._aleases is not None:
-                token = await self._alease(call, key, options, limit)
+            pool = self._pool(key, limit)
+            token = await self._alease(call, key, options, limit) if self._aleases is not None else None
+            try:
+                if not pool.take():
+                    await self._aacquire(call, key, pool, options)
+            except BaseException:
                 if token is not None:
-                    limit = sys.maxsize
-            if pool.admit(limit, 0, None) != ADMITTED:
-                try:
-                    await self._aacquire(call, key, pool, options, limit)
-                except BaseException:
-                    if token is not None:
-                        await self._aunlease(key, token)
-                    raise
+                    await self._aunlease(key, token)
+                raise
             try:
                 return await nxt(call)
             finally:
@@ -417,11 +420,15 @@ class BulkheadPolicy(Policy):
 
     def _stream(self, call: Call, key: Key, options: BulkheadOptions, limit: int, nxt: StreamHandler) -> Iterator[Any]:
         # A generator, so the slot is taken when the stream starts and held until it ends or is closed.
-        pool = self._pool(key)
+        pool = self._pool(key, limit)
         token = self._lease(call, key, options, limit) if self._leases is not None else None
-        local = limit if token is None else sys.maxsize
-        if pool.admit(local, 0, None) != ADMITTED:
-            self._acquire(call, key, pool, options, local)
+        try:
+            if not pool.take():
+                self._acquire(call, key, pool, options)
+        except BaseException:
+            if token is not None:
+                self._unlease(key, token)
+            raise
         try:
             return (yield from nxt(call))
         finally:
@@ -445,12 +452,11 @@ class BulkheadPolicy(Policy):
     async def _astream(
         self, call: Call, key: Key, options: BulkheadOptions, limit: int, nxt: AsyncStreamHandler
     ) -> AsyncIterator[Any]:
-        pool = self._pool(key)
+        pool = self._pool(key, limit)
         token = await self._alease(call, key, options, limit) if self._aleases is not None else None
-        local = limit if token is None else sys.maxsize
         try:
-            if pool.admit(local, 0, None) != ADMITTED:
-                await self._aacquire(call, key, pool, options, local)
+            if not pool.take():
+                await self._aacquire(call, key, pool, options)
         except BaseException:
             if token is not None:
                 await self._aunlease(key, token)

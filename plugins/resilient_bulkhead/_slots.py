@@ -1,10 +1,16 @@
-"""A key's slots in this process: the in-flight count and the queue of waiters, under one lock.
+"""A key's slots in this process: a deque of tokens and a queue of waiters.
 
-The decisions (admit, queue or refuse; hand a freed slot to the first
-waiter) are made here; the sync and async drivers only differ in how a
-waiter sleeps and is woken. A freed slot goes straight to the first waiter
-(the count does not drop and rise again), so a newcomer cannot overtake the
-queue, and a waiter that was handed a slot but gave up passes it on.
+Taking a slot is ``tokens.pop()`` and giving it back ``tokens.append()``:
+both atomic in CPython, so the common case (a slot is free) takes no lock
+and the number of calls holding a token can never exceed the limit, whatever
+the threads and event loops. Only the slow path -- queueing, and handing a
+freed slot to the first waiter -- runs under :attr:`Slots.lock`.
+
+No wake-up is lost: a waiter queues *before* it tries for a token again, and
+a releaser puts its token back *before* it looks for waiters, so either the
+waiter finds the token or the releaser finds the waiter. A waiter that was
+handed a slot but gave up passes it on. The sync and async drivers only
+differ in how a waiter sleeps and is woken.
 """
 
 from __future__ import annotations
@@ -29,36 +35,49 @@ class Waiter:
 
 
 class Slots:
-    """One key's pool. Every change is made under :attr:`lock`."""
+    """One key's pool of ``limit`` slots."""
 
-    __slots__ = ("in_flight", "lock", "waiters")
+    __slots__ = ("limit", "lock", "tokens", "waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
         self.lock = threading.Lock()
-        self.in_flight = 0
+        self.tokens: deque[bool] = deque([True] * limit)
         self.waiters: deque[Waiter] = deque()
 
-    def admit(self, limit: int, max_waiting: int, waiter: Waiter | None) -> int:
-        """Take a slot (ADMITTED), queue ``waiter`` (QUEUED) or say no (REFUSED)."""
+    def take(self) -> bool:
+        """Take a free slot if there is one (no lock)."""
+        try:
+            self.tokens.pop()
+        except IndexError:
+            return False
+        return True
+
+    def queue(self, waiter: Waiter, max_waiting: int) -> int:
+        """Queue ``waiter`` (QUEUED), unless a slot came free meanwhile (ADMITTED) or the queue is full (REFUSED)."""
         with self.lock:
-            if self.in_flight < limit and not self.waiters:
-                self.in_flight += 1
-                return ADMITTED
-            if waiter is None or len(self.waiters) >= max_waiting:
-                return REFUSED
+            if len(self.waiters) >= max_waiting:
+                return ADMITTED if self.take() else REFUSED
             self.waiters.append(waiter)
-            return QUEUED
+        self._hand_over()
+        return ADMITTED if waiter.granted else QUEUED
 
     def release(self) -> None:
-        """Give a slot back: to the first waiter if any, else to the pool."""
+        """Give a slot back; the first waiter, if any, gets it."""
+        self.tokens.append(True)
+        if self.waiters:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        woken = []
         with self.lock:
-            if self.waiters:
-                waiter = self.waiters.popleft()
+            waiters = self.waiters
+            while waiters and self.take():
+                waiter = waiters.popleft()
                 waiter.granted = True
-            else:
-                self.in_flight -= 1
-                return
-        waiter.wake()
+                woken.append(waiter)
+        for waiter in woken:
+            waiter.wake()
 
     def leave(self, waiter: Waiter) -> bool:
         """A waiter gives up. True if it had been handed a slot meanwhile (it must use or release it)."""
@@ -67,6 +86,11 @@ class Slots:
                 return True
             self.waiters.remove(waiter)
             return False
+
+    @property
+    def in_flight(self) -> int:
+        """Slots taken (by calls running, or handed to waiters about to run)."""
+        return self.limit - len(self.tokens)
 
     @property
     def waiting(self) -> int:
