@@ -140,6 +140,33 @@ def test_an_error_raised_by_the_provider_passes_through(clock: FakeClock) -> Non
     assert not isinstance(info.value, AttemptTimeout)
 
 
+@pytest.mark.parametrize("at", [1.0, 2.0])
+def test_an_outer_cancellation_stays_a_cancellation(clock: FakeClock, at: float) -> None:
+    # Cancelled by its caller before (1.0) or at the same instant as (2.0) its own timeout fires.
+    provider = SlowProvider([5.0], clock)
+    guarded = build(clock, timeout=2).guard(provider="p")(provider)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(guarded())
+        await asyncio.sleep(at)
+        task.cancel()
+        await task
+
+    with pytest.raises(asyncio.CancelledError):
+        run(clock, scenario())
+    assert provider.cancelled == 1
+
+
+def test_a_result_that_beats_the_timer_in_the_same_instant_is_a_timeout_or_the_result(clock: FakeClock) -> None:
+    provider = SlowProvider([2.0], clock)
+    guarded = build(clock, timeout=2).guard(provider="p")(provider)
+    try:
+        assert run(clock, guarded()) == "answer 0"
+    except AttemptTimeout:
+        pass
+    assert clock.monotonic() == pytest.approx(2.0)
+
+
 def test_retry_gives_each_attempt_its_own_timeout(clock: FakeClock) -> None:
     provider = SlowProvider([5.0, 5.0, 1.0], clock)
     guarded = build(clock, retry={"max_attempts": 3, "base_delay": 0.0, "max_delay": 0.0}, timeout=2).guard(

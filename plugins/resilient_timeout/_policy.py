@@ -8,6 +8,7 @@ when ``pass_timeout`` is on, and otherwise only checked before and after.
 
 from __future__ import annotations
 
+from asyncio import CancelledError
 from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
@@ -28,7 +29,7 @@ from resilient import (
 from ._errors import AttemptTimeout, Phase
 from ._events import DeadlinePassed, TimedOut, TimeoutOverrun
 from ._options import TimeoutOptions
-from ._timer import cancel_after
+from ._timer import Expiry, cancel_after
 
 __all__ = ["DEADLINE_KEY", "DeadlinePolicy", "TimeoutPolicy", "remaining"]
 
@@ -265,14 +266,15 @@ class TimeoutPolicy(_Base):
         if fixed is not None:
 
             async def timed_fixed(call: Call) -> Any:
-                scope = cancel_after(fixed)
+                expiry = Expiry(fixed)
                 try:
-                    async with scope:
-                        return await nxt(call)
-                except TimeoutError as exc:
-                    if scope.expired():
+                    result = await nxt(call)
+                except BaseException as exc:
+                    if expiry.stop() and isinstance(exc, CancelledError):
                         raise self._expired(call, "attempt", fixed) from exc
                     raise
+                expiry.stop()
+                return result
 
             return timed_fixed
 
@@ -285,16 +287,17 @@ class TimeoutPolicy(_Base):
                 return await nxt(call)
             if options.pass_timeout:
                 self._pass(call, options, limit)
-            scope = cancel_after(limit)
+            expiry = Expiry(limit)
             try:
-                async with scope:
-                    return await nxt(call)
-            except TimeoutError as exc:
-                if not scope.expired():
+                result = await nxt(call)
+            except BaseException as exc:
+                if not (expiry.stop() and isinstance(exc, CancelledError)):
                     raise
                 if by_deadline:
                     raise self._exceeded(call, exc) from exc
                 raise self._expired(call, "attempt", limit) from exc
+            expiry.stop()
+            return result
 
         return timed
 
