@@ -393,11 +393,11 @@ def test_order_setting_puts_listed_policies_first(data: st.DataObject, specs: di
 
 
 def test_order_setting_against_the_retry_plugin() -> None:
-    outer = Named("outer", order=100)
+    outer = Named("outer", order=50)
     inner = Named("inner", order=900)
     pipeline = Pipeline(plugins=[Contribute(outer, inner)], env={}, config={})
     default = policy_names(pipeline)
-    # By Policy.order: outer (100) outside every first-party policy, inner (900) inside them all.
+    # By Policy.order: outer (50) outside every first-party policy, inner (900) inside them all.
     assert default[0] == "outer"
     assert default[-1] == "inner"
     assert "retry" in default
