@@ -6,7 +6,7 @@ positional and one keyword argument:
 
 * the bare function (the floor every other row is measured against);
 * the resilient ``breaker`` policy: a pipeline whose only policy is the breaker
-  (``disable = ["quota", "retry"]``, default ``[breaker]`` options: a count
+  (``disable = ["metrics", "quota", "retry"]``, default ``[breaker]`` options: a count
   window of 20 calls, judged from 10), on the memory store;
 * pybreaker: ``CircuitBreaker(fail_max=5, reset_timeout=30)`` as a decorator,
   sync only. Its async support (``call_async``, ``__pybreaker_call_async``) is a
@@ -145,7 +145,7 @@ class Setup:
 
 def breaker_pipeline(store: str, key_prefix: str) -> Pipeline:
     """A pipeline whose only policy is the breaker (default options), keeping its state in ``store``."""
-    config = {"store": store, "key_prefix": key_prefix, "disable": ["quota", "retry"], "breaker": {}}
+    config = {"store": store, "key_prefix": key_prefix, "disable": ["metrics", "quota", "retry"], "breaker": {}}
     return h.check_policies(Pipeline(env={}, config=config), ["breaker"])
 
 
