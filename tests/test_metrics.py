@@ -37,10 +37,11 @@ from resilient import (
     capture_calls,
     request_context,
 )
+from resilient.cli import main as cli_main
 from resilient.prometheus import exposition, mark_process_dead
 from resilient.providers import merge_usage, usage_from, usage_from_chunk
 from resilient.testing import Chunks, FakeClock, HTTPStatus, Latency, ProviderHTTPError, ScriptedProvider
-from resilient_metrics import PriceTable, use_registry
+from resilient_metrics import PriceTable, registry_of, use_registry
 from resilient_metrics._metrics import Bounded
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -738,6 +739,29 @@ def test_configuration_errors_name_the_key_and_value(
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
         build(registry, clock, **metrics)
+
+
+def test_registry_of_names_the_registry_a_pipeline_records_into(registry: CollectorRegistry, clock: FakeClock) -> None:
+    assert registry_of(build(registry, clock)) is registry
+    assert registry_of(build(registry, clock, enabled=False)) is None
+
+
+def test_the_cli_shows_which_price_applies_to_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for var in [v for v in os.environ if v.startswith("RESILIENT_")]:
+        monkeypatch.delenv(var)
+    (tmp_path / "resilient.toml").write_text('[metrics.prices]\n"acme-large" = { input = 2, output = 4 }\n')
+    assert cli_main(["metrics", "prices", SONNET, "acme-large-v2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^claude-sonnet-4-5-20250929\s+claude-sonnet-4-5\s+3\s+15\s+0\.3\s+3\.75$", out, re.M)
+    assert re.search(r"^acme-large-v2\s+acme-large\s+2\s+4\s+2\s+2$", out, re.M)
+    assert cli_main(["metrics", "prices", "gemini-2.5-pro"]) == 1
+    assert "gemini-2.5-pro               (none)               cost unknown" in capsys.readouterr().out
+    assert cli_main(["metrics", "prices"]) == 0
+    listed = re.findall(r"^(\S+)\s+\1\s", capsys.readouterr().out, re.M)
+    assert {"claude-opus-4-1", "gpt-4o-mini", "acme-large"} <= set(listed)
 
 
 def test_disabled_means_no_policy_and_no_observer(registry: CollectorRegistry, clock: FakeClock) -> None:

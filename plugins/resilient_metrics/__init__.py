@@ -14,14 +14,14 @@ records no metrics.
 
 from __future__ import annotations
 
+import argparse
 import contextvars
 import logging
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from resilient import Observer, Policy, Runtime, hookimpl
+from resilient import Observer, Pipeline, Policy, Runtime, hookimpl
 
 from ._metrics import Bounded, Metrics, metrics_for
 from ._observer import MetricsObserver
@@ -40,6 +40,7 @@ __all__ = [
     "Price",
     "PriceTable",
     "current_registry",
+    "registry_of",
     "use_registry",
 ]
 
@@ -102,9 +103,12 @@ def _state(runtime: Runtime, options: MetricsOptions) -> tuple[Metrics | None, B
     return found
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+def registry_of(pipeline: Pipeline) -> CollectorRegistry | None:
+    """The registry ``pipeline``'s metrics are recorded into (for its ``/metrics``), or ``None`` without them."""
+    for policy in pipeline.policies:
+        if isinstance(policy, MetricsPolicy):
+            return policy.registry
+    return None
 
 
 @hookimpl
@@ -130,3 +134,37 @@ def resilient_policies(runtime: Runtime) -> Sequence[Policy]:
     policy = MetricsPolicy(options, runtime, metrics)
     policy.models = models
     return (policy,)
+
+
+def _prices(args: argparse.Namespace) -> int:
+    pipeline = Pipeline()
+    policy = next((p for p in pipeline.policies if isinstance(p, MetricsPolicy)), None)
+    if policy is None:
+        print("metrics: no metrics policy in force (disabled)")
+        return 1
+    table = policy.prices
+    header = f"{'model':<28} {'entry':<20} {'input':>8} {'output':>8} {'cache_read':>10} {'cache_write':>11}"
+    print(header + "   (USD per million tokens)")
+    if args.models:
+        rows = [(model, table.match(model)) for model in args.models]
+    else:
+        rows = [(name, name) for name, _ in table.items()]
+    unknown = 0
+    for model, entry in rows:
+        price = table.lookup(entry)
+        if entry is None or price is None:
+            unknown += 1
+            print(f"{model:<28} {'(none)':<20} cost unknown: add it to [tool.resilient.metrics.prices]")
+            continue
+        amounts = f"{price.input:>8g} {price.output:>8g} {price.cache_read:>10g} {price.cache_write:>11g}"
+        print(f"{model:<28} {entry:<20} {amounts}")
+    return 1 if unknown else 0
+
+
+@hookimpl
+def resilient_cli(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    metrics = subparsers.add_parser("metrics", help="metrics and token/cost accounting")
+    sub = metrics.add_subparsers(dest="metrics_command", metavar="COMMAND", required=True)
+    prices = sub.add_parser("prices", help="the price table in force, or which entry prices the given models")
+    prices.add_argument("models", nargs="*", metavar="MODEL", help="model names as the provider reports them")
+    prices.set_defaults(func=_prices)

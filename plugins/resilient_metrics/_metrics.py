@@ -76,6 +76,7 @@ class Metrics:
         from prometheus_client import Counter, Gauge, Histogram
 
         ns, reg = options.namespace, registry
+        self.registry = registry
         self.schema = (options.tenant_labels, options.buckets, options.http_buckets)
         tenant = ("tenant",) if options.tenant_labels else ()
         self.tenant_label = bool(tenant)

@@ -128,6 +128,8 @@ class MetricsPolicy(Policy):
 
     def __init__(self, options: MetricsOptions, runtime: Runtime, metrics: Metrics | None) -> None:
         self._options = options
+        #: The registry the metrics are recorded into (``None`` without prometheus-client).
+        self.registry = metrics.registry if metrics is not None else None
         self._runtime = runtime
         self._metrics = metrics
         self._clock = runtime.clock

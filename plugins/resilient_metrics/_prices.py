@@ -98,6 +98,10 @@ class PriceTable:
     def __contains__(self, model: str) -> bool:
         return model in self._prices
 
+    def items(self) -> list[tuple[str, Price]]:
+        """Every entry, by model name."""
+        return sorted(self._prices.items())
+
     def lookup(self, model: str | None) -> Price | None:
         """The price of ``model``, or ``None`` when the table has none for it."""
         if model is None:
@@ -106,17 +110,18 @@ class PriceTable:
             return self._cache[model]
         except KeyError:
             pass
-        found = self._match(model)
+        name = self.match(model)
+        found = self._prices[name] if name is not None else None
         if len(self._cache) < 4096:
             self._cache[model] = found
         return found
 
-    def _match(self, model: str) -> Price | None:
+    def match(self, model: str) -> str | None:
+        """The table entry that prices ``model``: itself, without its date, or the longest prefix."""
         prices = self._prices
         if model in prices:
-            return prices[model]
+            return model
         base = base_model(model)
         if base in prices:
-            return prices[base]
-        best = max((name for name in prices if base.startswith(name + "-")), key=len, default=None)
-        return prices[best] if best is not None else None
+            return base
+        return max((name for name in prices if base.startswith(name + "-")), key=len, default=None)
