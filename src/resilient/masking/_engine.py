@@ -13,8 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Iterable, Sequence
-from functools import partial
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Literal
 
 from ._detectors import Detector
@@ -23,7 +22,8 @@ __all__ = ["Masker", "Replacement"]
 
 Replacement = Literal["label", "hmac"]
 
-_Compiled = tuple[Callable[..., str], dict[int, tuple[Detector, tuple[int, ...]]]]
+_Entry = tuple[Detector, tuple[int, ...], "re.Pattern[str] | None"]
+_Compiled = tuple[Callable[[str], Iterator[re.Match[str]]], dict[int, _Entry]]
 
 
 class Masker:
@@ -84,7 +84,7 @@ class Masker:
         character (measured: 10x slower).
         """
         parts: list[str] = []
-        by_group: dict[int, tuple[Detector, tuple[int, ...]]] = {}
+        by_group: dict[int, _Entry] = {}
         group = 0
         for i, d in enumerate(self.detectors):
             if not mask >> i & 1:
@@ -93,29 +93,9 @@ class Masker:
             parts.append(f"(?{inline}:{d.pattern})()" if inline else f"(?:{d.pattern})()")
             first = group + 1
             group += d.groups + 1
-            by_group[group] = (d, tuple(first - 1 + g if g else 0 for g in d.secret_groups))
-        pattern = re.compile("|".join(parts))
-        return partial(pattern.sub, self._replacer(by_group)), by_group
-
-    def _replacer(self, by_group: dict[int, tuple[Detector, tuple[int, ...]]]) -> Callable[[re.Match[str]], str]:
-        token = self.token
-
-        def replace(m: re.Match[str]) -> str:
-            detector, groups = by_group[m.lastindex or 0]
-            for g in groups:
-                start, end = m.span(g)
-                if start >= 0:
-                    break
-            else:  # pragma: no cover - a detector whose secret groups all failed to take part
-                return m.group(0)
-            text = m.string
-            secret = text[start:end]
-            if detector.validator is not None and not detector.validator(secret):
-                return m.group(0)
-            whole_start, whole_end = m.span()
-            return text[whole_start:start] + token(detector.name, secret) + text[end:whole_end]
-
-        return replace
+            left = re.compile(f"[{d.extend_left}]{{1,{d.extend_left_max}}}\\Z") if d.extend_left else None
+            by_group[group] = (d, tuple(first - 1 + g if g else 0 for g in d.secret_groups), left)
+        return re.compile("|".join(parts)).finditer, by_group
 
     def mask(self, text: str) -> str:
         """``text`` with every secret replaced; text with none comes back unchanged."""
@@ -130,7 +110,34 @@ class Masker:
         compiled = self._compiled.get(active)
         if compiled is None:
             compiled = self._compiled.setdefault(active, self._compile(active))
-        return compiled[0](text)
+        finditer, by_group = compiled
+        out: list[str] = []
+        last = 0
+        token = self.token
+        for m in finditer(text):
+            detector, groups, left = by_group[m.lastindex or 0]
+            for g in groups:
+                start, end = m.span(g)
+                if start >= 0:
+                    break
+            else:  # pragma: no cover - a detector whose secret groups all failed to take part
+                continue
+            if left is not None:
+                # The match starts at its anchor ("@"); the secret runs left of it over extend_left characters.
+                before = left.search(text, last, start)
+                if before is None:
+                    continue
+                start = before.start()
+            secret = text[start:end]
+            if detector.validator is not None and not detector.validator(secret):
+                continue
+            out.append(text[last:start])
+            out.append(token(detector.name, secret))
+            last = end
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
 
     __call__ = mask
 

@@ -1,0 +1,405 @@
+"""Log masking: detectors, the one-pass engine, the logging filter, structlog, the CLI and configuration."""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import resilient.masking as masking
+from resilient import ConfigurationError, hookimpl
+from resilient.cli import main
+from resilient.masking import Detector, Masker, MaskingFilter, default_detectors, iban_valid, load_masker, luhn_valid
+from resilient.testing.strategies import SECRET_STRATEGIES, Secret, secrets, text_with_secret, text_without_secrets
+
+MASKER = Masker(default_detectors())
+ANTHROPIC = "sk-ant-api03-" + "Ab3_" * 23 + "xAA"
+
+
+# ---------------------------------------------------------------------------- detectors, by example
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (f"key {ANTHROPIC} end", "key [REDACTED:anthropic_api_key] end"),
+        ("sk-proj-" + "a1B2" * 10, "[REDACTED:openai_api_key]"),
+        ("AIzaSyA1234567890abcdefghijklmnopqrstuv", "[REDACTED:google_api_key]"),
+        ("id AKIAIOSFODNN7EXAMPLE", "id [REDACTED:aws_access_key_id]"),
+        (
+            "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "aws_secret_access_key = [REDACTED:aws_secret_access_key]",
+        ),
+        ("ghp_" + "a" * 36, "[REDACTED:github_token]"),
+        ("glpat-" + "x" * 20, "[REDACTED:gitlab_token]"),
+        ("xoxb-1234567890-abcdefghij", "[REDACTED:slack_token]"),
+        ("sk_live_" + "4eC39HqLyjWDarjtT1zdp7dc", "[REDACTED:stripe_key]"),
+        ("SK" + "0123456789abcdef" * 2, "[REDACTED:twilio_api_key]"),
+        ("SG." + "a" * 22 + "." + "b" * 43, "[REDACTED:sendgrid_api_key]"),
+        ("hf_" + "a" * 34, "[REDACTED:huggingface_token]"),
+        ("Authorization: Bearer abc.def-ghi", "Authorization: Bearer [REDACTED:authorization]"),
+        ("{'authorization': 'Basic dXNlcjpwYXNz'}", "{'authorization': 'Basic [REDACTED:authorization]'}"),
+        ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-123", "[REDACTED:jwt]"),
+        ("redis://:hunter2@cache:6379/0", "redis://:[REDACTED:url_password]@cache:6379/0"),
+        ("postgresql://bob:pw%40x@db/app", "postgresql://bob:[REDACTED:url_password]@db/app"),
+        (
+            "POST https://generativelanguage.googleapis.com/v1beta/models/g:generateContent?key=AIzaXYZ&alt=sse",
+            "POST https://generativelanguage.googleapis.com/v1beta/models/g:generateContent?key=[REDACTED:url_query_secret]&alt=sse",
+        ),
+        ('{"api_key": "abc\\"def", "model": "m"}', '{"api_key": "[REDACTED:secret_assignment]", "model": "m"}'),
+        ("DB_PASSWORD=hunter2 user=bob", "DB_PASSWORD=[REDACTED:secret_assignment] user=bob"),
+        ("X-Api-Key: k-123", "X-Api-Key: [REDACTED:secret_assignment]"),
+        ("write to bob.smith+ci@example.co.uk today", "write to [REDACTED:email] today"),
+        ("card 4111 1111 1111 1111.", "card [REDACTED:card_number]."),
+        ("iban GB82 WEST 1234 5698 7654 32", "iban [REDACTED:iban]"),
+        ("DE89370400440532013000", "[REDACTED:iban]"),
+        ("call +44 20 7946 0958 or (415) 555-2671", "call [REDACTED:phone_number] or [REDACTED:phone_number]"),
+        (
+            "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nIBAAKC\n-----END RSA PRIVATE KEY----- done",
+            "[REDACTED:pem_private_key] done",
+        ),
+    ],
+)
+def test_detects(text: str, expected: str) -> None:
+    assert MASKER.mask(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "max_tokens=1024 input_tokens: 5 output_tokens=9",  # counts, not tokens
+        "2026-11-23T14:07:27.123Z took 1700000000000 ms",  # timestamps
+        "request_id=2ed145f47998179883020cf694b19e9f",  # hex ids with digits 3-6 inside
+        "card 4111 1111 1111 1112",  # fails Luhn
+        "GB82 WEST 1234 5698 7654 33",  # fails mod-97
+        "version 1.2.3, port 6379, 3.14159",
+        "a basic understanding of bearer instruments",
+        "author=me monkey=banana",
+        "password=none token=null",  # placeholders, not secrets
+        "task-force asked sk-short",
+        "@mention and user@localhost",
+    ],
+)
+def test_leaves_look_alikes(text: str) -> None:
+    assert MASKER.mask(text) == text
+
+
+def test_one_pass_and_one_by_one_agree_on_examples() -> None:
+    text = f"a {ANTHROPIC} b bob@example.com c password=x1 d 4111111111111111 e redis://:pw@h"
+    assert MASKER.mask(text) == MASKER.one_by_one()(text)
+
+
+def test_validators() -> None:
+    assert luhn_valid("4111 1111 1111 1111")
+    assert not luhn_valid("4111 1111 1111 1112")
+    assert iban_valid("GB82 WEST 1234 5698 7654 32")
+    assert not iban_valid("GB82 WEST 1234 5698 7654 33")
+    assert not iban_valid("XX82WEST12345698765432")  # no such country
+
+
+def test_hmac_tokens_correlate_without_revealing() -> None:
+    a = Masker(default_detectors(), replacement="hmac", hmac_key="k1")
+    b = Masker(default_detectors(), replacement="hmac", hmac_key="k2")
+    one, same, other = a.mask(f"x {ANTHROPIC}"), a.mask(f"y {ANTHROPIC}"), a.mask("x sk-ant-api03-" + "z" * 93)
+    token = re.search(r"\[REDACTED:anthropic_api_key:[0-9a-f]{12}\]", one)
+    assert token is not None
+    assert token.group(0) in same
+    assert token.group(0) not in other
+    assert b.mask(f"x {ANTHROPIC}") != one  # another key, another token
+    assert "k1" not in repr(a)
+    with pytest.raises(ValueError, match="hmac_key"):
+        Masker(default_detectors(), replacement="hmac")
+
+
+def test_detector_contract() -> None:
+    with pytest.raises(ValueError, match="named groups"):
+        Detector("x", r"(?P<a>x)")
+    with pytest.raises(ValueError, match="no group 2"):
+        Detector("x", r"(a)", secret_groups=(2,))
+    with pytest.raises(ValueError, match="lower"):
+        Detector("x", "a", anchors=("A",))
+    with pytest.raises(ValueError, match="unique"):
+        Masker([Detector("x", "a"), Detector("x", "b")])
+    with pytest.raises(ValueError, match="lower_snake_case"):
+        Detector("Bad", "a")
+
+
+def test_anchors_skip_the_pass() -> None:
+    calls: list[str] = []
+    det = Detector("marker", "MARK[0-9]+", anchors=("mark",), validator=lambda v: calls.append(v) or True)
+    m = Masker([det])
+    assert m.mask("nothing here") == "nothing here"
+    assert m._compiled == {}
+    assert m.mask("a MARK12 b") == "a [REDACTED:marker] b"
+    assert calls == ["MARK12"]
+
+
+def test_without() -> None:
+    assert MASKER.without(["email"]).mask("bob@example.com") == "bob@example.com"
+
+
+# ---------------------------------------------------------------------------- properties
+
+
+@pytest.mark.parametrize("detector", sorted(SECRET_STRATEGIES))
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_generated_secret_is_masked_anywhere_in_text(detector: str, data: st.DataObject) -> None:
+    text, secret = data.draw(text_with_secret(SECRET_STRATEGIES[detector]()))
+    assume(text.count(secret.value) == 1)  # the value is only where we put it
+    masked = MASKER.mask(text)
+    assert secret.value not in masked
+
+
+@settings(max_examples=200)
+@given(secrets())
+def test_each_secret_alone_is_masked_by_its_detector(secret: Secret) -> None:
+    masked = MASKER.mask(secret.snippet)
+    assert secret.value not in masked
+    assert f"[REDACTED:{secret.detector}]" in masked
+
+
+@settings(max_examples=300)
+@given(text_without_secrets())
+def test_text_without_secrets_comes_back_unchanged(text: str) -> None:
+    assert MASKER.mask(text) == text
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=300))
+def test_arbitrary_text_never_fails_and_masking_is_idempotent(text: str) -> None:
+    once = MASKER.mask(text)
+    assert MASKER.mask(once) == once
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(text_with_secret(), min_size=1, max_size=4))
+def test_several_secrets_in_one_text_are_all_masked(pieces: list[tuple[str, Secret]]) -> None:
+    text = "\n".join(t for t, _ in pieces)
+    masked = MASKER.mask(text)
+    for _, secret in pieces:
+        assume(text.count(secret.value) == 1)
+        assert secret.value not in masked
+
+
+# ---------------------------------------------------------------------------- the logging filter
+
+
+@pytest.fixture
+def captured() -> Iterator[tuple[logging.Logger, io.StringIO, logging.Handler]]:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s %(extra_field)s"))
+    logger = logging.getLogger("test_masking.app")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    logger.addHandler(handler)
+    masking.install(MASKER, handlers=[handler])
+    yield logger, stream, handler
+    logger.removeHandler(handler)
+
+
+def test_filter_masks_message_args_extra_exception_and_stack(
+    captured: tuple[logging.Logger, io.StringIO, logging.Handler],
+) -> None:
+    logger, stream, _ = captured
+    logger.info("calling with %s and %r", ANTHROPIC, {"password": "hunter2x"}, extra={"extra_field": "bob@example.com"})
+    try:
+        raise RuntimeError(f"provider said: invalid key {ANTHROPIC}")
+    except RuntimeError:
+        logger.exception("failed", extra={"extra_field": ["ok", {"token": f"Bearer {ANTHROPIC}"}]}, stack_info=True)
+    out = stream.getvalue()
+    assert ANTHROPIC not in out
+    assert "hunter2x" not in out
+    assert "bob@example.com" not in out
+    assert "[REDACTED:anthropic_api_key]" in out
+    assert "Traceback (most recent call last)" in out
+    assert "Stack (most recent call last)" in out
+
+
+def test_filter_formats_once(captured: tuple[logging.Logger, io.StringIO, logging.Handler]) -> None:
+    logger, stream, _ = captured
+    logger.info("literal %s", "100%s done %d", extra={"extra_field": 1})
+    assert "literal 100%s done %d 1" in stream.getvalue()
+
+
+def test_filter_masks_once_for_several_handlers() -> None:
+    seen: list[str] = []
+
+    def counting(text: str) -> str:
+        seen.append(text)
+        return MASKER.mask(text)
+
+    flt = MaskingFilter(counting)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "key %s", (ANTHROPIC,), None)
+    assert flt.filter(record)
+    assert flt.filter(record)
+    assert seen == ["key " + ANTHROPIC]
+    assert record.getMessage() == "key [REDACTED:anthropic_api_key]"
+
+
+def test_filter_never_raises_and_never_leaks() -> None:
+    def broken(text: str) -> str:
+        raise RuntimeError("boom")
+
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "key %s", (ANTHROPIC,), None)
+    record.secret_extra = ANTHROPIC
+    assert MaskingFilter(broken).filter(record) is True
+    assert ANTHROPIC not in record.getMessage()
+    assert ANTHROPIC not in str(record.__dict__)
+
+
+def test_install_is_idempotent_and_covers_propagated_records() -> None:
+    root = logging.getLogger()
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root.addHandler(handler)
+    try:
+        first = masking.install(MASKER)
+        second = masking.install(MASKER)
+        assert [f for f in handler.filters if isinstance(f, MaskingFilter)] == [second]
+        assert first is not second
+        logging.getLogger("some.library.deep").warning("token=%s", "abc123secret")
+        assert "abc123secret" not in stream.getvalue()
+        assert "[REDACTED:secret_assignment]" in stream.getvalue()
+        masking.uninstall()
+        assert not [f for f in handler.filters if isinstance(f, MaskingFilter)]
+    finally:
+        root.removeHandler(handler)
+        masking.set_masker(MASKER)
+
+
+def test_install_from_configuration_sets_the_process_masker() -> None:
+    handler = logging.StreamHandler(io.StringIO())
+    try:
+        flt = masking.install(handlers=[handler], config={"masking": {"disable": ["email"]}}, env={})
+        assert flt is not None
+        assert masking.mask("bob@example.com") == "bob@example.com"
+        assert masking.install(handlers=[handler], config={"masking": {"enabled": False}}, env={}) is None
+    finally:
+        masking.set_masker(MASKER)
+
+
+def test_structlog_processor_masks_every_string() -> None:
+    structlog = pytest.importorskip("structlog")
+    out = io.StringIO()
+    log = structlog.wrap_logger(
+        structlog.PrintLogger(file=out),
+        processors=[masking.structlog_processor, structlog.processors.JSONRenderer()],
+    )
+    try:
+        raise ValueError(f"bad {ANTHROPIC}")
+    except ValueError:
+        log.error(
+            "call failed", headers={"authorization": f"Bearer {ANTHROPIC}"}, user="bob@example.com", exc_info=True
+        )
+    text = out.getvalue()
+    assert ANTHROPIC not in text
+    assert "bob@example.com" not in text
+    assert "ValueError" in text
+    assert "[REDACTED:" in text
+
+
+# ---------------------------------------------------------------------------- configuration and plugins
+
+
+def test_configuration_errors_name_the_key() -> None:
+    with pytest.raises(ConfigurationError, match=r"masking\.disable"):
+        load_masker(config={"masking": {"disable": ["emial"]}}, env={})
+    with pytest.raises(ConfigurationError, match="hmac_key"):
+        load_masker(config={"masking": {"replacement": "hmac"}}, env={})
+    with pytest.raises(ConfigurationError, match=r"patterns\.bad"):
+        load_masker(config={"masking": {"patterns": {"bad": "("}}}, env={})
+
+
+def test_hmac_key_from_environment_is_never_shown(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    env = {"RESILIENT_MASKING__HMAC_KEY": "s3cr3t-hmac-key", "RESILIENT_MASKING__REPLACEMENT": "hmac"}
+    masker, _options = load_masker(config={}, env=env)
+    assert masker.replacement == "hmac"
+    assert "s3cr3t" not in repr(masker)
+    assert "s3cr3t" not in repr(masker.mask("pwd=x1"))
+    (tmp_path / "resilient.toml").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "resilient", "config"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": "", **env},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "masking.hmac_key" in result.stdout
+    assert "s3cr3t" not in result.stdout + result.stderr
+
+
+def test_extra_patterns_and_plugin_detectors() -> None:
+    class Employees:
+        @hookimpl
+        def resilient_mask_detectors(self) -> list[Detector]:
+            return [Detector("employee_id", r"EMP-[0-9]{6}", anchors=("emp-",))]
+
+    masker, _ = load_masker(config={"masking": {"patterns": {"ticket": r"TCK[0-9]{4}"}}}, env={}, plugins=[Employees()])
+    assert masker.mask("EMP-123456 TCK1234 bob@example.com") == (
+        "[REDACTED:employee_id] [REDACTED:ticket] [REDACTED:email]"
+    )
+    names = [d.name for d in masker.detectors]
+    assert names.index("email") < names.index("employee_id") < names.index("ticket")
+
+
+# ---------------------------------------------------------------------------- resilient mask
+
+
+def test_cli_masks_a_file_keeping_pem_blocks_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = tmp_path / "app.log"
+    log.write_text(
+        f"line one {ANTHROPIC}\n"
+        "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n"
+        "BKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----\n"
+        "after the key\n"
+    )
+    assert main(["mask", str(log)]) == 0
+    out = capsys.readouterr().out
+    assert out == "line one [REDACTED:anthropic_api_key]\n[REDACTED:pem_private_key]\nafter the key\n"
+
+
+def test_cli_masks_stdin_and_an_unterminated_key(tmp_path: Path) -> None:
+    source = "ok\n-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBkg4LVWM9nuwNSk\n"
+    result = subprocess.run(
+        [sys.executable, "-m", "resilient", "mask"],
+        input=source,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "MHcCAQEEIBkg4LVWM9nuwNSk" not in result.stdout
+    assert result.stdout.startswith("ok\n[REDACTED:pem_private_key]")
+
+
+def test_mask_lines_streams() -> None:
+    from resilient.masking._stream import mask_lines
+
+    produced: list[str] = []
+
+    def lines() -> Iterator[str]:
+        yield "first\n"
+        assert produced == ["first\n"]  # the first line was out before the second was read
+        yield "second\n"
+
+    for chunk in mask_lines(lines(), MASKER.mask):
+        produced.append(chunk)
+    assert produced == ["first\n", "second\n"]
+
+
+def test_module_level_mask_uses_the_process_masker() -> None:
+    assert masking.mask(f"k {ANTHROPIC}") == "k [REDACTED:anthropic_api_key]"
+    assert isinstance(masking.get_masker(), Masker)
