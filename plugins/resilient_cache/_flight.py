@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["AsyncFlights", "Flight", "Flights", "Shared"]
@@ -29,8 +29,8 @@ class Shared:
 @dataclass(slots=True)
 class Flight:
     owner: int  # thread id
-    done: threading.Event = field(default_factory=threading.Event)
     shared: Shared | None = None
+    done: threading.Event | None = None  # made by the first follower: a flight nobody waits for costs no Event
 
 
 class Flights:
@@ -42,27 +42,33 @@ class Flights:
 
     def begin(self, key: str) -> tuple[Flight, bool]:
         """The key's flight and whether the caller leads it (a new flight) or follows."""
-        me = threading.get_ident()
         with self._lock:
             flight = self._flights.get(key)
             if flight is not None:
                 return flight, False
-            flight = self._flights[key] = Flight(me)
+            flight = self._flights[key] = Flight(threading.get_ident())
             return flight, True
 
     def end(self, key: str, flight: Flight, shared: Shared) -> None:
         with self._lock:
             if self._flights.get(key) is flight:
                 del self._flights[key]
-        flight.shared = shared
-        flight.done.set()
+            flight.shared = shared
+            done = flight.done
+        if done is not None:
+            done.set()
 
-    @staticmethod
-    def wait(flight: Flight, timeout: float) -> Shared | None:
+    def wait(self, flight: Flight, timeout: float) -> Shared | None:
         """The leader's result, or None (it is our own thread, or it took longer than ``timeout``)."""
         if flight.owner == threading.get_ident():
             return None
-        if not flight.done.wait(timeout):
+        with self._lock:
+            if flight.shared is not None:
+                return flight.shared
+            if flight.done is None:
+                flight.done = threading.Event()
+            done = flight.done
+        if not done.wait(timeout):
             return None
         return flight.shared
 

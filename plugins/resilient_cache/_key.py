@@ -1,4 +1,12 @@
-"""The cache key of a call: SHA-256 of its canonical request, so no prompt or secret is ever in a key."""
+"""The cache key of a call: SHA-256 of its canonical request, so no prompt or secret is ever in a key.
+
+The canonical request is orjson with sorted keys of (format, stream or not,
+provider, operation, static model, tenant unless the scope is global, the
+positional and keyword arguments minus the ignored fields). The in-process
+layer is indexed by those bytes themselves (exact, and hashing them for a
+dict is cheaper than SHA-256); the SHA-256 is taken on a local miss, for the
+shared store, the events and ``call.metadata["cache_key"]``.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +21,15 @@ from resilient import Call, ConfigurationError
 
 from ._options import CacheOptions
 
-__all__ = ["KeyFunction", "KeyMaker", "import_function", "key_maker", "strip"]
+__all__ = ["KeyFunction", "KeyMaker", "digest", "import_function", "key_maker", "strip"]
 
 #: Bumped when the canonical form changes, so old entries are never read as new ones.
 KEY_VERSION = 1
 
 #: A user's key function: the JSON-able part of the key standing for the request (None: do not cache).
 KeyFunction = Callable[[Call], Any]
-#: Call -> hex key, or None when the call cannot be keyed (then it is not cached).
-KeyMaker = Callable[[Call], "str | None"]
+#: Call -> canonical request bytes, or None when the call cannot be keyed (then it is not cached).
+KeyMaker = Callable[[Call], "bytes | None"]
 
 _OPTIONS = orjson.OPT_SORT_KEYS  # keys that are not strings make the call unkeyable, never collide
 
@@ -72,33 +80,51 @@ def key_maker(options: CacheOptions, stream: bool, key_function: KeyFunction | N
     top = frozenset(p[0] for p in paths if len(p) == 1)
     nested = tuple(p for p in paths if len(p) > 1)
     nested_heads = frozenset(p[0] for p in nested)
-    dumps, sha256, opts, default = orjson.dumps, hashlib.sha256, _OPTIONS, _default
+    dumps, opts, default = orjson.dumps, _OPTIONS, _default
     head = (KEY_VERSION, stream)
 
-    def request(call: Call) -> Any:
+    def custom(call: Call) -> bytes | None:
+        assert key_function is not None
+        target = call.target
+        try:
+            part = key_function(call)
+            if part is None:
+                return None
+            tenant = call.tenant if by_tenant else None
+            return dumps(
+                (head, target.provider, target.operation, target.model, tenant, part), default=default, option=opts
+            )
+        except Exception:  # the user's key function failed, or gave something that is not data: not cached
+            return None
+
+    if key_function is not None:
+        return custom
+
+    def make(call: Call) -> bytes | None:
+        # Runs on every call, hits included: written out flat, one function call deep.
         kwargs: Mapping[str, Any] = call.kwargs
         if not top.isdisjoint(kwargs):
             kwargs = {k: v for k, v in kwargs.items() if k not in top}
-        if not nested_heads.isdisjoint(kwargs):
+        if nested and not nested_heads.isdisjoint(kwargs):
             for path in nested:
                 kwargs = strip(kwargs, path)
-        if type(kwargs.get("temperature")) is int:  # 0 and 0.0 ask the same question
-            kwargs = {**kwargs, "temperature": float(kwargs["temperature"])}
-        return (call.args, kwargs)
-
-    def make(call: Call) -> str | None:
+        temperature = kwargs.get("temperature")
+        if temperature.__class__ is int:  # 0 and 0.0 ask the same question
+            kwargs = {**kwargs, "temperature": float(temperature)}
         target = call.target
+        tenant = call.tenant if by_tenant else None
         try:
-            part = request(call) if key_function is None else key_function(call)
-            if part is None:
-                return None
-            raw = dumps(
-                (head, target.provider, target.operation, target.model, call.tenant if by_tenant else None, part),
+            return dumps(
+                (head, target.provider, target.operation, target.model, tenant, (call.args, kwargs)),
                 default=default,
                 option=opts,
             )
-        except Exception:  # an argument that is not data, or the user's key function failed: not cached
+        except Exception:  # an argument that is not data: not cached
             return None
-        return sha256(raw).hexdigest()
 
     return make
+
+
+def digest(canonical: bytes) -> str:
+    """The key of a canonical request: its SHA-256, hex."""
+    return hashlib.sha256(canonical).hexdigest()

@@ -1,4 +1,8 @@
-"""The in-process layer: a bounded LRU of entries, each kept until its local deadline."""
+"""The in-process layer: a bounded LRU of entries, each kept until its local deadline.
+
+Indexed by the canonical request bytes (exact; no digest needed on a hit),
+with each entry's SHA-256 key alongside, for metadata and invalidation.
+"""
 
 from __future__ import annotations
 
@@ -21,48 +25,58 @@ class LocalLayer:
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._data: OrderedDict[str, tuple[Entry, float]] = OrderedDict()
+        self._data: OrderedDict[bytes, tuple[Entry, float, str]] = OrderedDict()
+        self._by_key: dict[str, bytes] = {}
         self._tags: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: str, now: float) -> Entry | None:
-        found = self._data.get(key)
+    def get(self, canonical: bytes, now: float) -> tuple[Entry, float, str] | None:
+        """(entry, local deadline, key), or None when absent or past its local deadline."""
+        found = self._data.get(canonical)
         if found is None:
             return None
         if now >= found[1]:
-            self.delete(key)
+            self.delete(found[2])
             return None
         try:
-            self._data.move_to_end(key)
+            self._data.move_to_end(canonical)
         except KeyError:  # evicted by another thread meanwhile; what we read is still valid
             pass
-        return found[0]
+        return found
 
-    def put(self, key: str, entry: Entry, until: float, tags: Iterable[str] = ()) -> None:
+    def put(self, canonical: bytes, key: str, entry: Entry, until: float, tags: Iterable[str] = ()) -> None:
         """Keep ``entry`` until wall time ``until`` (at most its stale deadline)."""
         with self._lock:
-            self._data[key] = (entry, min(until, entry.stale_until))
-            self._data.move_to_end(key)
-            while len(self._data) > self.max_entries:
-                self._data.popitem(last=False)
+            data = self._data
+            data[canonical] = (entry, min(until, entry.stale_until), key)
+            data.move_to_end(canonical)
+            self._by_key[key] = canonical
+            while len(data) > self.max_entries:
+                _, (_, _, old) = data.popitem(last=False)
+                self._by_key.pop(old, None)
             for tag in tags:
                 members = self._tags.setdefault(tag, set())
                 if len(members) >= 4 * self.max_entries:  # only keys still held matter: forget the rest
-                    members.intersection_update(self._data)
+                    members.intersection_update(self._by_key)
                 members.add(key)
 
     def delete(self, key: str) -> bool:
         with self._lock:
-            return self._data.pop(key, None) is not None
+            canonical = self._by_key.pop(key, None)
+            return canonical is not None and self._data.pop(canonical, None) is not None
 
     def delete_tag(self, tag: str) -> int:
         with self._lock:
-            keys = self._tags.pop(tag, set())
-            return sum(self._data.pop(k, None) is not None for k in keys)
+            removed = 0
+            for key in self._tags.pop(tag, set()):
+                canonical = self._by_key.pop(key, None)
+                removed += canonical is not None and self._data.pop(canonical, None) is not None
+            return removed
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
+            self._by_key.clear()
             self._tags.clear()
 
     def __len__(self) -> int:

@@ -35,7 +35,7 @@ from ._events import (
 )
 from ._flight import AsyncFlights, Flights, Shared
 from ._flow import Lookup, Missed, Op, Put, Release, Sleep, Steps, adrive, drive, stale_reason
-from ._key import KeyFunction, KeyMaker, import_function, key_maker
+from ._key import KeyFunction, KeyMaker, digest, import_function, key_maker
 from ._local import LocalLayer
 from ._options import CacheOptions
 from ._record import Recorder
@@ -70,9 +70,12 @@ class Plan:
     tags: Callable[[Call], tuple[str, ...]] | None
 
 
+_NUMBERS = (int, float)  # exactly: not bool, not an array whose comparison would raise
+
+
 def _is_temperature_zero(call: Call) -> bool:
     temperature = call.kwargs.get("temperature")
-    return temperature is not None and not isinstance(temperature, bool) and temperature == 0
+    return temperature.__class__ in _NUMBERS and temperature == 0
 
 
 class CachePolicy(Policy):
@@ -169,15 +172,15 @@ class CachePolicy(Policy):
         options = self._section.for_call(call.provider, call.model, call.tenant)
         return self._plan(options, call.operation, stream)
 
-    def _admit(self, call: Call, plan: Plan) -> str | None:
-        """The call's key, or None when the cache stays out of it (recorded as 'bypass')."""
+    def _admit(self, call: Call, plan: Plan) -> bytes | None:
+        """The call's canonical request, or None when the cache stays out of it (recorded as 'bypass')."""
         if plan.temperature_zero and not _is_temperature_zero(call):
             self._bypass(call, "not_cacheable")
             return None
-        key = plan.key(call)
-        if key is None:
+        canonical = plan.key(call)
+        if canonical is None:
             self._bypass(call, "unkeyable")
-        return key
+        return canonical
 
     # ------------------------------------------------------------ telling
 
@@ -225,7 +228,7 @@ class CachePolicy(Policy):
 
     # ------------------------------------------------------------ the logic, as steps
 
-    def _find(self, call: Call, plan: Plan, key: str, local: Entry | None) -> Steps[Op, Missed]:
+    def _find(self, call: Call, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Steps[Op, Missed]:
         """After a local miss: the shared store (taking the lease, or waiting for its holder), then 'miss'."""
         options, clock = plan.options, self._clock
         now = clock.time()
@@ -245,7 +248,7 @@ class CachePolicy(Policy):
                     break
                 entry = self._decode(found.raw) if found.raw is not None else None
                 if found.code == FRESH and entry is not None and entry.fresh(now):
-                    self._keep_local(key, entry, plan, call, now)
+                    self._keep_local(ck, key, entry, plan, call, now)
                     self._hit(call, key, entry, "shared", now)
                     return Missed(entry=entry)
                 if entry is not None and entry.usable(now) and (stale is None or entry.stored_at > stale.stored_at):
@@ -270,7 +273,9 @@ class CachePolicy(Policy):
             self._events.emit(CacheMiss(**_about(call), key=key, stale=stale is not None))
         return Missed(stale=stale, token=token)
 
-    def _fill(self, call: Call, plan: Plan, key: str, value: Any, stream: bool, token: str) -> Steps[Op, None]:
+    def _fill(
+        self, call: Call, plan: Plan, ck: bytes, key: str, value: Any, stream: bool, token: str
+    ) -> Steps[Op, None]:
         """Store a response (both layers), or say why not; release the lease either way."""
         options = plan.options
         now = self._clock.time()
@@ -286,7 +291,7 @@ class CachePolicy(Policy):
             yield from self._release(call, key, token)
             return
         tags = plan.tags(call) if plan.tags is not None else ()
-        self._keep_local(key, entry, plan, call, now, tags)
+        self._keep_local(ck, key, entry, plan, call, now, tags)
         if self._shared_usable():
             px = max(1, int((entry.stale_until - now) * 1000))
             try:
@@ -304,7 +309,7 @@ class CachePolicy(Policy):
                 self._store_failed(call, "lease", exc)
 
     def _keep_local(
-        self, key: str, entry: Entry, plan: Plan, call: Call, now: float, tags: tuple[str, ...] | None = None
+        self, ck: bytes, key: str, entry: Entry, plan: Plan, call: Call, now: float, tags: tuple[str, ...] | None = None
     ) -> None:
         if self._shared is None:
             until = entry.stale_until
@@ -314,7 +319,7 @@ class CachePolicy(Policy):
             until = now + plan.options.local_ttl
         if tags is None:
             tags = plan.tags(call) if plan.tags is not None else ()
-        self._local.put(key, entry, until, tags)
+        self._local.put(ck, key, entry, until, tags)
 
     def _decode(self, raw: bytes) -> Entry | None:
         try:
@@ -362,35 +367,44 @@ class CachePolicy(Policy):
             plan = fixed if fixed is not None else self._plan_for(call, False)
             if not plan.enabled:
                 return nxt(call)
-            key = self._admit(call, plan)
-            if key is None:
+            if plan.temperature_zero:
+                temperature = call.kwargs.get("temperature")
+                if temperature.__class__ not in _NUMBERS or temperature != 0:
+                    self._bypass(call, "not_cacheable")
+                    return nxt(call)
+            ck = plan.key(call)
+            if ck is None:
+                self._bypass(call, "unkeyable")
                 return nxt(call)
             now = time()
-            entry = local_get(key, now)
-            if entry is not None and now < entry.fresh_until:
-                metadata = call.metadata
-                metadata["cache"] = "hit"
-                metadata["cache_key"] = key
-                if events.enabled:
-                    events.emit(CacheHit(**_about(call), key=key, layer="local", age=now - entry.stored_at))
-                return entry.value
-            return self._miss(call, nxt, plan, key, entry)
+            found = local_get(ck, now)
+            if found is not None:
+                entry = found[0]
+                if now < entry.fresh_until:
+                    metadata = call.metadata
+                    metadata["cache"] = "hit"
+                    metadata["cache_key"] = found[2]
+                    if events.enabled:
+                        events.emit(CacheHit(**_about(call), key=found[2], layer="local", age=now - entry.stored_at))
+                    return entry.value
+                return self._miss(call, nxt, plan, ck, found[2], entry)
+            return self._miss(call, nxt, plan, ck, digest(ck), None)
 
         return cached
 
-    def _miss(self, call: Call, nxt: Handler, plan: Plan, key: str, local: Entry | None) -> Any:
+    def _miss(self, call: Call, nxt: Handler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
         options = plan.options
         if not options.single_flight:
-            return self._fetch(call, nxt, plan, key, local)
+            return self._fetch(call, nxt, plan, ck, key, local)
         flight, leader = self._flights.begin(key)
         if not leader:
-            shared = Flights.wait(flight, options.flight_wait)
+            shared = self._flights.wait(flight, options.flight_wait)
             if shared is not None:
                 return self._follow(call, key, shared)
-            return self._fetch(call, nxt, plan, key, local)
+            return self._fetch(call, nxt, plan, ck, key, local)
         result = Shared(False)
         try:
-            value = self._fetch(call, nxt, plan, key, local)
+            value = self._fetch(call, nxt, plan, ck, key, local)
             result = Shared(True, value, call.metadata.get("cache", "miss"))
             return value
         except Exception as exc:
@@ -410,8 +424,8 @@ class CachePolicy(Policy):
             self._hit(call, key, None, "flight", self._clock.time())
         return shared.value
 
-    def _fetch(self, call: Call, nxt: Handler, plan: Plan, key: str, local: Entry | None) -> Any:
-        found = drive(self._find(call, plan, key, local), self._perform)
+    def _fetch(self, call: Call, nxt: Handler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
+        found = drive(self._find(call, plan, ck, key, local), self._perform)
         if found.entry is not None:
             return found.entry.value
         try:
@@ -423,7 +437,7 @@ class CachePolicy(Policy):
             if stale is None or reason is None or not stale.usable(self._clock.time()):
                 raise
             return self._stale(call, key, stale, reason)
-        drive(self._fill(call, plan, key, value, False, found.token), self._perform)
+        drive(self._fill(call, plan, ck, key, value, False, found.token), self._perform)
         return value
 
     def wrap_stream(self, nxt: StreamHandler, target: Target) -> StreamHandler:
@@ -436,11 +450,13 @@ class CachePolicy(Policy):
             plan = fixed if fixed is not None else self._plan_for(call, True)
             if not plan.enabled:
                 return nxt(call)
-            key = self._admit(call, plan)
-            if key is None:
+            ck = self._admit(call, plan)
+            if ck is None:
                 return nxt(call)
             now = time()
-            entry = local_get(key, now)
+            held = local_get(ck, now)
+            entry = held[0] if held is not None else None
+            key = held[2] if held is not None else digest(ck)
             if entry is not None and now < entry.fresh_until:
                 self._hit(call, key, entry, "local", now)
                 return iter(entry.value)
@@ -448,22 +464,22 @@ class CachePolicy(Policy):
             if options.single_flight:
                 flight, leader = self._flights.begin(key)
                 if not leader:
-                    shared = Flights.wait(flight, options.flight_wait)
+                    shared = self._flights.wait(flight, options.flight_wait)
                     if shared is not None and shared.ok:
                         return iter(self._follow(call, key, shared))
-                    return self._record(call, nxt, plan, key, entry, None)
-                return self._record(call, nxt, plan, key, entry, flight)
-            return self._record(call, nxt, plan, key, entry, None)
+                    return self._record(call, nxt, plan, ck, key, entry, None)
+                return self._record(call, nxt, plan, ck, key, entry, flight)
+            return self._record(call, nxt, plan, ck, key, entry, None)
 
         return cached
 
     def _record(
-        self, call: Call, nxt: StreamHandler, plan: Plan, key: str, local: Entry | None, flight: Any
+        self, call: Call, nxt: StreamHandler, plan: Plan, ck: bytes, key: str, local: Entry | None, flight: Any
     ) -> Iterator[Any]:
         """The provider's stream, recorded as it passes and stored if it ends whole (sync)."""
         result = Shared(False)
         try:
-            found = drive(self._find(call, plan, key, local), self._perform)
+            found = drive(self._find(call, plan, ck, key, local), self._perform)
             if found.entry is not None:
                 result = Shared(True, found.entry.value, "miss")
                 yield from found.entry.value
@@ -494,7 +510,7 @@ class CachePolicy(Policy):
                 yield from chunks
                 return
             if recorder.complete():
-                drive(self._fill(call, plan, key, recorder.chunks, True, token), self._perform)
+                drive(self._fill(call, plan, ck, key, recorder.chunks, True, token), self._perform)
                 result = Shared(True, recorder.chunks, "miss")
             else:
                 self._not_stored(call, key, "incomplete_stream")
@@ -516,35 +532,44 @@ class CachePolicy(Policy):
             plan = fixed if fixed is not None else self._plan_for(call, False)
             if not plan.enabled:
                 return await nxt(call)
-            key = self._admit(call, plan)
-            if key is None:
+            if plan.temperature_zero:
+                temperature = call.kwargs.get("temperature")
+                if temperature.__class__ not in _NUMBERS or temperature != 0:
+                    self._bypass(call, "not_cacheable")
+                    return await nxt(call)
+            ck = plan.key(call)
+            if ck is None:
+                self._bypass(call, "unkeyable")
                 return await nxt(call)
             now = time()
-            entry = local_get(key, now)
-            if entry is not None and now < entry.fresh_until:
-                metadata = call.metadata
-                metadata["cache"] = "hit"
-                metadata["cache_key"] = key
-                if events.enabled:
-                    events.emit(CacheHit(**_about(call), key=key, layer="local", age=now - entry.stored_at))
-                return entry.value
-            return await self._amiss(call, nxt, plan, key, entry)
+            found = local_get(ck, now)
+            if found is not None:
+                entry = found[0]
+                if now < entry.fresh_until:
+                    metadata = call.metadata
+                    metadata["cache"] = "hit"
+                    metadata["cache_key"] = found[2]
+                    if events.enabled:
+                        events.emit(CacheHit(**_about(call), key=found[2], layer="local", age=now - entry.stored_at))
+                    return entry.value
+                return await self._amiss(call, nxt, plan, ck, found[2], entry)
+            return await self._amiss(call, nxt, plan, ck, digest(ck), None)
 
         return cached
 
-    async def _amiss(self, call: Call, nxt: AsyncHandler, plan: Plan, key: str, local: Entry | None) -> Any:
+    async def _amiss(self, call: Call, nxt: AsyncHandler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
         options = plan.options
         if not options.single_flight:
-            return await self._afetch(call, nxt, plan, key, local)
+            return await self._afetch(call, nxt, plan, ck, key, local)
         flight, leader = self._aflights.begin(key)
         if not leader:
             shared = await AsyncFlights.wait(flight, options.flight_wait)
             if shared is not None:
                 return self._follow(call, key, shared)
-            return await self._afetch(call, nxt, plan, key, local)
+            return await self._afetch(call, nxt, plan, ck, key, local)
         result = Shared(False)
         try:
-            value = await self._afetch(call, nxt, plan, key, local)
+            value = await self._afetch(call, nxt, plan, ck, key, local)
             result = Shared(True, value, call.metadata.get("cache", "miss"))
             return value
         except Exception as exc:
@@ -553,8 +578,8 @@ class CachePolicy(Policy):
         finally:
             self._aflights.end(key, flight, result)
 
-    async def _afetch(self, call: Call, nxt: AsyncHandler, plan: Plan, key: str, local: Entry | None) -> Any:
-        found = await adrive(self._find(call, plan, key, local), self._aperform)
+    async def _afetch(self, call: Call, nxt: AsyncHandler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
+        found = await adrive(self._find(call, plan, ck, key, local), self._aperform)
         if found.entry is not None:
             return found.entry.value
         try:
@@ -566,7 +591,7 @@ class CachePolicy(Policy):
             if stale is None or reason is None or not stale.usable(self._clock.time()):
                 raise
             return self._stale(call, key, stale, reason)
-        await adrive(self._fill(call, plan, key, value, False, found.token), self._aperform)
+        await adrive(self._fill(call, plan, ck, key, value, False, found.token), self._aperform)
         return value
 
     def wrap_astream(self, nxt: AsyncStreamHandler, target: Target) -> AsyncStreamHandler:
@@ -577,8 +602,8 @@ class CachePolicy(Policy):
 
         async def cached(call: Call) -> AsyncIterator[Any]:
             plan = fixed if fixed is not None else self._plan_for(call, True)
-            key = self._admit(call, plan) if plan.enabled else None
-            if key is None:
+            ck = self._admit(call, plan) if plan.enabled else None
+            if ck is None:
                 it = nxt(call)
                 try:
                     async for chunk in it:
@@ -587,7 +612,9 @@ class CachePolicy(Policy):
                     await _aclose(it)
                 return
             now = time()
-            entry = local_get(key, now)
+            held = local_get(ck, now)
+            entry = held[0] if held is not None else None
+            key = held[2] if held is not None else digest(ck)
             if entry is not None and now < entry.fresh_until:
                 self._hit(call, key, entry, "local", now)
                 for chunk in entry.value:
@@ -605,7 +632,7 @@ class CachePolicy(Policy):
                         return
             result = Shared(False)
             try:
-                found = await adrive(self._find(call, plan, key, entry), self._aperform)
+                found = await adrive(self._find(call, plan, ck, key, entry), self._aperform)
                 if found.entry is not None:
                     result = Shared(True, found.entry.value, "miss")
                     for chunk in found.entry.value:
@@ -636,7 +663,7 @@ class CachePolicy(Policy):
                         yield chunk
                     return
                 if recorder.complete():
-                    await adrive(self._fill(call, plan, key, recorder.chunks, True, token), self._aperform)
+                    await adrive(self._fill(call, plan, ck, key, recorder.chunks, True, token), self._aperform)
                     result = Shared(True, recorder.chunks, "miss")
                 else:
                     self._not_stored(call, key, "incomplete_stream")
@@ -663,7 +690,8 @@ class CachePolicy(Policy):
         """The key a call with these arguments has (e.g. to invalidate it); None if it would not be cached."""
         target = Target(provider, operation, "stream" if stream else "sync", model=model, tenant=lambda _: tenant)
         call = Call(target, args, dict(kwargs))
-        return self._plan_for(call, stream).key(call)
+        canonical = self._plan_for(call, stream).key(call)
+        return digest(canonical) if canonical is not None else None
 
     def invalidate(self, *, key: str | None = None, tag: str | None = None) -> int:
         """Remove the entry ``key`` or every entry tagged ``tag``, here and in the shared store.

@@ -1,9 +1,15 @@
 """The shared layer in Redis: one string per entry (with a TTL), a lease per key being filled, a set per tag.
 
 Every key expires. Reading an entry and, on a miss, taking the lease to fill
-it is one script (one round trip); storing an entry, releasing the lease and
-tagging it is one pipeline. No KEYS or SCAN anywhere: a tag's set names its
-entries.
+it is one script (one round trip); storing an entry, dropping the lease and
+tagging it is one pipeline of plain commands (one round trip: a pipeline
+holding a script would first ask SCRIPT EXISTS). No KEYS or SCAN anywhere: a
+tag's set names its entries. Tags need Redis 7 (``PEXPIRE ... NX`` / ``GT``).
+
+The lease is dropped unconditionally once the value is stored: if ours had
+expired and another worker holds a new one, nobody needs it any more, since
+every lookup finds the value first. A leader that fails (no value) releases
+only its own lease (compare and delete).
 """
 
 from __future__ import annotations
@@ -18,9 +24,7 @@ from resilient.storage import PerLoop, async_redis_client, key_part, redis_clien
 __all__ = ["AsyncSharedStore", "Found", "Names", "SharedStore", "entry_bytes", "split_entry"]
 
 _LOOKUP = (files(__package__) / "lua" / "lookup.lua").read_text()
-_PUT = (files(__package__) / "lua" / "put.lua").read_text()
 _RELEASE = (files(__package__) / "lua" / "release.lua").read_text()
-_TAG = (files(__package__) / "lua" / "tag.lua").read_text()
 
 FRESH, LEADER, FOLLOWER, NO_LEASE = 1, 2, 3, 0
 _SPOP_BATCH = 500
@@ -69,6 +73,18 @@ def _lookup_args(now: float, token: str, lease_ms: int, lease: bool) -> list[Any
     return [repr(now), token, lease_ms, "1" if lease else "0"]
 
 
+def _queue_put(pipe: Any, names: Names, key: str, raw: bytes, px: int, token: str, tags: Sequence[str]) -> None:
+    entry = names.entry(key)
+    pipe.set(entry, raw, px=px)
+    if token:
+        pipe.delete(names.lease(key))
+    for tag in tags:
+        name = names.tag(tag)
+        pipe.sadd(name, entry)
+        pipe.pexpire(name, px, nx=True)  # a new set: expires with this entry
+        pipe.pexpire(name, px, gt=True)  # an older set: lives as long as its newest entry
+
+
 class SharedStore:
     """The shared layer for sync calls."""
 
@@ -76,20 +92,15 @@ class SharedStore:
         self.names = Names(prefix)
         self.client = redis_client(uri, timeout)
         self._lookup = self.client.register_script(_LOOKUP)
-        self._put = self.client.register_script(_PUT)
         self._release = self.client.register_script(_RELEASE)
-        self._tag = self.client.register_script(_TAG)
 
     def lookup(self, key: str, now: float, token: str, lease_ms: int, lease: bool) -> Found:
         n = self.names
         return _found(self._lookup(keys=[n.entry(key), n.lease(key)], args=_lookup_args(now, token, lease_ms, lease)))
 
     def put(self, key: str, raw: bytes, px: int, token: str, tags: Sequence[str]) -> None:
-        n = self.names
         pipe = self.client.pipeline(transaction=False)
-        self._put(keys=[n.entry(key), n.lease(key)], args=[raw, px, token], client=pipe)
-        for tag in tags:
-            self._tag(keys=[n.tag(tag)], args=[n.entry(key), px], client=pipe)
+        _queue_put(pipe, self.names, key, raw, px, token, tags)
         pipe.execute()
 
     def release(self, key: str, token: str) -> None:
@@ -119,10 +130,9 @@ class AsyncSharedStore:
     def __init__(self, uri: str, prefix: str, timeout: float) -> None:
         self.names = Names(prefix)
 
-        def make() -> tuple[Any, Any, Any, Any, Any]:
+        def make() -> tuple[Any, Any, Any]:
             client = async_redis_client(uri, timeout)
-            scripts = (_LOOKUP, _PUT, _RELEASE, _TAG)
-            return (client, *(client.register_script(s) for s in scripts))
+            return client, client.register_script(_LOOKUP), client.register_script(_RELEASE)
 
         self._per_loop = PerLoop(make)
 
@@ -132,16 +142,12 @@ class AsyncSharedStore:
         return _found(await lookup(keys=[n.entry(key), n.lease(key)], args=_lookup_args(now, token, lease_ms, lease)))
 
     async def put(self, key: str, raw: bytes, px: int, token: str, tags: Sequence[str]) -> None:
-        n = self.names
-        client, _, put, _, tag_script = self._per_loop.get()
-        pipe = client.pipeline(transaction=False)
-        await put(keys=[n.entry(key), n.lease(key)], args=[raw, px, token], client=pipe)
-        for tag in tags:
-            await tag_script(keys=[n.tag(tag)], args=[n.entry(key), px], client=pipe)
+        pipe = self._per_loop.get()[0].pipeline(transaction=False)
+        _queue_put(pipe, self.names, key, raw, px, token, tags)
         await pipe.execute()
 
     async def release(self, key: str, token: str) -> None:
-        await self._per_loop.get()[3](keys=[self.names.lease(key)], args=[token])
+        await self._per_loop.get()[2](keys=[self.names.lease(key)], args=[token])
 
     async def delete(self, key: str) -> int:
         return int(await self._per_loop.get()[0].delete(self.names.entry(key)))
