@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar
 
 from resilient import (
+    SUCCESS,
     AsyncHandler,
     AsyncStreamHandler,
     Call,
@@ -439,44 +440,83 @@ class QuotaSignals(Policy):
         seconds = state.signal_pause(call, state.runtime.classify(exc), response_headers(exc))
         return share_pause(state, call, seconds)
 
+    def _share_headers(self, call: Call, headers: Any) -> Ops[None]:
+        """The pause a successful response's rate-limit headers ask for (remaining 0 until reset).
+
+        The headers are there when an SDK wrapper (``pipeline.wrap``) read
+        them from the response; a guarded function's plain result has none.
+        """
+        return share_pause(self.state, call, self.state.signal_pause(call, SUCCESS, headers))
+
     def wrap(self, nxt: Handler, target: Target) -> Handler:
         def watched(call: Call) -> Any:
             try:
-                return nxt(call)
+                result = nxt(call)
             except Exception as exc:
                 self.state.run(self._share(call, exc))
                 raise
+            headers = call.peek("response_headers")
+            if headers is not None:
+                self.state.run(self._share_headers(call, headers))
+            return result
 
         return watched
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
         async def watched(call: Call) -> Any:
             try:
-                return await nxt(call)
+                result = await nxt(call)
             except Exception as exc:
                 await self.state.arun(self._share(call, exc))
                 raise
+            headers = call.peek("response_headers")
+            if headers is not None:
+                await self.state.arun(self._share_headers(call, headers))
+            return result
 
         return watched
 
     def wrap_stream(self, nxt: StreamHandler, target: Target) -> StreamHandler:
         def watched(call: Call) -> Iterator[Any]:
             # A generator fails when iterated, not when called: watch the iteration.
+            stream = nxt(call)
             try:
-                yield from nxt(call)
+                first = True
+                for chunk in stream:
+                    if first:  # the response headers are known once the stream started
+                        first = False
+                        headers = call.peek("response_headers")
+                        if headers is not None:
+                            self.state.run(self._share_headers(call, headers))
+                    yield chunk
             except Exception as exc:
                 self.state.run(self._share(call, exc))
                 raise
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
 
         return watched
 
     def wrap_astream(self, nxt: AsyncStreamHandler, target: Target) -> AsyncStreamHandler:
         async def watched(call: Call) -> AsyncIterator[Any]:
+            stream = nxt(call)
             try:
-                async for chunk in nxt(call):
+                first = True
+                async for chunk in stream:
+                    if first:
+                        first = False
+                        headers = call.peek("response_headers")
+                        if headers is not None:
+                            await self.state.arun(self._share_headers(call, headers))
                     yield chunk
             except Exception as exc:
                 await self.state.arun(self._share(call, exc))
                 raise
+            finally:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
         return watched

@@ -171,6 +171,11 @@ class Call:
             self._metadata = {}
         return self._metadata
 
+    def peek(self, key: str, default: Any = None) -> Any:
+        """``metadata[key]``, or ``default``, without creating the metadata dict (for hot paths)."""
+        metadata = self._metadata
+        return default if metadata is None else metadata.get(key, default)
+
     def add_usage(self, usage: Usage) -> None:
         """Add usage read from a response (streams report it in pieces)."""
         self.usage = usage if self.usage is None else self.usage + usage

@@ -33,6 +33,7 @@ __all__ = ["Guarded", "Pipeline", "target_of"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 R_co = TypeVar("R_co", covariant=True)
 
 _log = logging.getLogger("resilient")
@@ -255,6 +256,27 @@ class Pipeline:
             wrapper.__name__ = wrapper.__qualname__ = target.operation
         wrapper.target = target  # type: ignore[attr-defined]
         return cast("Guarded[P, R]", wrapper)
+
+    # ------------------------------------------------------------------ SDK clients
+
+    def wrap(self, client: T, /, *, provider: str | None = None, sdk_retries: bool | None = None) -> T:
+        """A copy of an SDK ``client`` whose provider calls go through this pipeline.
+
+        Knows ``anthropic.Anthropic`` / ``AsyncAnthropic`` (``messages.create``,
+        ``messages.stream``, ``messages.count_tokens``) and ``openai.OpenAI`` /
+        ``AsyncOpenAI`` (``chat.completions.create``), with ``stream=True`` and
+        ``with_raw_response``. The copy keeps the client's type and every other
+        method; the original is left as it was. Usage and rate-limit headers
+        are read from the real responses (``call.metadata["response_headers"]``).
+
+        ``sdk_retries``: the SDKs retry by themselves; by default the copy gets
+        ``max_retries=0`` when this pipeline has a retry policy, so one layer
+        owns retries. ``provider`` overrides the provider name used for
+        configuration overrides, keys and metrics (e.g. ``"azure-openai"``).
+        """
+        from .providers._sdk import wrap_client
+
+        return wrap_client(self, client, provider=provider, sdk_retries=sdk_retries)
 
     # ------------------------------------------------------------------ readiness
 

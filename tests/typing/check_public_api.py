@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
+import anthropic
+import openai
 from typing_extensions import assert_type
 
 from resilient import Call, Pipeline, Target, target_of
@@ -75,3 +77,14 @@ def key(call: Call) -> str | None:
 
 bare("hi", max_tokens="3")  # type: ignore[arg-type]
 configured(1)  # type: ignore[arg-type]
+
+
+# pipeline.wrap keeps the SDK client's type: its methods and their signatures.
+def use_sdk(sdk: anthropic.Anthropic, asdk: anthropic.AsyncAnthropic, oai: openai.OpenAI) -> None:
+    wrapped = pipeline.wrap(sdk)
+    assert_type(wrapped, anthropic.Anthropic)
+    assert_type(pipeline.wrap(asdk), anthropic.AsyncAnthropic)
+    assert_type(pipeline.wrap(oai, provider="azure-openai"), openai.OpenAI)
+    message = wrapped.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert_type(message, anthropic.types.Message)
+    wrapped.messages.create(model="m", max_tokens="5", messages=[])  # type: ignore[call-overload]
