@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -27,14 +27,21 @@ import resilient_metrics
 import resilient_quota
 import resilient_retry
 from resilient import (
+    Call,
     CircuitOpen,
     ConfigurationError,
     Event,
+    Handler,
+    Order,
     Pipeline,
     PluginError,
+    Policy,
     QuotaExceeded,
+    Runtime,
+    Target,
     Usage,
     capture_calls,
+    hookimpl,
     request_context,
 )
 from resilient.cli import main as cli_main
@@ -267,6 +274,48 @@ def test_anthropic_cache_prices_are_derived_from_the_input_price() -> None:
     price = PriceTable({}).lookup("claude-opus-4-1")
     assert price is not None
     assert (price.cache_read, price.cache_write) == (pytest.approx(1.5), pytest.approx(18.75))
+
+
+class FakeCache(Policy):
+    """Answers every other call itself, as the cache plugin does on a hit (``call.metadata["cache"]``)."""
+
+    name = "fake_cache"
+    order = Order.CACHE
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def wrap(self, nxt: Handler, target: Target) -> Handler:
+        def handler(call: Call) -> Any:
+            self.calls += 1
+            if self.calls % 2 == 0:
+                call.metadata["cache"] = "hit"
+                return ANTHROPIC_RESPONSE
+            call.metadata["cache"] = "miss"
+            return nxt(call)
+
+        return handler
+
+
+class FakeCachePlugin:
+    def __init__(self) -> None:
+        self.policy = FakeCache()
+
+    @hookimpl
+    def resilient_policies(self, runtime: Runtime) -> Sequence[Policy]:
+        return [self.policy]
+
+
+def test_a_cache_hit_is_counted_but_spends_no_tokens(registry: CollectorRegistry, clock: FakeClock) -> None:
+    pipeline = build(registry, clock, FakeCachePlugin())
+    ask = pipeline.guard(provider="anthropic", model=SONNET)(ScriptedProvider(default=ANTHROPIC_RESPONSE))
+    with request_context() as ctx, capture_calls() as calls:
+        ask(), ask()
+    assert value(registry, "resilient_calls_total", outcome="success") == 2
+    assert value(registry, "resilient_tokens_total", kind="input") == 1000  # the miss only
+    assert value(registry, "resilient_cost_usd_total") == pytest.approx(ANTHROPIC_COST)
+    assert ctx.totals["cost.usd"] == pytest.approx(ANTHROPIC_COST)
+    assert [c.metadata["cost_usd"] for c in calls] == [pytest.approx(ANTHROPIC_COST), 0.0]
 
 
 # ---------------------------------------------------------------- labels

@@ -42,6 +42,9 @@ class _Null:
 
 _NULL = _Null()
 
+#: ``call.metadata["cache"]`` values of a call answered from the cache: its tokens were not spent again.
+_SERVED = frozenset({"hit", "stale"})
+
 _TOTALS = ("tokens.input", "tokens.output", "tokens.cache_read", "tokens.cache_write")
 
 
@@ -120,7 +123,9 @@ class MetricsPolicy(Policy):
     Sets ``call.started``/``call.ended``, ``call.usage`` (from the response or
     the stream's chunks when no inner policy did), ``call.metadata["cost_usd"]``
     (``None`` when the model has no price) and adds ``tokens.*`` and
-    ``cost.usd`` to the request context's totals.
+    ``cost.usd`` to the request context's totals. A call the cache answered
+    (``call.metadata["cache"]`` is ``hit`` or ``stale``) spent no tokens: it
+    is counted, its tokens and cost are not, and its ``cost_usd`` is 0.
     """
 
     name = "metrics"
@@ -226,6 +231,10 @@ class MetricsPolicy(Policy):
                 (children.ok if outcome is None or not outcome.ok else children.outcome(outcome.kind)).inc()
                 children.duration.observe(end - start)
                 children.attempts.inc(call.attempt)
+                metadata = call._metadata
+                if metadata is not None and metadata.get("cache") in _SERVED:
+                    metadata["cost_usd"] = 0.0  # answered from the cache: no tokens spent
+                    return
                 usage = call.usage
                 if usage is None and not isinstance(result, str):
                     usage = call.usage = usage_from(result)
@@ -249,6 +258,10 @@ class MetricsPolicy(Policy):
         children.duration.observe(elapsed)
         # A refused call's last attempt never reached the provider.
         children.attempts.inc(call.attempt - 1 if outcome.kind == "refused" else call.attempt)
+        metadata = call._metadata
+        if metadata is not None and metadata.get("cache") in _SERVED:
+            metadata["cost_usd"] = 0.0  # a stream replayed from the cache spent no tokens
+            return
         usage = call.usage
         if usage is not None:
             self.account(children, call, usage)
