@@ -247,11 +247,11 @@ class Row(h.Timings):
 
 def build_rows() -> list[Row]:
     rows: list[Row] = []
-    for kind, fn, hand, labels in (
+    cases: list[tuple[h.Kind, Callable[..., Any], Callable[[Any], Any], Callable[[Any], Any]]] = [
         ("sync", target, hand_bound, hand_labels),
         ("async", atarget, ahand_bound, ahand_labels),
-    ):
-        k: h.Kind = "sync" if kind == "sync" else "async"
+    ]
+    for k, fn, hand, labels in cases:
         rows += [
             Row(k, BARE, fn),
             Row(k, HAND, hand(fn)),
