@@ -134,7 +134,12 @@ def test_detector_contract() -> None:
 
 def test_anchors_skip_the_pass() -> None:
     calls: list[str] = []
-    det = Detector("marker", "MARK[0-9]+", anchors=("mark",), validator=lambda v: calls.append(v) or True)
+
+    def seen(value: str) -> bool:
+        calls.append(value)
+        return True
+
+    det = Detector("marker", "MARK[0-9]+", anchors=("mark",), validator=seen)
     m = Masker([det])
     assert m.mask("nothing here") == "nothing here"
     assert m._compiled == {}

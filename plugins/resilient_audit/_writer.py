@@ -44,7 +44,7 @@ ATOMIC_BYTES = getattr(select, "PIPE_BUF", 4096)
 class AppendWriter:
     """A background appender of whole lines to ``path``; :meth:`submit` never blocks."""
 
-    def __init__(self, path: str, *, queue_size: int = 10_000, mode: int = 0o600) -> None:
+    def __init__(self, path: str, *, queue_size: int = 10_000, mode: int = 0o600, start: bool = True) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), mode)
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=queue_size)
@@ -54,6 +54,11 @@ class AppendWriter:
         self.written = 0
         self.errors = 0
         self._thread = threading.Thread(target=self._run, name="resilient-audit-writer", daemon=True)
+        if start:
+            self._thread.start()
+
+    def start(self) -> None:
+        """Start writing (when built with ``start=False``, as a test that fills the queue first does)."""
         self._thread.start()
 
     def submit(self, line: bytes) -> bool:
@@ -131,7 +136,8 @@ class AppendWriter:
             self._queue.put(_STOP, timeout=timeout)
         except queue.Full:  # pragma: no cover - the writer is stuck; give up on the rest
             pass
-        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._thread.join(timeout)
         try:
             os.close(self._fd)
         except OSError:  # pragma: no cover
