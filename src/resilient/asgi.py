@@ -34,7 +34,7 @@ from ._http import (
     problem_headers,
     request_id_of,
 )
-from .context import request_context
+from .context import RequestContext, _current
 from .errors import ResilientError
 
 __all__ = ["ResilientMiddleware"]
@@ -221,22 +221,29 @@ class ResilientMiddleware:
                 state[0] = message["status"]
                 if echo:
                     message = {**message, "headers": [*message.get("headers", ()), *echo]}
-            await send(message)
+            try:
+                await send(message)
+            except OSError:
+                state[1] = True  # the server could not write: the client has gone
+                raise
 
         limit = core.max_body_size
-        received = [0]
+        downstream_receive = receive
+        if limit is not None:
+            received = [0]
 
-        async def receive_wrapper() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                if limit is not None:
+            async def receive_wrapper() -> Message:
+                message = await receive()
+                if message["type"] == "http.request":
                     received[0] += len(message.get("body", b""))
                     if received[0] > limit:
                         # A ResilientError, so it renders the same wherever the app lets it out.
                         raise body_too_large(limit)
-            elif message["type"] == "http.disconnect":
-                state[1] = True
-            return message
+                elif message["type"] == "http.disconnect":
+                    state[1] = True
+                return message
+
+            downstream_receive = receive_wrapper
 
         try:
             refusal = None
@@ -262,8 +269,11 @@ class ResilientMiddleware:
                         await send_wrapper({"type": "http.response.body", "body": body})
                         return
                     downstream = _caching_send(send_wrapper, cache, key)
-            with request_context(request_id=request_id, tenant=tenant, route=route):
-                await self.app(scope, receive_wrapper, downstream)
+            token = _current.set(RequestContext(request_id=request_id, tenant=tenant, route=route))
+            try:
+                await self.app(scope, downstream_receive, downstream)
+            finally:
+                _current.reset(token)
         except ResilientError as exc:
             if state[0]:
                 raise
