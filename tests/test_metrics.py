@@ -668,6 +668,67 @@ def test_usage_from_chunk_reads_each_provider_shape() -> None:
     assert usage_from(completed["response"]) == Usage(50, 7, 40)
 
 
+def test_usage_from_the_sdks_own_response_and_event_objects(registry: CollectorRegistry, clock: FakeClock) -> None:
+    anthropic_types = pytest.importorskip("anthropic.types")
+    openai_chat = pytest.importorskip("openai.types.chat")
+    usage = ANTHROPIC_RESPONSE["usage"]
+    message = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": SONNET,
+        "content": [{"type": "text", "text": "Hello"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    events = [
+        anthropic_types.RawMessageStartEvent.model_validate(
+            {"type": "message_start", "message": {**message, "content": [], "usage": {**usage, "output_tokens": 1}}}
+        ),
+        anthropic_types.RawContentBlockDeltaEvent.model_validate(
+            {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hello"}}
+        ),
+        anthropic_types.RawMessageDeltaEvent.model_validate(
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 200}}
+        ),
+        anthropic_types.RawMessageStopEvent.model_validate({"type": "message_stop"}),
+    ]
+    completion = {"id": "c", "created": 0, "model": "gpt-4o", "object": "chat.completion"}
+    openai_usage = {
+        "prompt_tokens": 1200,
+        "completion_tokens": 80,
+        "total_tokens": 1280,
+        "prompt_tokens_details": {"cached_tokens": 200},
+    }
+    chunk = {**completion, "object": "chat.completion.chunk"}
+    chunks = [
+        openai_chat.ChatCompletionChunk.model_validate(
+            {**chunk, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+        ),
+        openai_chat.ChatCompletionChunk.model_validate({**chunk, "choices": [], "usage": openai_usage}),
+    ]
+    reply = {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}
+    pipeline = build(registry, clock)
+    provider = ScriptedProvider(
+        [
+            anthropic_types.Message.model_validate(message),
+            Chunks(events),
+            openai_chat.ChatCompletion.model_validate({**completion, "choices": [reply], "usage": openai_usage}),
+            Chunks(chunks),
+        ]
+    )
+    with capture_calls() as calls:
+        pipeline.guard(provider="anthropic", operation="create", model=SONNET)(provider)()
+        list(pipeline.guard(provider="anthropic", operation="stream", model=SONNET)(provider.stream)())
+        pipeline.guard(provider="openai", operation="create", model="gpt-4o")(provider)()
+        list(pipeline.guard(provider="openai", operation="stream", model="gpt-4o")(provider.stream)())
+    assert [c.usage for c in calls] == [Usage(1000, 200, 3000, 400)] * 2 + [Usage(1000, 80, 200, 0)] * 2
+    assert value(registry, "resilient_tokens_total", provider="anthropic", kind="cache_write") == 800
+    assert value(registry, "resilient_tokens_total", provider="openai", kind="cache_read") == 400
+    assert value(registry, "resilient_cost_usd_total", provider="anthropic") == pytest.approx(2 * ANTHROPIC_COST)
+
+
 usages = st.builds(Usage, *(st.integers(0, 10**6) for _ in range(4)))
 
 
