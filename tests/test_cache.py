@@ -837,3 +837,41 @@ def test_health_and_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys:
     assert '"store": "memory"' in capsys.readouterr().out
     assert main(["cache", "invalidate", "--tag", "model=m"]) == 0
     assert "0 entries removed" in capsys.readouterr().out
+
+
+def test_cache_plugin_object_beside_the_disabled_entry_point(clock: FakeClock) -> None:
+    plugin = CachePlugin(key=lambda call: call.kwargs["q"])
+    pipeline = Pipeline(
+        plugins=[plugin],
+        env={},
+        config={"disable": ["cache", "quota", "retry", "breaker"], "cache": {"enabled": True, "cacheable": "always"}},
+        clock=clock,
+    )
+    assert "app_cache" in [p.name for p in pipeline.policies]
+    assert "cache" not in [p.name for p in pipeline.policies]
+    provider = ScriptedProvider(["a", "b"])
+    ask = pipeline.guard(provider="p")(provider)
+    assert ask(q=1, noise=1) == "a"
+    assert ask(q=1, noise=2) == "a"
+
+
+def test_a_follower_goes_alone_when_the_leader_left_nothing(clock: FakeClock) -> None:
+    pipeline = build(clock)
+    made = [0]
+
+    async def provider(**kw: Any) -> str:
+        made[0] += 1
+        if made[0] == 1:
+            await asyncio.sleep(0)
+            raise asyncio.CancelledError  # the leader is cancelled: no value, no error to share
+        return "mine"
+
+    ask = pipeline.guard(provider="p")(provider)
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(ask(q=1), ask(q=1), return_exceptions=True)
+
+    leader, follower = asyncio.run(main())
+    assert isinstance(leader, asyncio.CancelledError)
+    assert follower == "mine"
+    assert made[0] == 2

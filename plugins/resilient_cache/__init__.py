@@ -62,12 +62,17 @@ def resilient_policies(runtime: Runtime) -> Sequence[Policy]:
 
 
 class CachePlugin:
-    """The cache plugin with key and tag functions given in code: ``Pipeline(plugins=[CachePlugin(key=f)])``
-    with ``disable = ["cache"]`` (the entry-point plugin of the same section) in the configuration."""
+    """The cache plugin with key and tag functions given in code.
 
-    name = "cache_custom"
+    ``Pipeline(plugins=[CachePlugin(key=f)], config={"disable": ["cache"], "cache": {...}})``: it reads the
+    same ``[cache]`` section; disable the entry-point plugin ``cache`` so one cache runs. Its policy is
+    named after the plugin (``name``, default ``"app_cache"``), for ``order`` and ``disable``.
+    """
 
-    def __init__(self, *, key: KeyFunction | None = None, tags: TagFunction | None = None) -> None:
+    def __init__(
+        self, *, key: KeyFunction | None = None, tags: TagFunction | None = None, name: str = "app_cache"
+    ) -> None:
+        self.name = name
         self._key = key
         self._tags = tags
 
@@ -80,7 +85,7 @@ class CachePlugin:
         section = runtime.settings.section(CacheOptions)
         if not section.base.enabled and not section.varies:
             return ()
-        return (CachePolicy(section, runtime, key=self._key, tags=self._tags),)
+        return (CachePolicy(section, runtime, key=self._key, tags=self._tags, name=self.name),)
 
 
 def _policy() -> CachePolicy | None:

@@ -96,7 +96,9 @@ class CachePolicy(Policy):
         *,
         key: KeyFunction | None = None,
         tags: TagFunction | None = None,
+        name: str = "cache",
     ) -> None:
+        self.name = name
         self._section = section
         self._runtime = runtime
         self._clock = runtime.clock
@@ -399,7 +401,7 @@ class CachePolicy(Policy):
         flight, leader = self._flights.begin(key)
         if not leader:
             shared = self._flights.wait(flight, options.flight_wait)
-            if shared is not None:
+            if shared is not None and (shared.ok or shared.error is not None):
                 return self._follow(call, key, shared)
             return self._fetch(call, nxt, plan, ck, key, local)
         result = Shared(False)
@@ -564,7 +566,7 @@ class CachePolicy(Policy):
         flight, leader = self._aflights.begin(key)
         if not leader:
             shared = await AsyncFlights.wait(flight, options.flight_wait)
-            if shared is not None:
+            if shared is not None and (shared.ok or shared.error is not None):
                 return self._follow(call, key, shared)
             return await self._afetch(call, nxt, plan, ck, key, local)
         result = Shared(False)
