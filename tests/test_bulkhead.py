@@ -557,3 +557,89 @@ def test_a_waiter_cancelled_as_it_is_handed_a_slot_passes_it_on(clock: FakeClock
     assert (a, c) == ("a", "c")  # c got the slot b could not use
     assert isinstance(b, asyncio.CancelledError)
     assert policy.in_flight() == {}
+
+
+# ---------------------------------------------------------------- against the simulator
+
+
+def simulator_stream(sim: Any) -> Any:
+    """An async stream of the simulator's SSE body chunks, its ASGI app driven in process (on the test's loop)."""
+    import json
+
+    async def stream(*, model: str) -> AsyncIterator[bytes]:
+        body = json.dumps(
+            {"model": model, "max_tokens": 64, "stream": True, "messages": [{"role": "user", "content": "hello there"}]}
+        ).encode()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/messages",
+            "raw_path": b"/v1/messages",
+            "root_path": "",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"x-api-key", b"sk-test")],
+            "server": ("sim", 80),
+            "client": ("test", 1234),
+        }
+        messages: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        gone = asyncio.Event()
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict[str, Any]) -> None:
+            await messages.put(message)
+
+        app = asyncio.ensure_future(sim.app(scope, receive, send))
+        try:
+            start = await messages.get()
+            assert start["status"] == 200
+            while True:
+                message = await messages.get()
+                if message.get("body"):
+                    yield message["body"]
+                if not message.get("more_body"):
+                    return
+        finally:
+            gone.set()  # the client goes away: a stalled simulator stops waiting
+            await app
+
+    return stream
+
+
+def test_a_stream_that_stalls_mid_way_against_the_simulator_times_out_and_releases_its_slot(clock: FakeClock) -> None:
+    from resilient.testing.simulator import Simulator, Stall
+
+    sim = Simulator()  # its latency and stalls sleep on the running loop: virtual time here
+    sim.script(Stall(after=2, seconds=30))
+    pipeline = build(clock, timeout={"first_chunk_timeout": 5, "idle_timeout": 1}, max_concurrent=1)
+    policy = policy_of(pipeline)
+    guarded = pipeline.guard(provider="anthropic")(simulator_stream(sim))
+
+    async def consume() -> list[bytes]:
+        return [chunk async for chunk in guarded(model="claude-haiku-4-5")]
+
+    got: list[bytes] = []
+
+    async def stalled() -> None:
+        async for chunk in guarded(model="claude-haiku-4-5"):
+            got.append(chunk)
+
+    with pytest.raises(AttemptTimeout) as info:
+        run(clock, stalled())
+    assert info.value.phase == "idle"
+    assert len(got) == 2  # the chunks before the stall reached the caller
+    assert clock.monotonic() == pytest.approx(1.0)
+    assert policy.in_flight() == {}
+    chunks = run(clock, consume())  # the slot is free again: the next stream runs to its end
+    assert b"message_stop" in chunks[-1]
+    assert policy.in_flight() == {}
