@@ -453,3 +453,69 @@ def test_http_metrics_by_route_template_through_the_metrics_plugin() -> None:
     assert sample("resilient_http_requests_in_progress", {"route": "/sse", "method": "GET"}) == 0
     assert "secret-42" not in text
     assert 'route="/items/{item_id}"' in text
+
+
+# --------------------------------------------------------------------------- invariants
+
+
+def test_an_error_after_the_response_started_drops_the_connection() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import StreamingResponse
+    from starlette.routing import Route
+
+    from resilient.errors import QuotaExceeded
+
+    async def stream(request: Any) -> StreamingResponse:
+        async def chunks() -> Any:
+            yield b"data: one\n\n"
+            raise QuotaExceeded(retry_after=1)
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    events = Events()
+    app = serve(Starlette(routes=[Route("/s", stream)]), events, inside=True)
+    with (
+        uvicorn_server(app) as url,
+        httpx.Client(timeout=10) as client,
+        pytest.raises(httpx.RemoteProtocolError),
+        client.stream("GET", f"{url}/s") as response,
+    ):
+        assert response.status_code == 200  # the status was out before the error
+        b"".join(response.iter_raw())
+    assert [e.status for e in events.named("http.request_finished")] == [200]
+    assert events.in_progress == 0
+
+
+BEHAVIOURS = [
+    ("GET", "/items/1"),
+    ("GET", "/quota"),
+    ("GET", "/circuit"),
+    ("GET", "/boom"),
+    ("GET", "/nope"),
+    ("POST", "/items/1"),
+    ("POST", "/echo"),
+    ("GET", "/health"),
+]
+
+
+@given(st.lists(st.sampled_from(BEHAVIOURS), max_size=10), st.booleans())
+@settings(max_examples=30, deadline=None)
+def test_every_started_request_finishes_exactly_once(calls: list[tuple[str, str]], limited: bool) -> None:
+    events = Events()
+    options: dict[str, Any] = {"max_body_size": 10}
+    if limited:
+        options["rate_limits"] = {"*": "2/hour"}
+    app = serve(starlette_app(), events, **options)
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            for method, path in calls:
+                await client.request(method, path, content=b"x" * 20 if path == "/echo" else None)
+
+    asyncio.run(run())
+    started = events.named("http.request_started")
+    finished = events.named("http.request_finished")
+    assert events.in_progress == 0
+    assert len(finished) == len([c for c in calls if c[1] != "/health"])
+    assert [(e.request_id, e.route) for e in started] == [(e.request_id, e.route) for e in finished]
