@@ -445,6 +445,62 @@ def test_malformed_and_unknown_events_never_raise(registry: CollectorRegistry, c
     assert value(registry, "resilient_http_requests_total", route="unmatched", method="other", status="unknown") == 1
 
 
+KNOWN_EVENTS = [
+    "retry.scheduled",
+    "retry.gave_up",
+    "cache.hit",
+    "cache.miss",
+    "cache.stale_served",
+    "cache.bypass",
+    "cache.store_error",
+    "quota.rejected",
+    "quota.paused",
+    "quota.store_unavailable",
+    "breaker.state_changed",
+    "breaker.rejected",
+    "http.request_started",
+    "http.request_finished",
+]
+anything = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5), st.lists(st.integers(), max_size=2)
+)
+fields = st.dictionaries(
+    st.sampled_from(
+        [
+            "provider",
+            "operation",
+            "model",
+            "tenant",
+            "outcome",
+            "reason",
+            "limit",
+            "remaining",
+            "state",
+            "source",
+            "fallback",
+            "route",
+            "method",
+            "status",
+            "duration",
+            "request_id",
+        ]
+    ),
+    anything,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.sampled_from(KNOWN_EVENTS), st.text(max_size=12)), fields), max_size=20))
+def test_any_event_with_any_fields_is_counted_once_and_never_raises(events: list[tuple[str, dict[str, Any]]]) -> None:
+    registry = CollectorRegistry()
+    pipeline = build(registry, FakeClock())
+    (observer,) = pipeline.runtime.events.observers
+    for name, given_fields in events:
+        observer(named(name, **given_fields))  # directly: the emitter would hide an exception
+    assert value(registry, "resilient_events_total") == len(events)
+    assert generate_latest(registry).startswith(b"# HELP")  # and the exposition still renders
+
+
 def test_http_events_count_requests_by_route_template(registry: CollectorRegistry, clock: FakeClock) -> None:
     pipeline = build(registry, clock)
     emit(
