@@ -146,27 +146,27 @@ class MetricsPolicy(Policy):
 
     # ------------------------------------------------------------ labels and accounting
 
-    def _children(self, target: Target, model: str | None, tenant: str | None) -> _Children:
+    def _children(self, target: Target, model: str | None, tenant_label: tuple[str, ...]) -> _Children:
         labels = (target.provider, target.operation, self.models(model))
-        tenant_label = () if self._tenants is None else (self._tenants(tenant),)
         stream = target.kind in ("stream", "astream")
         return _Children(self._metrics, labels, tenant_label, self.prices.lookup(model), stream)
 
     def _binder(self, target: Target) -> Callable[[Call], _Children]:
         """What finds a call's children: one bound set when the labels are static, else a cache per model."""
         if target.model is not None and self._tenants is None:
-            static = self._children(target, target.model, None)
+            static = self._children(target, target.model, ())
             return lambda call: static
         cache: dict[Any, _Children] = {}
         tenants = self._tenants
 
         def children_of(call: Call) -> _Children:
             model = call.model
-            key: Any = model if tenants is None else (model, tenants(call.tenant))
+            tenant_label = () if tenants is None else (tenants(call.tenant),)
+            key = (model, tenant_label)
             found = cache.get(key)
             if found is None:
-                found = self._children(target, model, call.tenant)
-                if len(cache) < 4096:
+                found = self._children(target, model, tenant_label)
+                if len(cache) < 4096:  # past it (many models, all 'other'), children are bound per call
                     cache[key] = found
             return found
 
