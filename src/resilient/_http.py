@@ -16,9 +16,10 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, TypedDict
 
 import limits
 import orjson
@@ -384,6 +385,26 @@ class ResponseCache:
 # --------------------------------------------------------------------------- the shared core
 
 
+class AdapterOptions(TypedDict, total=False):
+    """The options every adapter takes besides ``pipeline`` (for ``**options`` in typed code)."""
+
+    request_id_header: str | None
+    tenant: str | TenantKey | None
+    rate_limits: Mapping[str, str] | None
+    rate_limit_strategy: Strategy
+    rate_limit_store: str | None
+    rate_limit_client: str | TenantKey | None
+    metrics_path: str | None
+    health_path: str | None
+    ready_path: str | None
+    metrics_registry: Any
+    max_body_size: int | None
+    problem_for_unhandled: bool
+    cache_get: float | None
+    cache_max_entries: int
+    cache_max_body: int
+
+
 #: Routes are few and clients repeat: quoting each once is worth a small bounded cache.
 _key_part = functools.lru_cache(maxsize=4096)(key_part)
 
@@ -471,6 +492,7 @@ class HttpCore:
                     raise ConfigurationError(key, value, "must be an integer >= 1")
             self.cache = ResponseCache(float(cache_get), cache_max_entries, cache_max_body, self.clock.monotonic)
         self._sync_limiter: Any = None
+        self._lock = threading.Lock()
         self._async_storage = LoopBoundStorage(self.store_uri, self.key_prefix)
         self._async_limiters = PerLoop(self._new_async_limiter)
 
@@ -478,11 +500,16 @@ class HttpCore:
 
     def sync_limiter(self) -> Any:
         """The sync ``limits`` strategy on the store (made on first use)."""
-        if self._sync_limiter is None:
-            storage = sync_storage(self.store_uri, self.key_prefix)
-            strategy: Any = limits.strategies.STRATEGIES[self.strategy]
-            self._sync_limiter = strategy(storage)
-        return self._sync_limiter
+        limiter = self._sync_limiter
+        if limiter is None:
+            # Threads of a gthread worker race here on the first requests: one storage, or counts split.
+            with self._lock:
+                limiter = self._sync_limiter
+                if limiter is None:
+                    storage = sync_storage(self.store_uri, self.key_prefix)
+                    strategy: Any = limits.strategies.STRATEGIES[self.strategy]
+                    limiter = self._sync_limiter = strategy(storage)
+        return limiter
 
     def async_limiter(self) -> Any:
         """The async ``limits`` strategy on the store, for the running event loop."""

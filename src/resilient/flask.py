@@ -27,6 +27,9 @@ from .wsgi import Environ, ResilientWSGIMiddleware
 
 if TYPE_CHECKING:
     from flask import Flask, Response
+    from typing_extensions import Unpack
+
+    from ._http import AdapterOptions
 
 __all__ = ["Resilient"]
 
@@ -91,14 +94,29 @@ class Resilient:
     request context lives in a context variable per request thread.
     """
 
-    def __init__(self, app: Flask | None = None, *, pipeline: Any = None, **options: Any) -> None:
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        pipeline: Any = None,
+        route: Callable[[Environ], str | None] | None = None,
+        **options: Unpack[AdapterOptions],
+    ) -> None:
         self.pipeline = pipeline
-        self.options = options
+        self.options: dict[str, Any] = dict(options)
+        self.route = route
         self.middleware: ResilientWSGIMiddleware | None = None
         if app is not None:
             self.init_app(app)
 
-    def init_app(self, app: Flask, *, pipeline: Any = None, **options: Any) -> None:
+    def init_app(
+        self,
+        app: Flask,
+        *,
+        pipeline: Any = None,
+        route: Callable[[Environ], str | None] | None = None,
+        **options: Unpack[AdapterOptions],
+    ) -> None:
         """Wrap ``app.wsgi_app`` and register the error handlers; options here override the constructor's."""
         pipeline = pipeline if pipeline is not None else self.pipeline
         if pipeline is None:
@@ -106,8 +124,8 @@ class Resilient:
                 "pipeline", None, "must be a resilient.Pipeline, given to Resilient() or init_app()"
             )
         merged: dict[str, Any] = {**self.options, **options}
-        route: Callable[[Environ], str | None] = merged.pop("route", None) or _Routes(app)
-        middleware = ResilientWSGIMiddleware(app.wsgi_app, pipeline=pipeline, route=route, **merged)
+        resolve = route or self.route or _Routes(app)
+        middleware = ResilientWSGIMiddleware(app.wsgi_app, pipeline=pipeline, route=resolve, **merged)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.register_error_handler(ResilientError, _problem_response)
         if middleware.core.problem_for_unhandled:
