@@ -312,48 +312,65 @@ def histories(draw: st.DrawFn) -> list[tuple[str, Any]]:
 def test_never_older_than_ttl_unless_marked_stale_and_never_another_tenants(
     history: list[tuple[str, Any]], max_stale: float
 ) -> None:
+    play(history, max_stale)
+
+
+def play(history: list[tuple[str, Any]], max_stale: float, store: str = "memory://", **cache: Any) -> None:
+    """Run a history against a model of what is stored when; check every answer (used for every store)."""
     clock = FakeClock()
     observer = Collect()
-    pipeline = build(clock, observer, ttl=10, max_stale=max_stale)
+    pipeline = Pipeline(
+        discover=False,
+        plugins=[resilient_cache, observer],
+        env={},
+        config={
+            "store": store,
+            "cache": {"enabled": True, "cacheable": "always", "ttl": 10, "max_stale": max_stale, **cache},
+        },
+        clock=clock,
+    )
     failing: list[int] = []
 
     def provider(q: int) -> dict[str, Any]:
         if failing:
             raise ProviderHTTPError(failing.pop())
-        ctx = resilient_cache_context()
-        return {"q": q, "tenant": ctx, "at": clock.time()}
+        return {"q": q, "tenant": resilient_cache_context(), "at": clock.time()}
 
     ask = pipeline.guard(provider="p")(provider)
     stored: dict[tuple[int, str | None], float] = {}  # the model: when each request's entry was stored
-    for step, arg in history:
-        if step == "wait":
-            clock.advance(arg)
-            continue
-        if step == "fail":
-            failing.append(arg)
-            continue
-        q, tenant = arg
-        with request_context(tenant=tenant), capture_calls() as calls:
-            try:
-                answer = ask(q=q)
-            except ProviderHTTPError as exc:
-                at = stored.get((q, tenant))
-                usable = at is not None and clock.time() - at < 10 + max_stale
-                assert exc.status_code == 400 or not usable  # a provider failure with a usable entry is answered
-                failing.clear()
+    try:
+        for step, arg in history:
+            if step == "wait":
+                clock.advance(arg)
                 continue
-        state = calls[0].metadata["cache"]
-        age = clock.time() - answer["at"]
-        assert answer["q"] == q
-        assert answer["tenant"] == tenant
-        if state == "miss":
-            stored[(q, tenant)] = answer["at"]
-        if state == "stale":
-            assert 10 <= age < 10 + max_stale
-            assert observer.events[-1].name == "cache.stale_served"
-        else:
-            assert age < 10, (state, age)
-        failing.clear()
+            if step == "fail":
+                failing.append(arg)
+                continue
+            q, tenant = arg
+            at = stored.get((q, tenant))
+            with request_context(tenant=tenant), capture_calls() as calls:
+                try:
+                    answer = ask(q=q)
+                except ProviderHTTPError as exc:
+                    usable = at is not None and clock.time() - at < 10 + max_stale
+                    assert exc.status_code == 400 or not usable  # a provider failure with a usable entry is answered
+                    failing.clear()
+                    continue
+            state = calls[0].metadata["cache"]
+            age = clock.time() - answer["at"]
+            assert answer["q"] == q
+            assert answer["tenant"] == tenant  # never another request's or another tenant's answer
+            if state == "miss":
+                assert at is None or clock.time() - at >= 10  # a fresh entry is always used
+                stored[(q, tenant)] = answer["at"]
+            if state == "stale":
+                assert 10 <= age < 10 + max_stale
+                assert observer.events[-1].name == "cache.stale_served"
+            else:
+                assert age < 10, (state, age)  # never older than its ttl
+            failing.clear()
+    finally:
+        pipeline.close()
 
 
 def resilient_cache_context() -> str | None:
@@ -875,3 +892,59 @@ def test_a_follower_goes_alone_when_the_leader_left_nothing(clock: FakeClock) ->
     assert isinstance(leader, asyncio.CancelledError)
     assert follower == "mine"
     assert made[0] == 2
+
+
+def test_public_surface() -> None:
+    assert sorted(resilient_cache.__all__) == [
+        "CacheBypassed",
+        "CacheHit",
+        "CacheInvalidated",
+        "CacheMiss",
+        "CacheNotStored",
+        "CacheOptions",
+        "CachePlugin",
+        "CachePolicy",
+        "CacheStaleServed",
+        "CacheStoreError",
+        "CacheStored",
+        "KeyFunction",
+        "TagFunction",
+    ]
+    names = {
+        getattr(resilient_cache, n).name
+        for n in resilient_cache.__all__
+        if n.startswith("Cache") and n.endswith(("Hit", "Miss", "Served", "Stored", "Bypassed", "Error", "Invalidated"))
+    }
+    assert names == {
+        "cache.hit",
+        "cache.miss",
+        "cache.stale_served",
+        "cache.stored",
+        "cache.not_stored",
+        "cache.bypass",
+        "cache.store_error",
+        "cache.invalidated",
+    }
+
+
+def test_an_abandoned_async_stream_is_not_stored(clock: FakeClock) -> None:
+    observer = Collect()
+    pipeline = build(clock, observer)
+    made = [0]
+
+    async def stream(**kw: Any) -> AsyncIterator[int]:
+        made[0] += 1
+        for i in range(5):
+            yield i
+
+    guarded = pipeline.guard(provider="p")(stream)
+
+    async def main() -> list[int]:
+        it = guarded(q=1)
+        assert await it.__anext__() == 0
+        await it.aclose()
+        return [c async for c in guarded(q=1)] + [c async for c in guarded(q=1)]
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4] * 2
+    assert made[0] == 2
+    assert [e.reason for e in observer.events if e.name == "cache.not_stored"] == ["incomplete_stream"]  # type: ignore[attr-defined]

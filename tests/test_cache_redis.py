@@ -17,7 +17,7 @@ from resilient.testing import FakeClock, HTTPStatus, RedisServer, ScriptedProvid
 from resilient_cache import CachePolicy
 
 from ._policies import Collect
-from .test_cache import MESSAGES, anthropic_events, message
+from .test_cache import MESSAGES, anthropic_events, histories, message, play
 
 
 @pytest.fixture
@@ -271,3 +271,30 @@ def test_a_hit_from_the_store_equals_the_original(redis_url: str, text: str, ten
     assert other.content[0].text == "other"  # type: ignore[union-attr]  # never another tenant's entry
     a.close()
     b.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(history=histories(), max_stale=st.sampled_from([0.0, 20.0]), local_ttl=st.sampled_from([0.0, 5.0]))
+def test_never_older_than_ttl_nor_another_tenants_through_the_store(
+    redis_url: str, client: redis.Redis, history: list[tuple[str, Any]], max_stale: float, local_ttl: float
+) -> None:
+    client.flushdb()
+    play(history, max_stale, store=redis_url, local_ttl=local_ttl)
+
+
+def test_async_store_down_fails_open(clock: FakeClock) -> None:
+    observer = Collect()
+    pipeline = worker("redis://127.0.0.1:1", clock, observer, store_retry=30)
+    provider = ScriptedProvider(default="ok")
+    ask = pipeline.guard(provider="p")(provider.acall)
+    chunks = pipeline.guard(provider="p", operation="s")(provider.astream)
+
+    async def main() -> list[Any]:
+        try:
+            return [await ask(q=1), await ask(q=1), [c async for c in chunks(q=1)]]
+        finally:
+            await pipeline.aclose()
+
+    assert asyncio.run(main()) == ["ok", "ok", ["ok"]]
+    assert provider.calls == 2  # the second value came from the local layer
+    assert [e.action for e in observer.events if e.name == "cache.store_error"] == ["get"]  # type: ignore[attr-defined]
