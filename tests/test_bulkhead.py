@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import resilient_bulkhead
 import resilient_timeout
-from resilient import ConcurrencyLimitExceeded, DeadlineExceeded, Pipeline, PluginError
+from resilient import Call, ConcurrencyLimitExceeded, DeadlineExceeded, Pipeline, PluginError
 from resilient.testing import FakeClock, RedisServer
 from resilient_bulkhead import BulkheadPolicy, register_key
 from resilient_timeout import AttemptTimeout
@@ -176,6 +176,21 @@ def test_a_registered_key_function(clock: FakeClock) -> None:
     assert isinstance(results[2], ConcurrencyLimitExceeded)
     with pytest.raises(PluginError, match=r"bulkhead.key_function = 'nope'.*by_n"):
         build(clock, max_concurrent=1, key_function="nope")
+    with pytest.raises(PluginError, match=r"bulkhead.key_function = 'no_such_module_xyz:f'.*cannot be imported"):
+        build(clock, max_concurrent=1, key_function="no_such_module_xyz:f")
+
+
+def by_parity(call: Call) -> str:
+    return str(call.args[0] % 2)
+
+
+def test_a_key_function_named_module_function(clock: FakeClock) -> None:
+    guarded = build(clock, max_concurrent=1, key_function="tests.test_bulkhead:by_parity").guard(provider="p")(
+        Provider()
+    )
+    results = run(clock, gather(guarded(0), guarded(1), guarded(2)))
+    assert results[:2] == [0, 1]
+    assert isinstance(results[2], ConcurrencyLimitExceeded)
 
 
 def test_limits_per_model_override(clock: FakeClock) -> None:

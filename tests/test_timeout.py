@@ -309,6 +309,12 @@ def test_sync_pass_timeout_is_capped_by_the_deadline_and_an_sdk_timeout_at_it_is
     assert clock.monotonic() == pytest.approx(5.0)
 
 
+def test_sync_without_a_hook_or_a_listener_stays_out_of_the_chain(clock: FakeClock) -> None:
+    with capture_calls() as calls:
+        assert build(clock, timeout=2).guard(provider="p")(lambda: "ok")() == "ok"
+    assert calls == []  # nothing to do for it: the guarded function is called bare
+
+
 def test_sync_without_a_hook_keeps_a_late_result_and_says_so(clock: FakeClock) -> None:
     observer = Collect()
 

@@ -29,7 +29,7 @@ class BulkheadOptions:
         ("provider", "model"), doc="What a slot pool is per: any of provider, model, operation, tenant."
     )
     key_function: str = option(
-        "", doc="Name of a key function registered with resilient_bulkhead.register_key(); replaces `key`."
+        "", doc="A key function (call) -> str: a name from resilient_bulkhead.register_key() or 'module:function'."
     )
     max_waiting: int = option(0, min=0, doc="Calls that may queue for a slot per key; more are refused at once.")
     max_wait: Duration = option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import sys
@@ -56,6 +57,27 @@ Key = tuple[str | None, ...]
 def register_key(name: str, fn: KeyFunction) -> None:
     """Make ``fn`` usable as ``key_function = "<name>"`` in ``[tool.resilient.bulkhead]``."""
     _KEY_FUNCTIONS[name] = fn
+
+
+def _load_key_function(spec: str) -> KeyFunction:
+    """A registered key function, or ``"module:function"``; a configuration error names what is known."""
+    found = _KEY_FUNCTIONS.get(spec)
+    if found is not None:
+        return found
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        known = ", ".join(sorted(_KEY_FUNCTIONS)) or "(none)"
+        allowed = f"no such key function; register it with resilient_bulkhead.register_key(); known: {known}"
+        raise ConfigurationError("bulkhead.key_function", spec, allowed)
+    try:
+        fn: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            fn = getattr(fn, part)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError("bulkhead.key_function", spec, f"cannot be imported ({type(exc).__name__})") from None
+    if not callable(fn):
+        raise ConfigurationError("bulkhead.key_function", spec, "does not name a callable")
+    return fn  # type: ignore[no-any-return]
 
 
 def _key_of(parts: tuple[str, ...], fn: KeyFunction | None) -> Callable[[Call], Key]:
@@ -125,14 +147,7 @@ class BulkheadPolicy(Policy):
         self._events = runtime.events
         fn = key
         if fn is None and base.key_function:
-            fn = _KEY_FUNCTIONS.get(base.key_function)
-            if fn is None:
-                known = ", ".join(sorted(_KEY_FUNCTIONS)) or "(none)"
-                raise ConfigurationError(
-                    "bulkhead.key_function",
-                    base.key_function,
-                    f"no such key function; register it with resilient_bulkhead.register_key(); known: {known}",
-                )
+            fn = _load_key_function(base.key_function)
         self._key_function = fn
         self._key = _key_of(base.key, fn)
         self._pools: dict[Key, Slots] = {}

@@ -219,6 +219,8 @@ class TimeoutPolicy(_Base):
         base = self._base
         if not self._varies and not self._deadlines and (base.timeout is None or not base.enabled):
             return nxt
+        if not self._varies and not self._deadlines and not base.pass_timeout and not self._events.enabled:
+            return nxt  # a sync call without a hook cannot be bounded, and nobody listens for overruns
         clock = self._clock
 
         def timed(call: Call) -> Any:
