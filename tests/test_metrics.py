@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -17,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
+import tomllib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
@@ -48,8 +50,13 @@ from resilient.cli import main as cli_main
 from resilient.prometheus import exposition, mark_process_dead
 from resilient.providers import merge_usage, usage_from, usage_from_chunk
 from resilient.testing import Chunks, FakeClock, HTTPStatus, Latency, ProviderHTTPError, ScriptedProvider
-from resilient_metrics import PriceTable, registry_of, use_registry
+from resilient_metrics import MetricsOptions, PriceTable, registry_of, use_registry
 from resilient_metrics._metrics import Bounded
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -1084,6 +1091,16 @@ def test_the_docs_list_every_metric_and_label(registry: CollectorRegistry, clock
         row = next(line for line in doc.splitlines() if line.startswith(f"| `{name}`"))
         for label in labels:
             assert f"`{label}`" in row, (name, label)
+
+
+def test_the_docs_list_every_option_with_its_default() -> None:
+    doc = (ROOT / "docs/plugins/metrics.md").read_text()
+    defaults = dataclasses.asdict(MetricsOptions())
+    for name, default in defaults.items():
+        row = next((line for line in doc.splitlines() if line.startswith(f"| `{name}` |")), None)
+        assert row is not None, name
+        shown = tomllib.loads("v = " + row.split("|")[2].strip().strip("`"))["v"]
+        assert shown == (list(default) if isinstance(default, tuple) else default), name
 
 
 def test_the_grafana_dashboard_queries_only_metrics_that_exist(registry: CollectorRegistry, clock: FakeClock) -> None:
