@@ -131,6 +131,8 @@ class DeadlinePolicy(_Base):
             try:
                 async with scope:
                     return await nxt(call)
+            except DeadlineExceeded:
+                raise  # already the deadline's error (an attempt cut at it), told once
             except Exception as exc:
                 if scope.expired() or self._late(call, deadline, exc):
                     raise self._exceeded(call, exc) from exc
