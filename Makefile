@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench install clean
+.PHONY: demo demo-terminal test lint typecheck unit bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The FastAPI example on 127.0.0.1 against the built-in simulator, state in memory.
 demo: $(STAMP)
+	$(BIN)/python examples/fastapi_app/demo.py
+
+# The same policies in a terminal, no server.
+demo-terminal: $(STAMP)
 	$(BIN)/python examples/terminal_demo.py
 
 lint: $(STAMP)

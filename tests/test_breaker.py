@@ -350,3 +350,15 @@ def test_overrides_that_change_the_window_get_their_own_breaker(clock: FakeClock
             failing()
     with request_context(tenant="big"):
         fail_n(failing, 1)  # still closed for the others
+
+
+def test_health_lists_the_breakers_used_and_stays_ok_when_one_is_open(clock: FakeClock) -> None:
+    pipeline = build(clock, minimum_calls=2, window_size=2)
+    failing = ScriptedProvider([HTTPStatus(500), HTTPStatus(500)], default="ok", clock=clock)
+    assert pipeline.guard(provider="anthropic", model="n")(lambda: "ok")() == "ok"
+    fail_n(pipeline.guard(provider="anthropic", model="m")(failing), 2)
+    report = pipeline.health()
+    assert report["ok"] is True  # an open breaker is the app protecting itself, not a dead worker
+    breakers = report["policies"]["breaker"]["breakers"]
+    assert sorted(breakers.values()) == ["closed", "open"]
+    assert report["policies"]["breaker"]["store"] == "memory"

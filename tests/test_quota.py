@@ -609,3 +609,21 @@ def test_tenants_never_share_a_count(limits_on: FakeClock, a: str, b: str | None
         call()
     with request_context(tenant=b):
         assert call() == "ok"
+
+
+def test_health_reports_remaining_per_key_used(limits_on: FakeClock) -> None:
+    pipeline = build(limits_on, requests="5/minute")
+    guarded = pipeline.guard(provider="anthropic", model="m")(lambda: "ok")
+    guarded()
+    guarded()
+    report = pipeline.health()
+    assert report["ok"] is True
+    (quota,) = report["policies"]["quota"]["quotas"]
+    assert quota["limits"][0]["remaining"] == 3
+    assert report["policies"]["quota"]["store"] == "memory"
+
+
+def test_health_is_not_ok_when_a_fail_closed_store_is_down(limits_on: FakeClock) -> None:
+    down = "redis://127.0.0.1:1/0"  # nothing listens on port 1
+    assert build(limits_on, store=down, requests="5/minute", on_store_error="closed").health()["ok"] is False
+    assert build(limits_on, store=down, requests="5/minute").health()["ok"] is True  # falls back to local counts

@@ -392,6 +392,30 @@ class BreakerPolicy(Policy):
             return {"key": key, "state": "unknown", "store": f"unavailable ({type(exc).__name__})"}
         return {"key": key, **status}
 
+    def health(self) -> dict[str, Any]:
+        """For ``/ready``: the store, and the state of the breakers this process has used (50 at most).
+
+        Always ``ok``: an open breaker is the app protecting itself, and with
+        the store down the breakers run on local state; pulling every worker
+        out of the load balancer for either would turn a degraded provider
+        into an outage.
+        """
+        store = "memory"
+        if self._shared is not None:
+            try:
+                self._shared.client.ping()
+                store = "ok"
+            except (*STORE_ERRORS, _redis_error()) as exc:
+                store = f"unavailable ({type(exc).__name__}); breakers on local state"
+        keys = sorted({entry[1] for entry in list(self._entries.values())})[:50]
+        breakers: dict[str, str] = {}
+        for key in keys:
+            try:
+                breakers[key] = self._store_for_control().status(key)["state"]
+            except (*STORE_ERRORS, _redis_error()):
+                breakers[key] = "unknown"
+        return {"ok": True, "store": store, "breakers": breakers}
+
     def close(self) -> None:
         if self._shared is not None:
             self._shared.close()

@@ -123,6 +123,10 @@ class QuotaState:
             plan = self.plan_for(target.provider, model, tenant)
         return plan if plan.active else None
 
+    def plans_seen(self) -> list[tuple[str, str | None, str | None]]:
+        """(provider, model, tenant) of the keys this process has planned calls for."""
+        return list(self._plans)
+
     def plan_for(self, provider: str, model: str | None, tenant: str | None) -> Plan:
         key = (provider, model, tenant)
         plan = self._plans.get(key)
@@ -416,6 +420,29 @@ class QuotaPolicy(Policy):
             "store": "local fallback" if local else "ok",
             "paused_for": round(lim.run(PauseGet(plan.pause_key, local)), 3),
             "limits": rows,
+        }
+
+    def health(self) -> dict[str, Any]:
+        """For ``/ready``: the store, and remaining and reset of the keys this process has used (20 at most).
+
+        Not ``ok`` only when the store is unreachable and ``on_store_error`` is
+        ``closed``: then every call is refused, and the worker cannot serve.
+        """
+        state = self.state
+        lim = state.limiters
+        reachable = True
+        if not is_memory(lim.uri):
+            try:
+                reachable = bool(lim.storage.check())
+            except STORE_ERRORS:
+                reachable = False
+        keys = list(state.plans_seen())[:20]
+        quotas = [self.status(provider, model, tenant) for provider, model, tenant in keys] if reachable else []
+        fails_closed = state.section.base.on_store_error == "closed"
+        return {
+            "ok": reachable or not fails_closed,
+            "store": ("memory" if is_memory(lim.uri) else "ok") if reachable else "unavailable",
+            "quotas": quotas,
         }
 
     def close(self) -> None:
