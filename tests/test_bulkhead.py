@@ -350,7 +350,8 @@ def test_sync_stream_slot(clock: FakeClock) -> None:
 # ---------------------------------------------------------------- threads
 
 
-def test_threads_share_the_limit_and_a_waiter_gets_the_freed_slot(clock: FakeClock) -> None:
+@pytest.mark.parametrize("system_clock", [False, True])
+def test_threads_share_the_limit_and_a_waiter_gets_the_freed_slot(clock: FakeClock, system_clock: bool) -> None:
     release = threading.Event()
     entered = threading.Event()
 
@@ -361,6 +362,13 @@ def test_threads_share_the_limit_and_a_waiter_gets_the_freed_slot(clock: FakeClo
         return n
 
     pipeline = build(clock, max_concurrent=1, max_waiting=1, max_wait=60)
+    if system_clock:  # the waiter blocks on its event with no polling; the release wakes it
+        pipeline = Pipeline(
+            plugins=[resilient_bulkhead],
+            discover=False,
+            env={},
+            config={"bulkhead": {"max_concurrent": 1, "max_waiting": 1, "max_wait": 60}},
+        )
     policy = policy_of(pipeline)
     guarded = pipeline.guard(provider="p")(call)
     results: dict[int, Any] = {}

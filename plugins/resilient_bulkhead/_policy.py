@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from resilient import (
+    SYSTEM_CLOCK,
     AsyncHandler,
     AsyncStreamHandler,
     Call,
@@ -229,12 +230,13 @@ class BulkheadPolicy(Policy):
         if verdict == REFUSED:
             raise self._refuse(call, key, options, "full")
         clock = self._clock
+        real = clock is SYSTEM_CLOCK  # another clock (a FakeClock) does not wake the event: re-read it
         until = clock.monotonic() + wait
         while not event.is_set():
             left = until - clock.monotonic()
             if left <= 0:
                 break
-            event.wait(min(left, _SYNC_POLL))
+            event.wait(left if real else min(left, _SYNC_POLL))
         if event.is_set() or pool.leave(waiter):
             return
         raise self._refuse(call, key, options, "timeout")
