@@ -209,6 +209,30 @@ def test_retry_does_not_wait_past_the_deadline(clock: FakeClock) -> None:
     assert clock.monotonic() <= 5.0 + 1e-9
 
 
+def test_retry_gives_up_rather_than_wait_past_the_shared_deadline(clock: FakeClock) -> None:
+    observer = Collect()
+    provider = SlowProvider([3.0] * 10, clock)
+    config = {
+        "timeout": {"timeout": 2, "deadline": 5},
+        "retry": {"max_attempts": 10, "base_delay": 4.0, "max_delay": 4.0, "budget_ratio": None},
+    }
+    pipeline = Pipeline(
+        plugins=[resilient_timeout, resilient_retry, observer],
+        discover=False,
+        env={},
+        config=config,
+        clock=clock,
+        random=lambda: 1.0,  # every backoff is the full 4 s
+    )
+    guarded = pipeline.guard(provider="p")(provider)
+    with pytest.raises(AttemptTimeout):  # retry raises the last error, unchanged
+        run(clock, guarded())
+    [gave_up] = named(observer, "retry.gave_up")
+    assert (gave_up.reason, gave_up.attempts) == ("deadline", 1)
+    assert clock.monotonic() == pytest.approx(2.0)  # 2 + 4 would end past 5: no wait at all
+    assert provider.calls == 1
+
+
 def test_a_deadline_alone_bounds_an_async_call(clock: FakeClock) -> None:
     provider = SlowProvider([60.0], clock)
     guarded = build(clock, deadline=3).guard(provider="p")(provider)
