@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_breaker.py
 	$(BIN)/python benchmarks/bench_cache.py
 	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_timeout_bulkhead.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info plugins/*.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis
