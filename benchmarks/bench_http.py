@@ -25,7 +25,11 @@ WSGI, gunicorn (one ``gthread`` worker, 8 threads, so keep-alive works):
 
 Rows are run in interleaved rounds (every server once per round, each
 started fresh, warmed for one second); the best round's requests/s is kept
-with that round's p99. The server is pinned to CPU 0 and wrk to CPU 1 when
+with that round's p99. Requests/s swing with whatever else the machine runs,
+so the server's CPU time per request (user + system, of the server process
+and its workers, over the timed run; the lowest round kept) is printed too:
+on one core, capacity is its inverse, and it moves much less with load.
+The server is pinned to CPU 0 and wrk to CPU 1 when
 ``taskset`` is there and there are two CPUs. Without ``wrk``, a bounded
 httpx loop (one connection) stands in, and the table says so. The GET cache
 is off: it would measure the cache, not the middleware.
@@ -174,11 +178,16 @@ class Row:
     factory: str
     rps: list[float] = field(default_factory=list)
     p99_ms: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # server CPU time per request
 
     @property
     def best(self) -> tuple[float, float]:
         i = max(range(len(self.rps)), key=self.rps.__getitem__)
         return self.rps[i], self.p99_ms[i]
+
+    @property
+    def cpu(self) -> float:
+        return min(self.cpu_us)
 
 
 ROWS = [
@@ -238,7 +247,22 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str) -> None:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-def _wrk(url: str, seconds: float) -> tuple[float, float]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants (a gunicorn worker is a child)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return total
+    return total + sum(_cpu_seconds(c) for c in children)
+
+
+def _wrk(url: str, seconds: float) -> tuple[float, float, int]:
     out = subprocess.run(
         [*_pin(1), "wrk", "-t1", "-c32", f"-d{seconds:g}s", "--latency", "-H", "x-tenant-id: acme", url],
         capture_output=True,
@@ -247,13 +271,14 @@ def _wrk(url: str, seconds: float) -> tuple[float, float]:
         timeout=seconds + 30,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)\b", out)
     if re.search(r"Non-2xx or 3xx responses", out):
         raise SystemExit(f"wrk saw errors on {url}:\n{out}")
-    return rps, float(p99.group(1)) * _UNITS[p99.group(2)] if p99 else float("nan")  # type: ignore[union-attr]
+    return rps, float(p99.group(1)) * _UNITS[p99.group(2)] if p99 else float("nan"), count
 
 
-def _httpx_loop(url: str, seconds: float) -> tuple[float, float]:
+def _httpx_loop(url: str, seconds: float) -> tuple[float, float, int]:
     import httpx
 
     latencies: list[float] = []
@@ -264,7 +289,7 @@ def _httpx_loop(url: str, seconds: float) -> tuple[float, float]:
             client.get(url).raise_for_status()
             latencies.append(time.perf_counter() - t0)
     latencies.sort()
-    return len(latencies) / seconds, latencies[int(len(latencies) * 0.99)] * 1e3
+    return len(latencies) / seconds, latencies[int(len(latencies) * 0.99)] * 1e3, len(latencies)
 
 
 def measure(row: Row, seconds: float, load: Any) -> None:
@@ -274,7 +299,9 @@ def measure(row: Row, seconds: float, load: Any) -> None:
     try:
         _wait_ready(proc, url)
         load(url, 1.0)  # warm-up
-        rps, p99 = load(url, seconds)
+        cpu = _cpu_seconds(proc.pid)
+        rps, p99, count = load(url, seconds)
+        row.cpu_us.append((_cpu_seconds(proc.pid) - cpu) / max(count, 1) * 1e6)
         row.rps.append(rps)
         row.p99_ms.append(p99)
     finally:
@@ -290,7 +317,7 @@ def measure(row: Row, seconds: float, load: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = _harness.parse_args(__doc__, argv)
-    rounds, seconds = (1, 2.0) if args.quick else (3, 5.0)
+    rounds, seconds = (1, 2.0) if args.quick else (5, 3.0)
     tool = "wrk" if shutil.which("wrk") else "httpx"
     load = _wrk if tool == "wrk" else _httpx_loop
     names = ["starlette", "uvicorn", "flask", "gunicorn", "slowapi", "prometheus-fastapi-instrumentator"]
@@ -315,16 +342,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     targets = _harness.Targets()
     lines = []
     bare = {"asgi": ROWS[0].best[0], "wsgi": ROWS[4].best[0]}
+    cpu_bare = {"asgi": ROWS[0].cpu, "wsgi": ROWS[4].cpu}
     for row in ROWS:
         rps, p99 = row.best
-        lines.append([row.label, f"{rps:,.0f}", f"{p99:.2f}", f"{rps / bare[row.family]:.2f}"])
+        cpu_ratio = cpu_bare[row.family] / row.cpu
+        lines.append(
+            [
+                row.label,
+                f"{rps:,.0f}",
+                f"{p99:.2f}",
+                f"{rps / bare[row.family]:.2f}",
+                f"{row.cpu:.0f}",
+                f"{cpu_ratio:.2f}",
+            ]
+        )
     print()
-    print(_harness.markdown_table(["server", "requests/s>", "p99 ms>", "x bare>"], lines))
+    columns = ["server", "requests/s>", "p99 ms>", "x bare>", "server CPU us/request>", "capacity x bare>"]
+    print(_harness.markdown_table(columns, lines))
     for family, mine, peer in (("asgi", ROWS[1], ROWS[3]), ("wsgi", ROWS[5], ROWS[7])):
         ratio = mine.best[0] / bare[family]
         targets.record(f"{mine.label} >= {TARGET} x bare", ratio >= TARGET, ratio, f"{ratio:.2f} x bare")
         vs_peer = mine.best[0] / peer.best[0]
-        targets.lines.append(f"info  {mine.label} vs {peer.label}: {vs_peer:.2f} x")
+        targets.lines.append(f"info  {mine.label} vs {peer.label}: {vs_peer:.2f} x requests/s")
+        capacity = cpu_bare[family] / mine.cpu
+        targets.lines.append(f"info  {mine.label}: server CPU per request gives {capacity:.2f} x bare capacity")
     print()
     print("\n".join(targets.lines))
     _harness.write_json(
@@ -332,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         {
             "environment": env,
             "load": load_line,
-            "rows": [{"server": r.label, "rps": r.rps, "p99_ms": r.p99_ms} for r in ROWS],
+            "rows": [{"server": r.label, "rps": r.rps, "p99_ms": r.p99_ms, "cpu_us": r.cpu_us} for r in ROWS],
             "targets": targets.records,
         },
     )

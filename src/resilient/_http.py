@@ -31,10 +31,12 @@ from .storage import STORE_ERRORS, LoopBoundStorage, PerLoop, close_sync, is_mem
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "UNMATCHED",
+    "AdapterOptions",
     "HttpCore",
     "HttpRequestFinished",
     "HttpRequestStarted",
     "RequestInfo",
+    "ResponseCache",
     "TenantKey",
     "tenant_from_api_key_hash",
     "tenant_from_client",

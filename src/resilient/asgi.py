@@ -22,9 +22,11 @@ from ._http import (
     HEALTH_BODY,
     JSON_CONTENT_TYPE,
     UNMATCHED,
+    AdapterOptions,
     HttpCore,
     HttpRequestFinished,
     HttpRequestStarted,
+    RequestInfo,
     ResponseCache,
     Strategy,
     TenantKey,
@@ -33,11 +35,25 @@ from ._http import (
     problem_body,
     problem_headers,
     request_id_of,
+    tenant_from_api_key_hash,
+    tenant_from_client,
+    tenant_from_header,
 )
 from .context import RequestContext, _current
 from .errors import ResilientError
 
-__all__ = ["ResilientMiddleware"]
+__all__ = [
+    "UNMATCHED",
+    "AdapterOptions",
+    "HttpRequestFinished",
+    "HttpRequestStarted",
+    "RequestInfo",
+    "ResilientMiddleware",
+    "TenantKey",
+    "tenant_from_api_key_hash",
+    "tenant_from_client",
+    "tenant_from_header",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -24,10 +24,12 @@ from ._http import (
     HEALTH_BODY,
     JSON_CONTENT_TYPE,
     UNMATCHED,
+    AdapterOptions,
     BadRequest,
     HttpCore,
     HttpRequestFinished,
     HttpRequestStarted,
+    RequestInfo,
     Strategy,
     TenantKey,
     body_too_large,
@@ -35,11 +37,25 @@ from ._http import (
     problem_body,
     problem_headers,
     request_id_of,
+    tenant_from_api_key_hash,
+    tenant_from_client,
+    tenant_from_header,
 )
 from .context import RequestContext, _current
 from .errors import ResilientError
 
-__all__ = ["ResilientWSGIMiddleware"]
+__all__ = [
+    "UNMATCHED",
+    "AdapterOptions",
+    "HttpRequestFinished",
+    "HttpRequestStarted",
+    "RequestInfo",
+    "ResilientWSGIMiddleware",
+    "TenantKey",
+    "tenant_from_api_key_hash",
+    "tenant_from_client",
+    "tenant_from_header",
+]
 
 Environ = dict[str, Any]
 StartResponse = Callable[..., Any]
