@@ -206,3 +206,70 @@ def test_get_responses_are_cached_for_their_ttl() -> None:
     clock.advance(10)
     assert client.get("/").text == "4"
     assert events.in_progress == 0
+
+
+@pytest.mark.parametrize("strategy", ["fixed-window", "moving-window", "sliding-window-counter"])
+def test_every_strategy_counts_per_client_key(limits_on: FakeClock, strategy: str) -> None:
+    client = serve(
+        wsgi_app(),
+        clock=limits_on,
+        route=lambda environ: "/ok",
+        rate_limits={"/ok": "2/minute"},
+        rate_limit_strategy=strategy,
+        rate_limit_client="header:x-org",
+    )
+    org_a = [client.get("/ok", headers={"x-org": "a"}).status_code for _ in range(3)]
+    org_b = [client.get("/ok", headers={"x-org": "b"}).status_code for _ in range(2)]
+    assert org_a == [200, 200, 429]
+    assert org_b == [200, 200]
+
+
+class _Req:
+    method, path, client = "GET", "/p", "10.0.0.1"
+
+    def __init__(self, **headers: str) -> None:
+        self._headers = headers
+
+    def header(self, name: str) -> str | None:
+        return self._headers.get(name.replace("-", "_"))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["/a", "/b", "/c"]),
+            st.sampled_from([200, 201, 404, 500]),
+            st.sampled_from(["", "no-store", "private", "max-age=60"]),
+            st.floats(min_value=0, max_value=20),
+        ),
+        max_size=30,
+    )
+)
+def test_the_response_cache_never_serves_what_it_must_not(steps: list[tuple[str, int, str, float]]) -> None:
+    from resilient._http import ResponseCache
+
+    clock = FakeClock()
+    cache = ResponseCache(ttl=10, max_entries=2, max_body=100, monotonic=clock.monotonic)
+    stored: dict[tuple[str, ...], tuple[float, int]] = {}
+    for n, (path, status, control, wait) in enumerate(steps):
+        clock.advance(wait)
+        request = _Req()
+        request.path = path
+        key = cache.key(request, "", None)
+        assert key is not None
+        hit = cache.get(key)
+        if hit is not None:
+            kept_at, kept_n = stored[key]
+            assert clock.monotonic() - kept_at < 10  # never past its time to live
+            assert hit == kept_n
+            continue
+        headers = [("cache-control", control)] if control else []
+        if cache.storable(status, headers):
+            assert status == 200
+            assert control in ("", "max-age=60")
+            cache.put(key, n)
+            stored[key] = (clock.monotonic(), n)
+    assert len(cache._entries) <= 2
+    assert cache.key(_Req(authorization="Bearer k"), "", None) is None  # a credential and no tenant
+    assert cache.key(_Req(cookie="s=1"), "", "t1") is not None  # the tenant is in the key
+    assert cache.key(_Req(cache_control="no-cache"), "", "t1") is None
