@@ -65,6 +65,8 @@ class Names:
 
 
 def _found(raw: Any) -> Found:
+    if isinstance(raw, bytes):  # fresh: the script returned the entry itself
+        return Found(FRESH, raw)
     code = int(raw[0])
     return Found(code, bytes(raw[1]) if len(raw) > 1 and raw[1] is not None else None)
 
