@@ -167,6 +167,7 @@ def test_every_generated_secret_is_masked_anywhere_in_text(detector: str, data: 
 @settings(max_examples=200)
 @given(secrets())
 def test_each_secret_alone_is_masked_by_its_detector(secret: Secret) -> None:
+    assume(secret.snippet.count(secret.value) == 1)
     masked = MASKER.mask(secret.snippet)
     assert secret.value not in masked
     assert f"[REDACTED:{secret.detector}]" in masked
