@@ -115,6 +115,7 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
     async def index(request: Request) -> dict[str, Any]:
         return {
             "provider": request.app.state.provider,
+            "worker_pid": os.getpid(),
             "endpoints": {
                 "POST /v1/chat": "JSON answer",
                 "POST /v1/chat/stream": "server-sent events",
