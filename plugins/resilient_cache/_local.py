@@ -25,13 +25,15 @@ class LocalLayer:
 
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._data: OrderedDict[bytes, tuple[Entry, float, str]] = OrderedDict()
+        #: canonical request -> (entry, local deadline, key, fresh here until): the hit path reads it directly.
+        self.data: OrderedDict[bytes, tuple[Entry, float, str, float]] = OrderedDict()
+        self._data = self.data
         self._by_key: dict[str, bytes] = {}
         self._tags: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
-    def get(self, canonical: bytes, now: float) -> tuple[Entry, float, str] | None:
-        """(entry, local deadline, key), or None when absent or past its local deadline."""
+    def get(self, canonical: bytes, now: float) -> tuple[Entry, float, str, float] | None:
+        """(entry, local deadline, key, fresh until), or None when absent or past its local deadline."""
         found = self._data.get(canonical)
         if found is None:
             return None
@@ -48,11 +50,12 @@ class LocalLayer:
         """Keep ``entry`` until wall time ``until`` (at most its stale deadline)."""
         with self._lock:
             data = self._data
-            data[canonical] = (entry, min(until, entry.stale_until), key)
+            deadline = min(until, entry.stale_until)
+            data[canonical] = (entry, deadline, key, min(deadline, entry.fresh_until))
             data.move_to_end(canonical)
             self._by_key[key] = canonical
             while len(data) > self.max_entries:
-                _, (_, _, old) = data.popitem(last=False)
+                _, (_, _, old, _) = data.popitem(last=False)
                 self._by_key.pop(old, None)
             for tag in tags:
                 members = self._tags.setdefault(tag, set())

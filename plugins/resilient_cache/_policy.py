@@ -362,7 +362,8 @@ class CachePolicy(Policy):
         fixed = self._fixed(target, False)
         if fixed is not None and not fixed.enabled:
             return nxt
-        local_get, time = self._local.get, self._clock.time
+        local, time = self._local, self._clock.time
+        held, move = local.data.get, local.data.move_to_end
         events = self._events
 
         def cached(call: Call) -> Any:
@@ -379,17 +380,21 @@ class CachePolicy(Policy):
                 self._bypass(call, "unkeyable")
                 return nxt(call)
             now = time()
-            found = local_get(ck, now)
-            if found is not None:
-                entry = found[0]
-                if now < entry.fresh_until:
-                    metadata = call.metadata
-                    metadata["cache"] = "hit"
-                    metadata["cache_key"] = found[2]
-                    if events.enabled:
-                        events.emit(CacheHit(**_about(call), key=found[2], layer="local", age=now - entry.stored_at))
-                    return entry.value
-                return self._miss(call, nxt, plan, ck, found[2], entry)
+            found = held(ck)
+            if found is not None and now < found[3]:  # the hit path: one dict lookup, no lock, no digest
+                try:
+                    move(ck)
+                except KeyError:  # evicted meanwhile by another thread; what was read is still valid
+                    pass
+                metadata = call.metadata
+                metadata["cache"] = "hit"
+                metadata["cache_key"] = found[2]
+                if events.enabled:
+                    events.emit(CacheHit(**_about(call), key=found[2], layer="local", age=now - found[0].stored_at))
+                return found[0].value
+            kept = local.get(ck, now)
+            if kept is not None:
+                return self._miss(call, nxt, plan, ck, kept[2], kept[0])
             return self._miss(call, nxt, plan, ck, digest(ck), None)
 
         return cached
@@ -527,7 +532,8 @@ class CachePolicy(Policy):
         fixed = self._fixed(target, False)
         if fixed is not None and not fixed.enabled:
             return nxt
-        local_get, time = self._local.get, self._clock.time
+        local, time = self._local, self._clock.time
+        held, move = local.data.get, local.data.move_to_end
         events = self._events
 
         async def cached(call: Call) -> Any:
@@ -544,17 +550,21 @@ class CachePolicy(Policy):
                 self._bypass(call, "unkeyable")
                 return await nxt(call)
             now = time()
-            found = local_get(ck, now)
-            if found is not None:
-                entry = found[0]
-                if now < entry.fresh_until:
-                    metadata = call.metadata
-                    metadata["cache"] = "hit"
-                    metadata["cache_key"] = found[2]
-                    if events.enabled:
-                        events.emit(CacheHit(**_about(call), key=found[2], layer="local", age=now - entry.stored_at))
-                    return entry.value
-                return await self._amiss(call, nxt, plan, ck, found[2], entry)
+            found = held(ck)
+            if found is not None and now < found[3]:  # the hit path: one dict lookup, no lock, no digest
+                try:
+                    move(ck)
+                except KeyError:  # evicted meanwhile by another thread; what was read is still valid
+                    pass
+                metadata = call.metadata
+                metadata["cache"] = "hit"
+                metadata["cache_key"] = found[2]
+                if events.enabled:
+                    events.emit(CacheHit(**_about(call), key=found[2], layer="local", age=now - found[0].stored_at))
+                return found[0].value
+            kept = local.get(ck, now)
+            if kept is not None:
+                return await self._amiss(call, nxt, plan, ck, kept[2], kept[0])
             return await self._amiss(call, nxt, plan, ck, digest(ck), None)
 
         return cached
