@@ -394,13 +394,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = h.Targets()
     for kind, peer_case in (("sync", CT_ORJSON), ("async", AIOCACHE)):
         ours, peer = find(rows, kind, "memory hit", RESILIENT), find(rows, kind, "memory hit", peer_case)
-        if ours is None or peer is None:
+        bare = find(rows, kind, "baseline", BARE)
+        if ours is None or peer is None or bare is None:
             continue
+        # What the cache adds: the row minus the bare row (same loop, same 2 KB call of the same lambda).
+        cost = ours.best - bare.best
         out.record(
-            f"{kind}: memory hit, key included, under {TARGET_HIT_NS / 1e3:g} us",
-            ours.best < TARGET_HIT_NS,
-            ours.best / TARGET_HIT_NS,
-            f"{ours.best / 1e3:.2f} us/call; {peer_case}: {peer.best / 1e3:.2f} us, {ours.best / peer.best:.2f}x",
+            f"{kind}: memory hit, key included, costs under {TARGET_HIT_NS / 1e3:g} us over the bare call",
+            cost < TARGET_HIT_NS,
+            cost / TARGET_HIT_NS,
+            f"{cost / 1e3:.2f} us over bare, {ours.best / 1e3:.2f} us/call in all; "
+            f"{peer_case}: {peer.best / 1e3:.2f} us, {ours.best / peer.best:.2f}x",
         )
     json_row, ours = find(rows, "sync", "memory hit", CT_JSON), find(rows, "sync", "memory hit", RESILIENT)
     if json_row is not None and ours is not None:
