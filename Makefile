@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-terminal test lint typecheck unit bench install clean
+.PHONY: demo demo-terminal test lint typecheck unit docs bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,12 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest
 
-test: lint typecheck unit
+# The documentation site (mkdocs.yml): --strict, so a broken link or anchor fails.
+docs: $(STAMP)
+	@# not --quiet: it hides the warnings --strict counts, and a broken link would pass
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
+test: lint typecheck unit docs
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py
