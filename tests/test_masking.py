@@ -409,3 +409,27 @@ def test_mask_lines_streams() -> None:
 def test_module_level_mask_uses_the_process_masker() -> None:
     assert masking.mask(f"k {ANTHROPIC}") == "k [REDACTED:anthropic_api_key]"
     assert isinstance(masking.get_masker(), Masker)
+
+
+def test_masking_exports() -> None:
+    assert sorted(masking.__all__) == [
+        "Detector",
+        "Masker",
+        "MaskingFilter",
+        "MaskingOptions",
+        "Replacement",
+        "default_detectors",
+        "get_masker",
+        "iban_valid",
+        "install",
+        "load_masker",
+        "luhn_valid",
+        "make_structlog_processor",
+        "mask",
+        "masker_from_options",
+        "set_masker",
+        "structlog_processor",
+        "uninstall",
+    ]
+    for name in masking.__all__:
+        assert hasattr(masking, name), name

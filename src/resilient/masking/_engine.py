@@ -41,7 +41,7 @@ class Masker:
     no anchor costs a few substring searches.
     """
 
-    __slots__ = ("_always", "_anchored", "_compiled", "_gated", "_hmac_key", "detectors", "replacement")
+    __slots__ = ("_always", "_anchored", "_any_gate", "_compiled", "_gated", "_hmac_key", "detectors", "replacement")
 
     def __init__(
         self,
@@ -79,6 +79,10 @@ class Masker:
         self._gated: tuple[tuple[Callable[[str], object], int], ...] = tuple(
             (re.compile(g).search, bits) for g, bits in gated.items()
         )
+        # Most texts pass no gate: one search for all of them first, then each only if one passed.
+        self._any_gate: Callable[[str], object] | None = (
+            re.compile("|".join(f"(?:{g})" for g in gated)).search if len(gated) > 1 else None
+        )
         self._compiled: dict[int, _Compiled] = {}
 
     def _compile(self, mask: int) -> _Compiled:
@@ -112,9 +116,10 @@ class Masker:
             # A comprehension runs this loop about twice as fast as a for statement (measured).
             for bits in [bits for anchor, bits in self._anchored if anchor in lowered]:
                 active |= bits
-        for search, bits in self._gated:
-            if search(text) is not None:
-                active |= bits
+        if self._any_gate is None or self._any_gate(text) is not None:
+            for search, bits in self._gated:
+                if search(text) is not None:
+                    active |= bits
         if not active:
             return text
         compiled = self._compiled.get(active)
