@@ -65,5 +65,9 @@ def test_testing_exports() -> None:
         "ProviderHTTPError",
         "RedisServer",
         "ScriptedProvider",
+        "check_breaker",
+        "check_masking",
+        "check_quota",
+        "check_retry",
         "redis_server",
     ]

@@ -5,13 +5,21 @@
 (registered through the ``pytest11`` entry point) provides the ``fake_clock``,
 ``scripted_provider``, ``resilient_pipeline`` and ``redis_store`` fixtures;
 ``redis_server()`` starts a throwaway redis-server outside pytest.
+``check_quota``, ``check_breaker``, ``check_retry`` and ``check_masking``
+(property checks for a user's configuration, :mod:`.checks`) are imported on
+first use: they need ``hypothesis``, a test dependency.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._clock import FakeClock
 from ._redis import RedisServer, redis_server
 from ._scripted import Chunks, HTTPStatus, Latency, ProviderHTTPError, ScriptedProvider
+
+if TYPE_CHECKING:
+    from .checks import check_breaker, check_masking, check_quota, check_retry
 
 __all__ = [
     "Chunks",
@@ -21,5 +29,20 @@ __all__ = [
     "ProviderHTTPError",
     "RedisServer",
     "ScriptedProvider",
+    "check_breaker",
+    "check_masking",
+    "check_quota",
+    "check_retry",
     "redis_server",
 ]
+
+_CHECKS = frozenset({"check_breaker", "check_masking", "check_quota", "check_retry"})
+
+
+def __getattr__(name: str) -> Any:
+    # The checks import hypothesis: only when a user reaches for one.
+    if name in _CHECKS:
+        from . import checks
+
+        return getattr(checks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,6 +25,8 @@ __all__ = [
     "aws_access_key_ids",
     "aws_secret_access_keys",
     "bearer_tokens",
+    "breaker_configs",
+    "cache_requests",
     "card_numbers",
     "emails",
     "github_tokens",
@@ -34,12 +36,17 @@ __all__ = [
     "huggingface_tokens",
     "ibans",
     "jwts",
+    "limit_strings",
     "npm_tokens",
     "openai_api_keys",
+    "outcome_sequences",
+    "outcomes",
     "pem_private_keys",
     "phone_numbers",
     "pypi_tokens",
+    "quota_configs",
     "replicate_tokens",
+    "retry_configs",
     "secret_assignments",
     "secrets",
     "sendgrid_api_keys",
@@ -485,3 +492,154 @@ def text_without_secrets(draw: st.DrawFn) -> str:
     punct = st.sampled_from([".", ",", ";", "!", "?", "(", ")", "-", "'", '"'])
     tokens = draw(st.lists(st.one_of(word, word, number, punct), max_size=40))
     return " ".join(tokens)
+
+
+# ============================================================================ outcomes, limits, configurations
+# (the testing toolkit's strategies: provider outcomes, limit strings, valid
+# configuration sections and cache-key requests)
+
+_OUTCOME_STATUSES = (400, 401, 404, 408, 409, 422, 429, 500, 502, 503, 504, 529)
+
+
+@st.composite
+def outcomes(draw: st.DrawFn, *, latency: bool = True, chunks: bool = False) -> object:
+    """One provider outcome for :class:`~resilient.testing.ScriptedProvider`.
+
+    A value (``"ok"``), an HTTP status (:class:`HTTPStatus`, 429 and 503 with
+    or without ``retry-after``), a timeout or connection error, optionally
+    behind a :class:`Latency`, and with ``chunks=True`` stream chunks
+    (:class:`Chunks`, possibly ending in an error).
+    """
+    from ._scripted import Chunks, HTTPStatus, Latency
+
+    kind = draw(st.sampled_from(["value", "status", "timeout", "connection", *(["chunks"] if chunks else [])]))
+    outcome: object
+    if kind == "value":
+        outcome = draw(st.sampled_from(["ok", "answer", ""]))
+    elif kind == "status":
+        code = draw(st.sampled_from(_OUTCOME_STATUSES))
+        headers = draw(st.sampled_from([{}, {"retry-after": "1"}, {"retry-after-ms": "250"}]))
+        outcome = HTTPStatus(code, headers)
+    elif kind == "timeout":
+        outcome = TimeoutError("provider timed out")
+    elif kind == "connection":
+        outcome = ConnectionResetError("connection reset")
+    else:
+        items = draw(st.lists(st.text(max_size=8), max_size=5))
+        error = draw(st.sampled_from([None, ConnectionResetError("reset mid-stream")]))
+        outcome = Chunks(items, error)
+    if latency and draw(st.booleans()):
+        return Latency(draw(st.floats(0, 30, allow_nan=False)), outcome)
+    return outcome
+
+
+@st.composite
+def outcome_sequences(
+    draw: st.DrawFn, *, min_size: int = 0, max_size: int = 20, latency: bool = True, chunks: bool = False
+) -> list[object]:
+    """A script for :class:`~resilient.testing.ScriptedProvider`: a list of :func:`outcomes`."""
+    return draw(st.lists(outcomes(latency=latency, chunks=chunks), min_size=min_size, max_size=max_size))
+
+
+_GRANULARITIES = ("second", "minute", "hour", "day")
+
+
+@st.composite
+def limit_strings(draw: st.DrawFn, *, max_amount: int = 1000, max_items: int = 3) -> str:
+    """A valid ``limits`` string as the quota takes it: ``"5/minute"``, ``"2 per 10 seconds;100/day"``."""
+    parts = []
+    for _ in range(draw(st.integers(1, max_items))):
+        amount = draw(st.integers(1, max_amount))
+        unit = draw(st.sampled_from(_GRANULARITIES))
+        multiple = draw(st.sampled_from([1, 1, 2, 10]))
+        parts.append(f"{amount}/{unit}" if multiple == 1 else f"{amount} per {multiple} {unit}s")
+    return ";".join(parts)
+
+
+@st.composite
+def quota_configs(draw: st.DrawFn, *, max_amount: int = 20) -> dict[str, object]:
+    """A valid ``config=`` for :class:`~resilient.Pipeline` with a ``quota`` section (request limits, maybe tokens)."""
+    strategy = draw(st.sampled_from(["moving-window", "fixed-window", "sliding-window-counter"]))
+    quota: dict[str, object] = {
+        "requests": draw(limit_strings(max_amount=max_amount, max_items=2)),
+        "strategy": strategy,
+        "provider_signals": draw(st.booleans()),
+    }
+    if draw(st.booleans()):
+        quota["output_tokens"] = f"{draw(st.integers(100, 100_000))}/minute"
+    if draw(st.booleans()):
+        quota["tenants"] = {"small": {"requests": draw(limit_strings(max_amount=max_amount, max_items=1))}}
+    return {"store": "memory://", "quota": quota}
+
+
+@st.composite
+def breaker_configs(draw: st.DrawFn) -> dict[str, object]:
+    """A valid ``config=`` with a ``breaker`` section on a count window (``minimum_calls <= window_size``)."""
+    size = draw(st.integers(1, 20))
+    return {
+        "store": "memory://",
+        "breaker": {
+            "window_size": size,
+            "minimum_calls": draw(st.integers(1, size)),
+            "failure_rate": draw(st.sampled_from([0.1, 0.25, 0.5, 0.75, 1.0])),
+            "wait_open": draw(st.sampled_from([0.5, 1.0, 5.0, 30.0])),
+            "half_open_calls": draw(st.integers(1, 5)),
+        },
+    }
+
+
+@st.composite
+def retry_configs(draw: st.DrawFn) -> dict[str, object]:
+    """A valid ``config=`` with a ``retry`` section (``max_delay >= base_delay``, maybe a deadline)."""
+    base = draw(st.floats(0, 5, allow_nan=False))
+    retry: dict[str, object] = {
+        "max_attempts": draw(st.integers(1, 8)),
+        "base_delay": base,
+        "max_delay": base + draw(st.floats(0, 30, allow_nan=False)),
+        "respect_retry_after": draw(st.booleans()),
+        "max_retry_after": draw(st.floats(0, 120, allow_nan=False)),
+        "budget_ratio": None,
+    }
+    if draw(st.booleans()):
+        retry["deadline"] = draw(st.floats(0.1, 120, allow_nan=False))
+    return {"store": "memory://", "retry": retry}
+
+
+@st.composite
+def cache_requests(draw: st.DrawFn, *, shape: str | None = None) -> dict[str, object]:
+    """Keyword arguments of an Anthropic ``messages.create`` or OpenAI ``chat.completions.create`` call.
+
+    Returns ``{"provider", "operation", "tenant", "kwargs"}``: ``kwargs`` has
+    ``model``, ``messages`` (text or content blocks), ``temperature``, maybe
+    ``max_tokens``/``system``/``metadata``; ``tenant`` is ``None`` or a name. For
+    cache-key properties (equal requests, equal keys; any change, a new key).
+    """
+    provider = shape or draw(st.sampled_from(["anthropic", "openai"]))
+    text = st.text(max_size=60)
+    roles = st.sampled_from(["user", "assistant"])
+    if provider == "anthropic":
+        block = st.builds(lambda t: {"type": "text", "text": t}, text)
+        content = st.one_of(text, st.lists(block, min_size=1, max_size=3))
+        messages = draw(st.lists(st.fixed_dictionaries({"role": roles, "content": content}), min_size=1, max_size=4))
+        kwargs: dict[str, object] = {
+            "model": draw(st.sampled_from(["claude-sonnet-4-5", "claude-haiku-4-5", "claude-opus-4-1"])),
+            "max_tokens": draw(st.integers(1, 4096)),
+            "messages": messages,
+        }
+        if draw(st.booleans()):
+            kwargs["system"] = draw(text)
+        operation = "messages.create"
+    else:
+        roles = st.sampled_from(["system", "user", "assistant"])
+        messages = draw(st.lists(st.fixed_dictionaries({"role": roles, "content": text}), min_size=1, max_size=4))
+        kwargs = {"model": draw(st.sampled_from(["gpt-4o", "gpt-4o-mini", "o3-mini"])), "messages": messages}
+        if draw(st.booleans()):
+            kwargs["max_completion_tokens"] = draw(st.integers(1, 4096))
+        operation = "chat.completions.create"
+    kwargs["temperature"] = draw(st.sampled_from([0, 0.0, 0.2, 0.7, 1.0]))
+    if draw(st.booleans()):
+        kwargs["metadata" if provider == "anthropic" else "user"] = (
+            {"user_id": draw(st.text(min_size=1, max_size=10))} if provider == "anthropic" else draw(text)
+        )
+    tenant = draw(st.one_of(st.none(), st.sampled_from(["acme", "globex", "initech"])))
+    return {"provider": provider, "operation": operation, "tenant": tenant, "kwargs": kwargs}
