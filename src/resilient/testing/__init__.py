@@ -3,7 +3,8 @@
 ``FakeClock`` is accepted by every time-based policy (``Pipeline(clock=...)``);
 ``ScriptedProvider`` plays a sequence of outcomes. The pytest plugin
 (registered through the ``pytest11`` entry point) provides the ``fake_clock``,
-``scripted_provider``, ``resilient_pipeline`` and ``redis_store`` fixtures;
+``scripted_provider``, ``resilient_pipeline``, ``memory_store`` and ``redis_store``
+fixtures;
 ``redis_server()`` starts a throwaway redis-server outside pytest.
 ``check_quota``, ``check_breaker``, ``check_retry`` and ``check_masking``
 (property checks for a user's configuration, :mod:`.checks`) are imported on

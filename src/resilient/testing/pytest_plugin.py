@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -55,6 +57,31 @@ def resilient_pipeline(fake_clock: FakeClock) -> Iterator[Callable[..., Pipeline
     yield make
     for pipeline in built:
         pipeline.close()
+
+
+@dataclass(frozen=True)
+class MemoryStore:
+    """The in-process store, shaped like :class:`RedisServer` for tests parametrised over stores.
+
+    ``url`` is ``memory://``; ``key_prefix`` is unique to the test, so
+    pipelines of different tests never see each other's state.
+    """
+
+    url: str
+    key_prefix: str
+
+    def config(self, **sections: Any) -> dict[str, Any]:
+        """A ``config=`` for :class:`Pipeline` on this store: ``store``, ``key_prefix`` and ``sections``."""
+        return {"store": self.url, "key_prefix": self.key_prefix, **sections}
+
+
+_memory_stores = itertools.count()
+
+
+@pytest.fixture
+def memory_store() -> MemoryStore:
+    """The ``memory://`` store under a key prefix of its own (``memory_store.url``, ``.key_prefix``, ``.config()``)."""
+    return MemoryStore("memory://", f"test{next(_memory_stores)}:")
 
 
 @pytest.fixture(scope="session")
