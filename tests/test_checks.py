@@ -243,3 +243,18 @@ def test_check_masking_fails_when_nothing_is_written(app_logger: tuple[logging.L
     logger.handlers[0].setLevel(logging.CRITICAL)
     with pytest.raises(AssertionError, match="wrote nothing"):
         check_masking(logger, max_examples=5)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def test_memory_store_fixture_isolates_tests(memory_store: Any, fake_clock: FakeClock) -> None:
+    assert memory_store.url == "memory://"
+    config = memory_store.config(quota={"requests": "1/minute"}, disable=["retry", "breaker"])
+    assert config["key_prefix"] == memory_store.key_prefix
+    pipeline = Pipeline(config=config, env={}, clock=fake_clock)
+    call = pipeline.guard(lambda: "ok")
+    assert call() == "ok"
+    with pytest.raises(QuotaExceeded):
+        call()
+    pipeline.close()
