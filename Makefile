@@ -45,12 +45,9 @@ docs: $(STAMP)
 
 test: lint typecheck unit docs
 
+# Every benchmarks/bench_*.py, with progress; tables into benchmarks/results.md and docs/performance.md.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_pipeline.py
-	$(BIN)/python benchmarks/bench_quota_retry.py
-	$(BIN)/python benchmarks/bench_breaker.py
-	$(BIN)/python benchmarks/bench_cache.py
-	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/bench_timeout_bulkhead.py
 
 clean:
