@@ -281,16 +281,10 @@ def stack_pipeline(prefix: str) -> Pipeline:
 def check_miss(fn: Callable[..., Any], kind: h.Kind) -> None:
     """The resilient row must check the cache and miss on every call (not serve hits)."""
     with capture_calls() as calls:
-        h.call_once(_Probe(kind, fn))
+        h.call_once(Row(kind, "probe", fn))
     got = [c.metadata.get("cache") for c in calls]
     if got != ["miss"]:
         raise SystemExit(f"bench setup: the resilient stack's {kind} call was {got}, expected a cache miss")
-
-
-@dataclass
-class _Probe:
-    kind: h.Kind
-    fn: Callable[..., Any]
 
 
 # ---------------------------------------------------------------------------- rows and report
