@@ -627,3 +627,153 @@ def test_health_is_not_ok_when_a_fail_closed_store_is_down(limits_on: FakeClock)
     down = "redis://127.0.0.1:1/0"  # nothing listens on port 1
     assert build(limits_on, store=down, requests="5/minute", on_store_error="closed").health()["ok"] is False
     assert build(limits_on, store=down, requests="5/minute").health()["ok"] is True  # falls back to local counts
+
+
+# ---------------------------------------------------------------- remaining, as observers see it
+
+
+def _remaining(events: list[Any]) -> list[tuple[str, int, float]]:
+    from resilient_quota import QuotaRemaining
+
+    return [(e.limit, e.remaining, e.reset_in) for e in events if isinstance(e, QuotaRemaining)]
+
+
+def test_remaining_is_reported_once_per_interval_per_key(limits_on: FakeClock) -> None:
+    observer = Collect()
+    pipeline = build(limits_on, observer, requests="5/minute;100/day", strategy="fixed-window", report_remaining=10)
+    call = pipeline.guard(provider="anthropic")(lambda: "ok")
+    call()
+    assert _remaining(observer.events) == [("requests 5 per 1 minute", 4, 60.0), ("requests 100 per 1 day", 99, 86400.0)]
+    observer.events.clear()
+    limits_on.advance(5)
+    call()  # within the interval: nothing read, nothing reported
+    assert _remaining(observer.events) == []
+    limits_on.advance(5)
+    call()
+    assert [(limit, left) for limit, left, _ in _remaining(observer.events)] == [
+        ("requests 5 per 1 minute", 2),
+        ("requests 100 per 1 day", 97),
+    ]
+
+
+def test_a_refusal_reports_what_is_left_when_due(limits_on: FakeClock) -> None:
+    observer = Collect()
+    pipeline = build(limits_on, observer, requests="1/minute", strategy="fixed-window", report_remaining=1)
+    call = pipeline.guard(provider="anthropic")(lambda: "ok")
+    call()
+    limits_on.advance(2)
+    with pytest.raises(QuotaExceeded):
+        call()
+    assert [left for _, left, _ in _remaining(observer.events)] == [0, 0]
+
+
+def test_remaining_reports_token_limits_and_can_be_turned_off(limits_on: FakeClock) -> None:
+    observer = Collect()
+    pipeline = build(limits_on, observer, total_tokens="1000/minute", token_strategy="fixed-window")
+    pipeline.guard(provider="anthropic")(lambda **kw: Reply(10, 20))(max_tokens=50)
+    ((limit, left, _),) = _remaining(observer.events)
+    assert limit == "total_tokens 1000 per 1 minute"
+    assert left == 1000 - 50  # read at admission: the reservation (max_tokens, no input) is what is counted
+    off = Collect()
+    quiet = build(limits_on, off, requests="5/minute", report_remaining=0)
+    quiet.guard(provider="anthropic")(lambda: "ok")()
+    assert _remaining(off.events) == []
+
+
+def test_async_calls_report_remaining_too(limits_on: FakeClock) -> None:
+    observer = Collect()
+    pipeline = build(limits_on, observer, requests="3/minute", strategy="fixed-window")
+
+    @pipeline.guard(provider="anthropic")
+    async def ask() -> str:
+        return "ok"
+
+    asyncio.run(ask())
+    assert [(limit, left) for limit, left, _ in _remaining(observer.events)] == [("requests 3 per 1 minute", 2)]
+
+
+def test_remaining_fills_the_metrics_gauge(limits_on: FakeClock) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import resilient_metrics
+    import resilient_quota
+
+    registry = CollectorRegistry()
+    with resilient_metrics.use_registry(registry):
+        pipeline = Pipeline(
+            discover=False,
+            plugins=[resilient_metrics, resilient_quota],
+            env={},
+            config={"quota": {"requests": "7/minute", "strategy": "fixed-window"}},
+            clock=limits_on,
+        )
+    pipeline.guard(provider="anthropic", model="claude-x")(lambda: "ok")()
+    text = generate_latest(registry).decode()
+    gauge = [
+        (s.labels, s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "resilient_quota_remaining"
+    ]
+    assert gauge == [({"provider": "anthropic", "model": "claude-x", "limit": "requests 7 per 1 minute"}, 6.0)]
+
+
+# ---------------------------------------------------------------- the provider's own input count
+
+
+def _counted(count: Any) -> Any:
+    """A guarded function whose target has a count_tokens, as pipeline.wrap gives SDK methods that have one."""
+    from resilient import Call, Target
+
+    def with_counter(pipeline: Pipeline) -> Any:
+        target = Target("anthropic", "messages.create", "sync", count_tokens=count)
+        handler = pipeline.compile(target, lambda call: Reply(call.kwargs["real"], 1))
+        return lambda **kwargs: handler(Call(target, (), kwargs))
+
+    return with_counter
+
+
+def test_count_tokens_replaces_the_heuristic_when_configured(limits_on: FakeClock) -> None:
+    seen: list[Any] = []
+
+    def count(call: Any) -> int:
+        seen.append(call.kwargs["messages"])
+        return 900
+
+    messages = [{"role": "user", "content": "hi"}]  # the heuristic says 2 tokens
+    counted = build(limits_on, input_tokens="1000/minute", token_strategy="fixed-window", input_estimate="count_tokens")
+    ask = _counted(count)(counted)
+    ask(messages=messages, max_tokens=5, real=900)
+    assert seen == [messages]  # counted once, with the request
+    with pytest.raises(QuotaExceeded, match="input_tokens 1000 per 1 minute"):
+        ask(messages=messages, max_tokens=5, real=900)  # 900 + 900 > 1000, where 900 + 2 would fit
+    heuristic = build(limits_on, input_tokens="1000/minute", token_strategy="fixed-window")
+    seen.clear()
+    _counted(count)(heuristic)(messages=messages, max_tokens=5, real=2)
+    assert seen == []  # not configured: no count call
+
+
+def test_a_failing_count_falls_back_to_the_heuristic(limits_on: FakeClock, caplog: pytest.LogCaptureFixture) -> None:
+    def count(call: Any) -> int:
+        raise ConnectionError("count endpoint down")
+
+    pipeline = build(limits_on, input_tokens="1000/minute", input_estimate="count_tokens")
+    ask = _counted(count)(pipeline)
+    with caplog.at_level("WARNING", logger="resilient.quota"):
+        assert ask(messages=[{"role": "user", "content": "hi"}], max_tokens=5, real=3).usage["input_tokens"] == 3
+        ask(messages=[{"role": "user", "content": "hi"}], max_tokens=5, real=3)
+    assert [r.getMessage() for r in caplog.records] == [
+        "quota: counting input tokens failed (ConnectionError); estimating instead"
+    ]  # once a minute, not once a call
+
+
+def test_a_count_that_is_not_a_token_count_falls_back(limits_on: FakeClock) -> None:
+    pipeline = build(limits_on, input_tokens="10/minute", input_estimate="count_tokens")
+    ask = _counted(lambda call: "many")(pipeline)
+    assert ask(messages=[{"role": "user", "content": "hi"}], max_tokens=1, real=2).usage["input_tokens"] == 2
+
+
+def test_input_estimate_is_validated() -> None:
+    with pytest.raises(ConfigurationError, match="input_estimate"):
+        build(FakeClock(), input_estimate="exact")

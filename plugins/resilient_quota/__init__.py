@@ -14,11 +14,19 @@ from typing import Any
 
 from resilient import Pipeline, Policy, Runtime, hookimpl
 
-from ._events import QuotaPaused, QuotaRejected, QuotaStoreUnavailable
+from ._events import QuotaPaused, QuotaRejected, QuotaRemaining, QuotaStoreUnavailable
 from ._options import QuotaOptions
 from ._policy import QuotaPolicy, QuotaSignals, QuotaState
 
-__all__ = ["QuotaOptions", "QuotaPaused", "QuotaPolicy", "QuotaRejected", "QuotaSignals", "QuotaStoreUnavailable"]
+__all__ = [
+    "QuotaOptions",
+    "QuotaPaused",
+    "QuotaPolicy",
+    "QuotaRejected",
+    "QuotaRemaining",
+    "QuotaSignals",
+    "QuotaStoreUnavailable",
+]
 
 
 @hookimpl

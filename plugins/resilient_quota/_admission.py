@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._policy import QuotaState
 
 __all__ = [
+    "Count",
     "Held",
     "Op",
     "Ops",
@@ -38,6 +39,7 @@ __all__ = [
     "admission",
     "attempt",
     "label",
+    "remaining",
     "request_refusal",
     "settlement",
     "share_pause",
@@ -53,7 +55,14 @@ class Sleep:
     seconds: float
 
 
-Op = StoreOp | Sleep
+@dataclass(slots=True)
+class Count:
+    """Ask the provider how many input tokens ``call`` holds (its target's ``count_tokens``)."""
+
+    call: Call
+
+
+Op = StoreOp | Sleep | Count
 #: Quota logic: yields operations, is sent their results, returns a ``T``.
 Ops = Steps[Op, T]
 
@@ -111,7 +120,23 @@ def _token_refusal(
     return Refusal(label(kind, item), _retry_after(now + wait, now))
 
 
-def attempt(state: QuotaState, call: Call, plan: Plan, local: bool) -> Ops[tuple[Refusal | None, list[Held]]]:
+def _needed(state: QuotaState, call: Call, plan: Plan, memo: dict[str, int]) -> Ops[dict[str, int]]:
+    """The call's reservation, counted once per admission (``memo``): by the provider when configured."""
+    if memo or not plan.tokens:
+        return memo
+    counted: int | None = None
+    if plan.counts_input and call.target.count_tokens is not None:
+        try:
+            counted = yield Count(call)
+        except Exception as exc:  # the count is an estimate: a failing one falls back to the heuristic
+            state.count_failed(exc)
+    memo.update(needed_tokens(plan, call, counted))
+    return memo
+
+
+def attempt(
+    state: QuotaState, call: Call, plan: Plan, local: bool, memo: dict[str, int] | None = None
+) -> Ops[tuple[Refusal | None, list[Held]]]:
     """One pass: a refusal, or the token reservations taken (store errors propagate)."""
     options = plan.options
     if options.provider_signals:
@@ -123,7 +148,7 @@ def attempt(state: QuotaState, call: Call, plan: Plan, local: bool) -> Ops[tuple
             state.remember_pause(plan, paused, now)
         if paused > 0:
             return Refusal("provider asked to slow down", paused), []
-    needed = needed_tokens(plan, call)
+    needed = yield from _needed(state, call, plan, {} if memo is None else memo)
     if options.wait:
         # Look before taking: a call that will wait must not spend a hit on every pass.
         for item in plan.requests:
@@ -160,6 +185,7 @@ def admission(state: QuotaState, call: Call, plan: Plan, failed: bool = False) -
     """Admit ``call`` (its token reservations) or raise ``QuotaExceeded``; ``failed``: the store just failed."""
     options = plan.options
     waited_until: float | None = None
+    memo: dict[str, int] = {}  # the reservation, counted on the first pass that gets that far
     while True:
         # Once the store failed in this call, it is never asked again here.
         local = failed or state.store_down()
@@ -169,12 +195,14 @@ def admission(state: QuotaState, call: Call, plan: Plan, failed: bool = False) -
                 return []
             raise state.refuse(call, Refusal("quota store unavailable", options.store_retry))
         try:
-            refusal, held = yield from attempt(state, call, plan, local)
+            refusal, held = yield from attempt(state, call, plan, local, memo)
         except STORE_ERRORS as exc:
             state.store_failed(plan, exc)
             failed = True
             continue  # decided at the top of the loop, now that the store is known down
         if refusal is None:
+            if state.report_due(plan):
+                yield from remaining(state, call, plan, local)
             return held
         if options.wait and refusal.retry_after is not None:
             now = state.clock.monotonic()
@@ -206,4 +234,18 @@ def share_pause(state: QuotaState, call: Call, seconds: float | None) -> Ops[Non
     try:
         yield PauseSet(plan.pause_key, seconds, state.store_down())
     except STORE_ERRORS as exc:  # a failing store never fails the call
+        state.store_failed(plan, exc)
+
+
+def remaining(state: QuotaState, call: Call, plan: Plan, local: bool) -> Ops[None]:
+    """Read what is left of each limit of the call's key and tell the observers (metrics, /ready)."""
+    options = plan.options
+    now = state.clock.time()
+    rows = [(label("requests", item), options.strategy, item, plan.ids) for item in plan.requests]
+    rows += [(label(kind, item), options.token_strategy, item, ids) for kind, item, ids in plan.tokens]
+    try:
+        for name, strategy, item, ids in rows:
+            stats = yield WindowStats(strategy, item, ids, local)
+            state.report(call, name, stats.remaining, max(stats.reset_time - now, 0.0))
+    except STORE_ERRORS as exc:  # a report never fails the call it follows
         state.store_failed(plan, exc)

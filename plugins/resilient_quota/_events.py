@@ -5,7 +5,7 @@ from typing import ClassVar
 
 from resilient import Event
 
-__all__ = ["QuotaPaused", "QuotaRejected", "QuotaStoreUnavailable"]
+__all__ = ["QuotaPaused", "QuotaRejected", "QuotaRemaining", "QuotaStoreUnavailable"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,3 +33,17 @@ class QuotaStoreUnavailable(Event):
     name: ClassVar[str] = "quota.store_unavailable"
     error: str
     fallback: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuotaRemaining(Event):
+    """What is left of ``limit`` for the key (as read from the store), and in how many seconds it resets.
+
+    Emitted after an admitted call at most once per ``report_remaining``
+    seconds per key and process, and with ``remaining=0`` when a call is refused.
+    """
+
+    name: ClassVar[str] = "quota.remaining"
+    limit: str
+    remaining: int
+    reset_in: float

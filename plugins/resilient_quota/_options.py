@@ -52,7 +52,20 @@ class QuotaOptions:
     )
     wait: bool = option(False, doc="Wait for the window to free (up to max_wait) instead of raising at once.")
     max_wait: Duration = option(30.0, min=0, doc="Longest wait in wait mode, in seconds.")
+    input_estimate: Literal["heuristic", "count_tokens"] = option(
+        "heuristic",
+        doc=(
+            "How a token limit estimates a call's input before it runs: 'heuristic' (characters / "
+            "chars_per_token, no I/O) or 'count_tokens' (the provider's count-tokens call, one request more "
+            "per admitted call, for clients wrapped by pipeline.wrap that have one; the heuristic otherwise)."
+        ),
+    )
     chars_per_token: float = option(4.0, min=0.5, doc="Input estimate: characters of the request per token.")
+    report_remaining: Duration = option(
+        10.0,
+        min=0,
+        doc="How often (seconds, per key and process) the remaining of each limit is read for metrics; 0: never.",
+    )
     default_max_tokens: int = option(
         1024, min=0, doc="Output estimate for a call without max_tokens / max_completion_tokens."
     )

@@ -29,6 +29,11 @@ class Plan:
     request_keys: tuple[tuple[limits.RateLimitItem, str, int], ...] = ()
 
     @property
+    def counts_input(self) -> bool:
+        """Whether the input of a call is counted by the provider (when its target can) before admission."""
+        return bool(self.tokens) and self.options.input_estimate == "count_tokens"
+
+    @property
     def active(self) -> bool:
         """Whether the quota has anything to do for this key."""
         options = self.options
@@ -53,12 +58,14 @@ def make_plan(options: QuotaOptions, provider: str, model: str | None, tenant: s
     )
 
 
-def needed_tokens(plan: Plan, call: Call) -> dict[str, int]:
-    """The reservation for a call: input estimate, output cap, and their sum."""
+def needed_tokens(plan: Plan, call: Call, counted: int | None = None) -> dict[str, int]:
+    """The reservation for a call: input (``counted`` by the provider, else estimated), output cap, their sum."""
     if not plan.tokens:
         return {}
     options = plan.options
-    tokens_in = estimate_input_tokens(call.args, call.kwargs, options.chars_per_token)
+    tokens_in = (
+        counted if counted is not None else estimate_input_tokens(call.args, call.kwargs, options.chars_per_token)
+    )
     tokens_out = estimate_output_tokens(call.kwargs, options.default_max_tokens)
     return {"input_tokens": tokens_in, "output_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
 

@@ -11,6 +11,7 @@ retry still pauses the key for the fleet.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any, TypeVar
@@ -34,8 +35,21 @@ from resilient.context import current as current_context
 from resilient.providers import response_headers, usage_from
 from resilient.storage import STORE_ERRORS, is_memory
 
-from ._admission import Held, Op, Ops, Refusal, Sleep, admission, label, request_refusal, settlement, share_pause
-from ._events import QuotaPaused, QuotaRejected, QuotaStoreUnavailable
+from ._admission import (
+    Count,
+    Held,
+    Op,
+    Ops,
+    Refusal,
+    Sleep,
+    admission,
+    label,
+    remaining,
+    request_refusal,
+    settlement,
+    share_pause,
+)
+from ._events import QuotaPaused, QuotaRejected, QuotaRemaining, QuotaStoreUnavailable
 from ._options import QuotaOptions
 from ._plan import Plan, actual_tokens, make_plan
 from ._signals import pause_from_headers
@@ -47,6 +61,7 @@ __all__ = ["QuotaPolicy", "QuotaSignals"]
 _log = logging.getLogger("resilient.quota")
 _PLAN_CACHE_MAX = 10_000
 _NOTHING_HELD: list[Held] = []  # shared and never mutated: no reservation to settle
+_COUNT_FAILED_LOG_EVERY = 60.0  # seconds: a count-tokens outage logs once a minute, not once a call
 
 T = TypeVar("T")
 
@@ -69,6 +84,9 @@ class QuotaState:
         # pause key -> (paused until, next read of the store), both on the monotonic clock
         self._pauses: dict[str, tuple[float, float]] = {}
         self._store_down_until = 0.0
+        # pause key -> when this process next reads the remaining of the key's limits (monotonic)
+        self._reports: dict[str, float] = {}
+        self._count_failed_logged = float("-inf")
         base = section.base
         # Which parts of a call the plan depends on: skip the lookups it does not need.
         self._by_model = section.varies or "model" in base.key
@@ -94,6 +112,10 @@ class QuotaState:
     def _perform(self, op: Op) -> Any:
         if isinstance(op, Sleep):
             return self.clock.sleep(op.seconds)
+        if isinstance(op, Count):
+            counter = op.call.target.count_tokens
+            assert counter is not None  # Count is yielded only for targets that have one
+            return _count(op.call, counter(op.call))
         return self.limiters.run(op)
 
     async def arun(self, ops: Ops[T]) -> T:
@@ -103,6 +125,8 @@ class QuotaState:
     def _aperform(self, op: Op) -> Awaitable[Any]:
         if isinstance(op, Sleep):
             return self.clock.asleep(op.seconds)
+        if isinstance(op, Count):
+            return _acount(op.call)
         return self.alimiters.run(op)
 
     # ------------------------------------------------------------ plans
@@ -157,6 +181,40 @@ class QuotaState:
         if self.events.enabled:
             self.events.emit(QuotaStoreUnavailable(error=type(error).__name__, fallback=fallback))
         return fallback
+
+    # ------------------------------------------------------------ counts and reports
+
+    def count_failed(self, error: BaseException) -> None:
+        """The provider's count-tokens call failed: the heuristic stands in; say so, once a minute."""
+        now = self.clock.monotonic()
+        if now - self._count_failed_logged >= _COUNT_FAILED_LOG_EVERY:
+            self._count_failed_logged = now
+            _log.warning("quota: counting input tokens failed (%s); estimating instead", type(error).__name__)
+
+    def report_due(self, plan: Plan) -> bool:
+        """Whether to read the remaining of the key's limits now (and, if so, when next)."""
+        every = plan.options.report_remaining
+        if not every or not self.events.enabled or not (plan.requests or plan.tokens):
+            return False
+        now = self.clock.monotonic()
+        if self._reports.get(plan.pause_key, 0.0) > now:
+            return False
+        if len(self._reports) >= _PLAN_CACHE_MAX:
+            self._reports.clear()
+        self._reports[plan.pause_key] = now + every
+        return True
+
+    def report(self, call: Call, limit: str, left: int, reset_in: float) -> None:
+        self.events.emit(
+            QuotaRemaining(
+                provider=call.provider,
+                operation=call.operation,
+                model=call.model,
+                limit=limit,
+                remaining=left,
+                reset_in=reset_in,
+            )
+        )
 
     # ------------------------------------------------------------ pauses
 
@@ -224,6 +282,24 @@ class QuotaState:
         )
 
 
+def _count(call: Call, counted: Any) -> int:
+    if inspect.isawaitable(counted):
+        close = getattr(counted, "close", None)
+        if close is not None:
+            close()  # an async counter reached from a sync call: not awaited, so never started
+        raise TypeError(f"count_tokens of {call.target.name or call.operation} is async, the call is sync")
+    if isinstance(counted, bool) or not isinstance(counted, int) or counted < 0:
+        raise TypeError(f"count_tokens returned {type(counted).__name__}, not a token count")
+    return counted
+
+
+async def _acount(call: Call) -> int:
+    counter = call.target.count_tokens
+    assert counter is not None  # Count is yielded only for targets that have one
+    counted = counter(call)
+    return _count(call, await counted if inspect.isawaitable(counted) else counted)
+
+
 def _usage(call: Call, result: Any) -> dict[str, int] | None:
     usage = call.usage
     if usage is None:
@@ -263,10 +339,14 @@ class QuotaPolicy(Policy):
                 for item, key, expiry in plan.request_keys:
                     if not hit(key, item.amount, expiry, 1):
                         refusal = state.run(request_refusal(state, options, item, plan.ids, False))
+                        if state.report_due(plan):
+                            state.run(remaining(state, call, plan, False))
                         raise state.refuse(call, refusal)
             except STORE_ERRORS as exc:
                 state.store_failed(plan, exc)
                 return state.run(admission(state, call, plan, failed=True))
+            if state.report_due(plan):
+                state.run(remaining(state, call, plan, False))
             return _NOTHING_HELD
         return state.run(admission(state, call, plan))
 
@@ -325,7 +405,7 @@ class QuotaPolicy(Policy):
 
     async def _aadmit(self, call: Call, plan: Plan) -> list[Held]:
         state = self.state
-        if state.in_memory and not plan.options.wait:
+        if state.in_memory and not plan.options.wait and not (plan.counts_input and call.target.count_tokens):
             return self._admit(call, plan)
         return await state.arun(admission(state, call, plan))
 

@@ -31,7 +31,10 @@ class Target:
     ``model`` is the static model when the guard names one; otherwise a call's
     model is read from its ``model`` keyword argument (see :attr:`Call.model`).
     ``tenant`` is an optional key function giving the tenant of a call; without
-    it the tenant comes from the request context.
+    it the tenant comes from the request context. ``count_tokens`` is the
+    provider's own count of a call's input tokens (an ``int``, or an awaitable
+    of one for async targets), set by :meth:`Pipeline.wrap` where the SDK has
+    such a call; the quota plugin uses it when configured to.
     """
 
     provider: str
@@ -40,6 +43,7 @@ class Target:
     model: str | None = None
     name: str = ""
     tenant: Callable[[Call], str | None] | None = None
+    count_tokens: Callable[[Call], Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..call import Call
 from ._sdk import guard_amethod, guard_method, shadow
 
 if TYPE_CHECKING:
@@ -13,6 +15,26 @@ if TYPE_CHECKING:
 __all__ = ["wrap"]
 
 T = TypeVar("T")
+
+# What messages.count_tokens accepts of a messages.create request: the parts that are input.
+_COUNTED = ("model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers")
+
+
+def _counter(count_tokens: Any, is_async: bool) -> Callable[[Call], Any]:
+    """The input tokens of a messages.create call, by the provider's count-tokens endpoint (unguarded:
+    the count is part of admitting the call, not a call to admit)."""
+    if is_async:
+
+        async def acount(call: Call) -> int:
+            result = await count_tokens(**{k: call.kwargs[k] for k in _COUNTED if k in call.kwargs})
+            return int(result.input_tokens)
+
+        return acount
+
+    def count(call: Call) -> int:
+        return int(count_tokens(**{k: call.kwargs[k] for k in _COUNTED if k in call.kwargs}).input_tokens)
+
+    return count
 
 
 def wrap(pipeline: Pipeline, client: T, copy_options: dict[str, Any], provider: str = "anthropic") -> T:
@@ -24,7 +46,8 @@ def wrap(pipeline: Pipeline, client: T, copy_options: dict[str, Any], provider: 
     raw = original.with_raw_response
     is_async = inspect.iscoroutinefunction(inspect.unwrap(original.create))
     guard = guard_amethod if is_async else guard_method
-    create = guard(pipeline, provider, "messages.create", "anthropic", raw.create)
+    count = _counter(original.count_tokens, is_async)
+    create = guard(pipeline, provider, "messages.create", "anthropic", raw.create, count)
     count_tokens = guard(pipeline, provider, "messages.count_tokens", "anthropic", raw.count_tokens)
 
     # messages.stream() is the SDK's helper over the same request with stream=True:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._streams import drive_astream, drive_stream
-from ..call import Call, Target
+from ..call import Call, Kind, Target
 from ._usage import merge_usage, usage_from, usage_from_chunk
 
 if TYPE_CHECKING:
@@ -184,19 +184,33 @@ async def _astart(call: Call, events: AsyncIterator[Any]) -> AsyncWrappedStream:
     return AsyncWrappedStream(call, events, first, True)
 
 
-def _targets(provider: str, operation: str, sdk: str) -> tuple[Target, Target]:
+def _targets(
+    provider: str, operation: str, sdk: str, count_tokens: Callable[[Call], Any] | None, is_async: bool
+) -> tuple[Target, Target]:
     name = f"{sdk}.{operation}"
-    return Target(provider, operation, "sync", name=name), Target(provider, operation, "stream", name=name)
+    kind: tuple[Kind, Kind] = ("async", "astream") if is_async else ("sync", "stream")
+    return (
+        Target(provider, operation, kind[0], name=name, count_tokens=count_tokens),
+        Target(provider, operation, kind[1], name=name, count_tokens=count_tokens),
+    )
 
 
-def guard_method(pipeline: Pipeline, provider: str, operation: str, sdk: str, raw_method: Any) -> Callable[..., Any]:
+def guard_method(
+    pipeline: Pipeline,
+    provider: str,
+    operation: str,
+    sdk: str,
+    raw_method: Any,
+    count_tokens: Callable[[Call], Any] | None = None,
+) -> Callable[..., Any]:
     """A guarded sync SDK method, from its ``with_raw_response`` twin.
 
     ``stream=True`` calls run as a stream (retried only before the first
     event, recorded by the cache, usage read from the events); the others as
     a plain call whose result and headers are read from the raw response.
+    ``count_tokens`` is the SDK's own input-token count for a call, if it has one.
     """
-    target, starget = _targets(provider, operation, sdk)
+    target, starget = _targets(provider, operation, sdk, count_tokens, False)
     classify = pipeline.runtime.classify
 
     def terminal(call: Call) -> Any:
@@ -233,11 +247,16 @@ async def _parsed(raw: Any) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
-def guard_amethod(pipeline: Pipeline, provider: str, operation: str, sdk: str, raw_method: Any) -> Callable[..., Any]:
-    """The async :func:`guard_method`."""
-    target, starget = _targets(provider, operation, sdk)
-    target = Target(provider, operation, "async", name=target.name)
-    starget = Target(provider, operation, "astream", name=starget.name)
+def guard_amethod(
+    pipeline: Pipeline,
+    provider: str,
+    operation: str,
+    sdk: str,
+    raw_method: Any,
+    count_tokens: Callable[[Call], Any] | None = None,
+) -> Callable[..., Any]:
+    """The async :func:`guard_method`; ``count_tokens`` returns an awaitable."""
+    target, starget = _targets(provider, operation, sdk, count_tokens, True)
     classify = pipeline.runtime.classify
 
     async def terminal(call: Call) -> Any:
