@@ -643,7 +643,10 @@ def test_remaining_is_reported_once_per_interval_per_key(limits_on: FakeClock) -
     pipeline = build(limits_on, observer, requests="5/minute;100/day", strategy="fixed-window", report_remaining=10)
     call = pipeline.guard(provider="anthropic")(lambda: "ok")
     call()
-    assert _remaining(observer.events) == [("requests 5 per 1 minute", 4, 60.0), ("requests 100 per 1 day", 99, 86400.0)]
+    assert _remaining(observer.events) == [
+        ("requests 5 per 1 minute", 4, 60.0),
+        ("requests 100 per 1 day", 99, 86400.0),
+    ]
     observer.events.clear()
     limits_on.advance(5)
     call()  # within the interval: nothing read, nothing reported
