@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
+from urllib.parse import quote
 
 __all__ = ["RedisServer", "redis_server", "redis_required"]
 
@@ -23,9 +25,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _ping(port: int, timeout: float = 0.2) -> bool:
+def _ping(port: int, timeout: float = 0.2, password: str | None = None) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            if password:
+                secret = password.encode()
+                sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+                if not sock.recv(16).startswith(b"+OK"):
+                    return False
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
@@ -35,32 +42,53 @@ def _ping(port: int, timeout: float = 0.2) -> bool:
 class RedisServer:
     """A throwaway ``redis-server`` on a free loopback port, no persistence.
 
-    ``url`` is ``redis://127.0.0.1:<port>/0``. :meth:`stop` ends the process
-    this object started (by its PID) and nothing else.
+    ``url`` is ``redis://127.0.0.1:<port>/0`` (with the password when one is
+    set). :meth:`stop`, :meth:`kill`, :meth:`pause` and :meth:`resume` act on
+    the process this object started (by its PID) and nothing else;
+    :meth:`restart` starts a new, empty one on the same port, as a store
+    that came back after a crash does.
+
+    ``password`` sets ``requirepass`` (the default user's password);
+    ``users`` adds ACL users, each an ACL rule list such as
+    ``["alice", "on", ">pw", "~app:*", "+@all"]``.
     """
 
-    def __init__(self, executable: str, port: int, directory: str) -> None:
+    def __init__(
+        self,
+        executable: str,
+        port: int,
+        directory: str,
+        *,
+        password: str | None = None,
+        users: Sequence[Sequence[str]] = (),
+    ) -> None:
         self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self._process = subprocess.Popen(
-            [
-                executable,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                directory,
-                "--protected-mode",
-                "yes",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.password = password
+        auth = f":{quote(password, safe='')}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{port}/0"
+        self._command = [
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            directory,
+            "--protected-mode",
+            "yes",
+        ]
+        if password:
+            self._command += ["--requirepass", password]
+        for rules in users:
+            self._command += ["--user", *rules]
+        self._process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self._command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     @property
     def pid(self) -> int:
@@ -71,14 +99,47 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with status {self._process.returncode}")
-            if _ping(self.port):
+            if _ping(self.port, password=self.password):
                 return
             # Waiting for a real process to start: the one sleep the toolkit allows.
             time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} not ready after {timeout}s")
 
+    def kill(self) -> None:
+        """SIGKILL: the store vanishes mid-sentence, its connections reset, its data gone."""
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=5)
+
+    def pause(self) -> None:
+        """SIGSTOP: the store keeps its connections open and answers nothing (a hung or swapped-out server)."""
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGCONT)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Start a new, empty server on the same port (after :meth:`kill` or :meth:`stop`) and wait for it."""
+        if self._process.poll() is None:
+            self.kill()
+        deadline = time.monotonic() + timeout
+        while True:
+            self._process = self._start()
+            try:
+                self.wait_ready(max(0.5, deadline - time.monotonic()))
+                return
+            except RuntimeError:
+                # The port can stay taken for a moment after the old process died.
+                self.kill()
+                if time.monotonic() > deadline:
+                    raise
+
     def stop(self) -> None:
         if self._process.poll() is None:
+            self.resume()  # a paused server cannot act on SIGTERM
             self._process.terminate()
             try:
                 self._process.wait(timeout=5)
@@ -88,16 +149,19 @@ class RedisServer:
 
 
 @contextmanager
-def redis_server(executable: str | None = None) -> Iterator[RedisServer]:
+def redis_server(
+    executable: str | None = None, *, password: str | None = None, users: Sequence[Sequence[str]] = ()
+) -> Iterator[RedisServer]:
     """Start a throwaway redis-server for the duration of a ``with`` block.
 
-    Raises :class:`FileNotFoundError` when no ``redis-server`` is installed.
+    ``password`` and ``users`` as in :class:`RedisServer`. Raises
+    :class:`FileNotFoundError` when no ``redis-server`` is installed.
     """
     path = executable or shutil.which("redis-server")
     if path is None:
         raise FileNotFoundError("redis-server is not installed (Debian: apt-get install -y redis-server)")
     with tempfile.TemporaryDirectory(prefix="resilient-redis-") as directory:
-        server = RedisServer(path, _free_port(), directory)
+        server = RedisServer(path, _free_port(), directory, password=password, users=users)
         try:
             server.wait_ready()
             yield server
