@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resilient import ConfigurationError, Pipeline, QuotaExceeded, Runtime, Usage, hookimpl
+from resilient.providers import estimate_input_tokens, estimate_output_tokens
 from resilient.testing import FakeClock, HTTPStatus, ProviderHTTPError, ScriptedProvider
 from resilient_quota import QuotaPolicy
-from resilient_quota._estimate import estimate_input_tokens, estimate_output_tokens
 from resilient_quota._signals import pause_from_headers
 from resilient_quota._store import current_window_key
 

@@ -210,6 +210,8 @@ def admission(state: QuotaState, call: Call, plan: Plan, failed: bool = False) -
             if now + refusal.retry_after <= waited_until:
                 yield Sleep(refusal.retry_after)
                 continue
+        if state.report_due(plan):
+            yield from remaining(state, call, plan, local)
         raise state.refuse(call, refusal)
 
 

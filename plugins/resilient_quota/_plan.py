@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import limits
 
 from resilient import Call, Usage
+from resilient.providers import estimate_input_tokens, estimate_output_tokens
 from resilient.storage import key_part
 
-from ._estimate import estimate_input_tokens, estimate_output_tokens
 from ._options import TOKEN_KINDS, QuotaOptions, parse_limits
 
 __all__ = ["Plan", "actual_tokens", "make_plan", "needed_tokens"]

@@ -20,7 +20,7 @@ from resilient import (
     StreamHandler,
     Target,
 )
-from resilient_quota._estimate import estimate_input_tokens
+from resilient.providers import estimate_input_tokens
 
 from ._events import RoutingDecided
 from ._options import RoutingOptions

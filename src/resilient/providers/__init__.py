@@ -21,11 +21,14 @@ from typing import Any
 
 from ..call import Outcome
 from ..errors import ResilientError
+from ._estimate import estimate_input_tokens, estimate_output_tokens
 from ._usage import merge_usage, usage_from, usage_from_chunk
 
 __all__ = [
     "classify",
     "classify_status",
+    "estimate_input_tokens",
+    "estimate_output_tokens",
     "merge_usage",
     "parse_retry_after",
     "response_headers",

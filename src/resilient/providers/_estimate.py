@@ -1,4 +1,5 @@
-"""Token estimates before a call, pure."""
+"""Token estimates before a call, pure: shared by the policies that need a call's size before it runs
+(quota reservations, routing rules), so none of them imports another's internals."""
 
 from __future__ import annotations
 
