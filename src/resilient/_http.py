@@ -24,8 +24,10 @@ from typing import Any, ClassVar, Literal, Protocol, TypedDict
 import limits
 import orjson
 
-from .errors import ConfigurationError, QuotaExceeded, ResilientError
+from .call import Outcome
+from .errors import ConfigurationError, ProviderUnavailable, QuotaExceeded, ResilientError
 from .events import Emitter, Event
+from .prometheus import multiprocess_dir
 from .storage import STORE_ERRORS, LoopBoundStorage, PerLoop, close_sync, is_memory, key_part, sync_storage
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "tenant_from_api_key_hash",
     "tenant_from_client",
     "tenant_from_header",
+    "unavailable",
 ]
 
 _log = logging.getLogger("resilient.http")
@@ -265,6 +268,41 @@ def internal_error() -> InternalError:
     return InternalError("The server failed to handle the request.")
 
 
+# What the client is told when a provider failure outlived the retries, by outcome kind. Our own
+# sentences: the exception's text can carry the prompt, the API key or the provider's request body.
+_UNAVAILABLE_DETAILS = {
+    "timeout": "The provider did not answer in time.",
+    "connection": "The provider could not be reached.",
+    "overloaded": "The provider is overloaded.",
+    "rate_limited": "The provider is rate limiting this service.",
+    "server_error": "The provider failed to answer.",
+}
+_UNAVAILABLE_OTHER = "The provider could not answer right now."
+
+
+def unavailable(error: BaseException, classify: Callable[[BaseException], Outcome]) -> ProviderUnavailable | None:
+    """The 503 an unhandled provider failure becomes, or ``None`` when it is not the provider's doing.
+
+    A timeout, a connection error, a 5xx or 529, a 429 from the provider, or
+    anything the provider said to retry (``x-should-retry``, 408, 409) means
+    the provider is unavailable: trying later can succeed, and nothing in the
+    client's request is wrong. A 400/401/403/404/422 from the provider is a
+    bug in this service (a bad request, a wrong key) and stays an unhandled
+    error (500). The detail is ours and ``retry_after`` is the provider's.
+    """
+    try:
+        outcome = classify(error)
+    except Exception:  # a broken plugin classifier must not turn an error page into a crash
+        _log.exception("classifying %s failed", type(error).__name__)
+        return None
+    detail = _UNAVAILABLE_DETAILS.get(outcome.kind)
+    if detail is None:
+        if not outcome.retryable or outcome.kind in ("refused", "cancelled"):
+            return None
+        detail = _UNAVAILABLE_OTHER
+    return ProviderUnavailable(detail, retry_after=outcome.retry_after)
+
+
 def json_bytes(value: Any) -> bytes:
     return orjson.dumps(value, default=str)
 
@@ -405,6 +443,8 @@ class AdapterOptions(TypedDict, total=False):
     cache_get: float | None
     cache_max_entries: int
     cache_max_body: int
+    provider_errors: bool
+    mask_logs: bool
 
 
 #: Routes are few and clients repeat: quoting each once is worth a small bounded cache.
@@ -453,6 +493,8 @@ class HttpCore:
         cache_get: float | None = None,
         cache_max_entries: int = 1024,
         cache_max_body: int = 1_048_576,
+        provider_errors: bool = True,
+        mask_logs: bool = True,
     ) -> None:
         runtime = getattr(pipeline, "runtime", None)
         if runtime is None:
@@ -479,6 +521,15 @@ class HttpCore:
         self.health_path = _path_option("health_path", health_path)
         self.ready_path = _path_option("ready_path", ready_path)
         self.metrics_registry = metrics_registry
+        # Without an explicit registry, /metrics shows what the pipeline's metrics policy records into.
+        self._policy_registry = _registry_of(pipeline) if metrics_registry is None else None
+        for key, flag in (("provider_errors", provider_errors), ("mask_logs", mask_logs)):
+            if not isinstance(flag, bool):
+                raise ConfigurationError(key, flag, "must be True or False")
+        self.provider_errors = provider_errors
+        self._classify: Callable[[BaseException], Outcome] = runtime.classify
+        if mask_logs:
+            install_masking(pipeline)
         if max_body_size is not None and (
             isinstance(max_body_size, bool) or not isinstance(max_body_size, int) or max_body_size < 0
         ):
@@ -595,6 +646,29 @@ class HttpCore:
             close_sync(self._sync_limiter.storage)
             self._sync_limiter = None
 
+    # ------------------------------------------------------------------ provider failures
+
+    def provider_problem(
+        self, error: BaseException, method: str, route: str, request_id: str | None
+    ) -> ProviderUnavailable | None:
+        """The 503 for a provider failure the app let out (see :func:`unavailable`), logged; else ``None``."""
+        if not self.provider_errors:
+            return None
+        problem = unavailable(error, self._classify)
+        if problem is not None:
+            # The type and the status only: the message can carry the prompt or a key.
+            status = getattr(error, "status_code", None)
+            _log.warning(
+                "provider failure answered 503 on %s %s (request id %s): %s.%s%s",
+                method,
+                route,
+                request_id,
+                type(error).__module__,
+                type(error).__qualname__,
+                f" status {status}" if isinstance(status, int) else "",
+            )
+        return problem
+
     # ------------------------------------------------------------------ tenant
 
     def tenant_of(self, request: RequestInfo) -> str | None:
@@ -630,7 +704,65 @@ class HttpCore:
             return self.readiness({"ok": False, "error": type(exc).__name__})
 
     def metrics(self, accept: str | None) -> tuple[bytes, str]:
-        return exposition(self.metrics_registry, accept)
+        registry = self.metrics_registry
+        if registry is None and self._policy_registry is not None and multiprocess_dir() is None:
+            # In multiprocess mode the values are in the workers' files, merged when no registry is given.
+            registry = self._policy_registry
+        return exposition(registry, accept)
+
+
+def _registry_of(pipeline: Any) -> Any:
+    """The registry the pipeline's metrics policy records into (duck typed: the core imports no plugin)."""
+    for policy in getattr(pipeline, "policies", ()):
+        if getattr(policy, "name", None) == "metrics":
+            registry = getattr(policy, "registry", None)
+            if registry is not None:
+                return registry
+    return None
+
+
+def _server_handlers() -> list[logging.Handler]:
+    """The handlers a record logged while serving can reach: the root's, the servers' and the last resort."""
+    found: dict[int, logging.Handler] = {}
+    for name in _SERVER_LOGGERS:
+        for handler in logging.getLogger(name).handlers:
+            found.setdefault(id(handler), handler)
+    if logging.lastResort is not None:
+        found.setdefault(id(logging.lastResort), logging.lastResort)
+    return list(found.values())
+
+
+#: The root logger, then the servers' own (uvicorn's access log names the path, query string included).
+_SERVER_LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "gunicorn.error", "gunicorn.access")
+
+
+def install_masking(pipeline: Any) -> None:
+    """Put the masking filter on every handler of :func:`_server_handlers` that has none yet.
+
+    Idempotent: a handler already masked (by :func:`resilient.masking.install`
+    or another adapter) keeps its filter. The masker follows the pipeline's
+    ``[masking]`` section and its plugins' detectors; ``enabled = false``
+    there, or the masking plugin disabled, installs nothing.
+    """
+    from .masking import MaskingFilter, MaskingOptions, install, masker_from_options
+
+    settings = getattr(pipeline, "settings", None)
+    if settings is None or "masking" in settings.core.disable:
+        return
+    section = settings.sections.get("masking")
+    # A pipeline built without discovery has no [masking] section: the defaults, as install() has.
+    options = section.base if section is not None else MaskingOptions()
+    if not isinstance(options, MaskingOptions) or not options.enabled:
+        return
+    targets = [h for h in _server_handlers() if not any(isinstance(f, MaskingFilter) for f in h.filters)]
+    if not targets:
+        return
+    detectors: list[Any] = []
+    plugins = getattr(pipeline, "_plugins", None)
+    if plugins is not None:
+        for _, found in plugins.call("resilient_mask_detectors", settings.core.on_plugin_error):
+            detectors.extend(found or ())
+    install(masker_from_options(options, detectors or None), handlers=targets)
 
 
 HEALTH_BODY = b'{"status":"ok"}'

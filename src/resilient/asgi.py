@@ -14,6 +14,7 @@ leaves mid-stream is seen by the app. Options are validated once, in
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
@@ -62,6 +63,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _log = logging.getLogger("resilient.asgi")
+
+# Scope key: the provider failure a Starlette handler already answered (see _starlette_server_error).
+_ANSWERED = "resilient.answered"
+# Scope key: the middleware's per-request state (status sent, client gone), read by that handler.
+_STATE = "resilient.state"
 
 # Resolved route templates by path; cleared when full so random paths cannot grow it.
 _ROUTE_CACHE_SIZE = 4096
@@ -153,6 +159,8 @@ class ResilientMiddleware:
         cache_get: float | None = None,
         cache_max_entries: int = 1024,
         cache_max_body: int = 1_048_576,
+        provider_errors: bool = True,
+        mask_logs: bool = True,
         route: Callable[[Scope], str | None] | None = None,
         close_pipeline: bool = True,
     ) -> None:
@@ -174,6 +182,8 @@ class ResilientMiddleware:
             cache_get=cache_get,
             cache_max_entries=cache_max_entries,
             cache_max_body=cache_max_body,
+            provider_errors=provider_errors,
+            mask_logs=mask_logs,
         )
         self._route_fn = route
         self._close_pipeline = close_pipeline
@@ -189,12 +199,15 @@ class ResilientMiddleware:
         self._monotonic = core.clock.monotonic
         self._router: Any = getattr(app, "router", None)
         self._routes: dict[str, str] = {}
-        if hasattr(app, "add_exception_handler") and hasattr(app, "exception_handlers"):
+        self._outer = hasattr(app, "add_exception_handler") and hasattr(app, "exception_handlers")
+        if self._outer:
             # Wrapping a Starlette app from outside: its ServerErrorMiddleware would answer 500 before
             # the error reaches us, so the app's own exception handling renders resilient's errors.
             app.add_exception_handler(ResilientError, _starlette_problem)
-            if problem_for_unhandled:
-                app.add_exception_handler(Exception, _starlette_internal_error)
+            if problem_for_unhandled or core.provider_errors:
+                handlers = app.exception_handlers
+                previous = handlers.get(500) or handlers.get(Exception)
+                app.add_exception_handler(Exception, _starlette_server_error(core, previous))
 
     # ------------------------------------------------------------------ per request
 
@@ -231,6 +244,8 @@ class ResilientMiddleware:
         echo = [(rid_key, request_id.encode("latin-1"))] if rid_key is not None else []
         # status: the response's once started; [1]: the client has gone.
         state: list[Any] = [0, False]
+        if self._outer:
+            scope[_STATE] = state  # for our Starlette error handler: has the response started?
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -294,16 +309,19 @@ class ResilientMiddleware:
             if state[0]:
                 raise
             await self._problem(send_wrapper, exc, request_id)
-        except OSError:
-            # The client went away and the app let the failed send escape: nothing to answer.
-            if not state[1]:
-                if not state[0]:
-                    state[0] = 500
+        except Exception as exc:
+            if isinstance(exc, OSError) and state[1]:
+                return  # the client went away and the app let the failed send escape: nothing to answer
+            if state[0]:
+                if scope.get(_ANSWERED) is exc:
+                    return  # a provider failure our Starlette handler answered (and logged): not a crash
                 raise
-        except Exception:
-            if state[0] or not core.problem_for_unhandled:
-                if not state[0]:
-                    state[0] = 500
+            problem = core.provider_problem(exc, method, route, request_id)
+            if problem is not None:
+                await self._problem(send_wrapper, problem, request_id)
+                return
+            if not core.problem_for_unhandled or isinstance(exc, OSError):
+                state[0] = 500
                 raise
             _log.exception("unhandled error serving %s %s", method, route)
             await self._problem(send_wrapper, internal_error(), request_id)
@@ -478,9 +496,41 @@ async def _starlette_problem(request: Any, exc: Exception) -> Any:
     return Response(body, status_code=exc.status, headers=dict(problem_headers(exc)))
 
 
-async def _starlette_internal_error(request: Any, exc: Exception) -> Any:
-    # Starlette's ServerErrorMiddleware answers with this, then re-raises for the server to log.
-    return await _starlette_problem(request, internal_error())
+def _starlette_server_error(core: HttpCore, previous: Any) -> Callable[[Any, Exception], Awaitable[Any]]:
+    """Starlette's 500 handler: provider failures as 503 problems, the rest as before we came.
+
+    Starlette's ServerErrorMiddleware answers with this, then re-raises; the
+    scope remembers which exception was a provider failure answered here, so
+    the middleware outside does not hand it on to the server as a crash.
+    """
+
+    async def server_error(request: Any, exc: Exception) -> Any:
+        from .context import current
+
+        ctx = current()
+        request_id = ctx.request_id if ctx is not None else None
+        route = ctx.route if ctx is not None and ctx.route else UNMATCHED
+        state = request.scope.get(_STATE)
+        started = state is not None and state[0]
+        problem = (
+            None if started else core.provider_problem(exc, str(request.scope.get("method", "")), route, request_id)
+        )
+        if problem is not None:
+            request.scope[_ANSWERED] = exc
+            return await _starlette_problem(request, problem)
+        if core.problem_for_unhandled:
+            return await _starlette_problem(request, internal_error())
+        if previous is not None:
+            if inspect.iscoroutinefunction(previous):
+                return await previous(request, exc)
+            from starlette.concurrency import run_in_threadpool
+
+            return await run_in_threadpool(previous, request, exc)
+        from starlette.responses import PlainTextResponse
+
+        return PlainTextResponse("Internal Server Error", status_code=500)  # Starlette's own default
+
+    return server_error
 
 
 async def _respond(send: Send, status: int, content_type: str, body: bytes, method: str) -> None:

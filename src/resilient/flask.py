@@ -46,6 +46,33 @@ def _problem_response(error: ResilientError) -> Response:
     return Response(body, status=error.status, headers=problem_headers(error))
 
 
+def _provider_error_handler(middleware: ResilientWSGIMiddleware) -> Callable[[Exception], Any]:
+    """Flask's handler for ``Exception``: a provider failure becomes a 503 problem, nothing else changes.
+
+    Registered for ``Exception`` so Flask calls it before logging a crash (a
+    handler the app registers for a narrower class still wins). HTTP errors
+    are handed back as they are, which is what Flask does without a handler;
+    anything else is raised again into Flask's own 500 handling.
+    """
+    from werkzeug.exceptions import HTTPException
+
+    def provider_error(error: Exception) -> Any:
+        if isinstance(error, HTTPException):
+            return error
+        ctx = current()
+        route = ctx.route if ctx is not None and ctx.route else "<unmatched>"
+        from flask import request
+
+        problem = middleware.core.provider_problem(
+            error, request.method, route, ctx.request_id if ctx is not None else None
+        )
+        if problem is None:
+            raise error
+        return _problem_response(problem)
+
+    return provider_error
+
+
 class _Routes:
     """Route templates from the app's url map, remembered by method and path (bounded)."""
 
@@ -128,6 +155,8 @@ class Resilient:
         middleware = ResilientWSGIMiddleware(app.wsgi_app, pipeline=pipeline, route=resolve, **merged)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.register_error_handler(ResilientError, _problem_response)
+        if middleware.core.provider_errors:
+            app.register_error_handler(Exception, _provider_error_handler(middleware))
         if middleware.core.problem_for_unhandled:
 
             def unhandled(error: Exception) -> Response:

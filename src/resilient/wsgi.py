@@ -158,6 +158,8 @@ class ResilientWSGIMiddleware:
         cache_get: float | None = None,
         cache_max_entries: int = 1024,
         cache_max_body: int = 1_048_576,
+        provider_errors: bool = True,
+        mask_logs: bool = True,
         route: Callable[[Environ], str | None] | None = None,
     ) -> None:
         self.app = app
@@ -178,6 +180,8 @@ class ResilientWSGIMiddleware:
             cache_get=cache_get,
             cache_max_entries=cache_max_entries,
             cache_max_body=cache_max_body,
+            provider_errors=provider_errors,
+            mask_logs=mask_logs,
         )
         self._route_fn = route
         header = core.request_id_header
@@ -238,7 +242,10 @@ class ResilientWSGIMiddleware:
             return body
         except ResilientError as exc:
             return body.problem(exc, exc_info=sys.exc_info())
-        except Exception:
+        except Exception as exc:
+            problem = core.provider_problem(exc, method, route, request_id)
+            if problem is not None:
+                return body.problem(problem, exc_info=sys.exc_info())
             if not core.problem_for_unhandled:
                 body.close()
                 raise
@@ -385,6 +392,15 @@ class _Body:
                 raise  # the headers are out: the server drops the connection
             self._close_inner()
             self.problem(exc, exc_info=sys.exc_info())
+            return next(self.iterator)
+        except Exception as exc:
+            # A streamed body whose provider failed before its first chunk: still time for a 503.
+            core = self._mw.core
+            problem = None if self.sent else core.provider_problem(exc, self.method, self.route, self.request_id)
+            if problem is None:
+                raise
+            self._close_inner()
+            self.problem(problem, exc_info=sys.exc_info())
             return next(self.iterator)
         finally:
             _current.reset(token)
