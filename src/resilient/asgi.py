@@ -203,11 +203,12 @@ class ResilientMiddleware:
         if self._outer:
             # Wrapping a Starlette app from outside: its ServerErrorMiddleware would answer 500 before
             # the error reaches us, so the app's own exception handling renders resilient's errors.
-            app.add_exception_handler(ResilientError, _starlette_problem)
+            starlette: Any = app
+            starlette.add_exception_handler(ResilientError, _starlette_problem)
             if problem_for_unhandled or core.provider_errors:
-                handlers = app.exception_handlers
+                handlers = starlette.exception_handlers
                 previous = handlers.get(500) or handlers.get(Exception)
-                app.add_exception_handler(Exception, _starlette_server_error(core, previous))
+                starlette.add_exception_handler(Exception, _starlette_server_error(core, previous))
 
     # ------------------------------------------------------------------ per request
 
