@@ -46,6 +46,20 @@ def test_every_first_party_plugin_has_its_page_in_the_nav() -> None:
         assert page in nav, name
 
 
+def test_every_option_of_every_section_is_on_its_page() -> None:
+    import dataclasses
+
+    from resilient import Pipeline
+
+    settings = Pipeline(env={}, config={}).settings
+    pages = {"core": "configuration.md", "masking": "masking.md"}
+    sections = {"core": settings.core, **{name: section.base for name, section in settings.sections.items()}}
+    for name, options in sections.items():
+        text = (DOCS / pages.get(name, f"plugins/{name}.md")).read_text()
+        missing = [f.name for f in dataclasses.fields(options) if f"`{f.name}`" not in text]
+        assert not missing, f"[{name}] options not documented on their page: {missing}"
+
+
 def test_the_api_reference_covers_the_public_modules() -> None:
     documented = set(
         re.findall(r"^::: ([\w.]+)", "\n".join(p.read_text() for p in (DOCS / "reference").glob("*.md")), re.M)
