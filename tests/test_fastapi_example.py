@@ -20,9 +20,10 @@ import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from resilient import Pipeline
-from resilient.testing.simulator import Simulator, SimulatorServer, Stall, run_simulator
+from resilient.testing.simulator import Drop, Simulator, SimulatorServer, Stall, Status, run_simulator
 
 ROOT = Path(__file__).resolve().parents[1]
+SECRET = "sk-ant-api03-" + "Zq7" * 30 + "AA"  # shaped like an Anthropic key, never a real one
 EXAMPLE = ROOT / "examples" / "fastapi_app"
 
 
@@ -216,3 +217,50 @@ def test_make_demo_tour_runs_against_the_built_in_simulator() -> None:
     assert '"attempts": 3' in out  # the scripted overloads were retried
     assert " 503 " in out  # the circuit opened
     assert " 429 " in out  # the quota refused
+
+
+def _in_progress(http: httpx.Client, route: str) -> float:
+    families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+    samples = families["resilient_http_requests_in_progress"].samples
+    return sum(s.value for s in samples if s.labels.get("route") == route)
+
+
+@pytest.mark.parametrize(
+    ("fault", "detail", "retry_after"),
+    [
+        (Status(529, message=f"Overloaded; your prompt was: my key is {SECRET}"), "The provider is overloaded.", "1"),
+        (Drop(after=0), "The provider could not be reached.", None),
+    ],
+    ids=["overloaded", "connection-dropped"],
+)
+@pytest.mark.parametrize("endpoint", ["/v1/chat", "/v1/chat/stream"])
+def test_a_provider_failure_outliving_the_retries_is_503_problem_json(
+    served: Served,
+    provider: SimulatorServer,
+    caplog: pytest.LogCaptureFixture,
+    endpoint: str,
+    fault: Any,
+    detail: str,
+    retry_after: str | None,
+) -> None:
+    provider.simulator.script(fault, fault, fault)  # resilient.toml: 3 attempts; the SDK's own retries are off
+    with caplog.at_level("WARNING"), httpx.Client(base_url=served.base, timeout=10) as http:
+        failed = http.post(endpoint, json={"message": "never answered"}, headers={"x-request-id": "chat-1"})
+        in_progress = _in_progress(http, endpoint)
+        after = ask(http, "the provider is back")
+    assert failed.status_code == 503
+    assert failed.headers["content-type"] == "application/problem+json"
+    assert failed.headers.get("retry-after") == retry_after  # the provider's (0.05 s), rounded up
+    body = failed.json()
+    assert body["type"] == "urn:resilient:problem:provider-unavailable"
+    assert body["detail"] == detail
+    assert body["request_id"] == failed.headers["x-request-id"] == "chat-1"
+    for leak in (SECRET, "your prompt", "Traceback", "Error code"):
+        assert leak not in failed.text
+    assert provider.simulator.stats.total == 4  # three attempts, then the next question
+    assert in_progress == 0
+    assert after.status_code == 200
+    warned = [r for r in caplog.records if r.name == "resilient.http"]
+    assert len(warned) == 1
+    assert f"answered 503 on POST {endpoint} (request id chat-1)" in warned[0].getMessage()
+    assert SECRET not in caplog.text

@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from resilient import Pipeline
 from resilient.testing import FakeClock, RedisServer
-from resilient.testing.simulator import Simulator, SimulatorServer, run_simulator
+from resilient.testing.simulator import Simulator, SimulatorServer, Status, run_simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "flask_app"
@@ -369,3 +369,31 @@ def test_gthread_concurrent_clients_all_answered(gthread_server: Gunicorn, provi
     assert ready.json()["ok"] is True
     in_progress = families["resilient_http_requests_in_progress"].samples
     assert sum(s.value for s in in_progress) == 0  # summed over both live workers
+
+
+def test_gthread_a_provider_failure_outliving_the_retries_is_503_problem_json(
+    gthread_server: Gunicorn, provider: SimulatorServer
+) -> None:
+    overloaded = Status(529, message=f"Overloaded; your prompt was: my key is {SECRET}")
+    provider.simulator.script(overloaded, overloaded, overloaded)  # resilient.toml: 3 attempts
+    tenant = f"unlucky-{uuid.uuid4().hex[:6]}"
+    with _client(gthread_server.base) as http:
+        failed = http.post(
+            "/summarize",
+            json={"text": f"never answered {tenant}"},
+            headers={"x-tenant-id": tenant, "x-request-id": f"req-{tenant}"},
+        )
+        families = _metrics(http)
+    body = _problem(failed, 503)
+    assert body["type"] == "urn:resilient:problem:provider-unavailable"
+    assert body["detail"] == "The provider is overloaded."
+    assert body["request_id"] == f"req-{tenant}"
+    assert failed.headers["retry-after"] == "1"  # the provider's 0.05 s, rounded up
+    for leak in (SECRET, "your prompt", "Error code"):
+        assert leak not in failed.text
+    assert _total(families, "resilient_http_requests", route="/summarize", status="503") >= 1
+    assert sum(s.value for s in families["resilient_http_requests_in_progress"].samples) == 0
+    log = gthread_server.log.read_text()
+    assert f"provider failure answered 503 on POST /summarize (request id req-{tenant})" in log
+    assert SECRET not in log
+    assert "Traceback" not in log
