@@ -9,8 +9,10 @@ they agree on key prefixes, timeouts, error wrapping and event loops.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
+import time
 import weakref
 from typing import Any
 from urllib.parse import quote
@@ -40,6 +42,96 @@ _log = logging.getLogger("resilient.storage")
 #: Seconds before a store operation gives up: a slow store must not hold a call.
 SOCKET_TIMEOUT = 2.0
 
+#: Seconds a ``limits`` storage that just failed is left alone: its operations fail at once meanwhile.
+#: Callers without a backoff of their own (the adapters' rate limits) would otherwise open a connection
+#: per request to a store that is down; callers with a longer ``store_retry`` are not affected.
+STORE_PAUSE = 1.0
+
+#: The ``limits`` storage operations a call makes; ``check``, ``reset`` and ``clear`` (health and explicit
+#: requests) always reach the store.
+_GUARDED = (
+    "incr",
+    "get",
+    "get_expiry",
+    "acquire_entry",
+    "get_moving_window",
+    "acquire_sliding_window_entry",
+    "get_sliding_window",
+)
+
+
+class _Pause:
+    """When a storage last failed; shared by its operations (and by its per-loop copies)."""
+
+    __slots__ = ("pause", "until")
+
+    def __init__(self, pause: float) -> None:
+        self.pause = pause
+        self.until = 0.0
+
+    def check(self) -> None:
+        if self.until:
+            now = time.monotonic()
+            if now < self.until:
+                raise StorageError(ConnectionError("store unavailable; left alone for a moment after an error"))
+            # The pause is over: this operation probes the store, the others keep failing fast until it
+            # answers, or a burst of concurrent requests would all reconnect at once.
+            self.until = now + self.pause
+
+    def failed(self) -> None:
+        self.until = time.monotonic() + self.pause
+
+    def succeeded(self) -> None:
+        self.until = 0.0
+
+
+def _guard(storage: Any, pause: _Pause) -> Any:
+    """Make ``storage``'s operations fail fast for ``pause.pause`` seconds after one failed (instance attributes,
+    so the ``limits`` strategies' isinstance checks still see the storage's own class)."""
+    if pause.pause <= 0:
+        return storage
+    for name in _GUARDED:
+        method = getattr(storage, name, None)
+        if method is None:
+            continue
+        if asyncio.iscoroutinefunction(method):
+            setattr(storage, name, _async_guarded(method, pause))
+        else:
+            setattr(storage, name, _sync_guarded(method, pause))
+    return storage
+
+
+def _sync_guarded(method: Any, pause: _Pause) -> Any:
+    @functools.wraps(method)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        pause.check()
+        try:
+            result = method(*args, **kwargs)
+        except STORE_ERRORS:
+            pause.failed()
+            raise
+        if pause.until:
+            pause.succeeded()
+        return result
+
+    return guarded
+
+
+def _async_guarded(method: Any, pause: _Pause) -> Any:
+    @functools.wraps(method)
+    async def guarded(*args: Any, **kwargs: Any) -> Any:
+        pause.check()
+        try:
+            result = await method(*args, **kwargs)
+        except STORE_ERRORS:
+            pause.failed()
+            raise
+        if pause.until:
+            pause.succeeded()
+        return result
+
+    return guarded
+
 
 def key_part(value: str | None) -> str:
     """A provider, model or tenant as one part of a store key, never colliding with another.
@@ -67,12 +159,21 @@ def _options(uri: str, prefix: str, timeout: float) -> dict[str, Any]:
     return {}
 
 
-def sync_storage(uri: str, prefix: str, timeout: float = SOCKET_TIMEOUT) -> limits.storage.Storage:
-    """A sync ``limits`` storage for ``uri``, its errors wrapped in ``limits.errors.StorageError``."""
+def sync_storage(
+    uri: str, prefix: str, timeout: float = SOCKET_TIMEOUT, pause: float = STORE_PAUSE
+) -> limits.storage.Storage:
+    """A sync ``limits`` storage for ``uri``, its errors wrapped in ``limits.errors.StorageError``.
+
+    After an operation fails, the next ones fail at once for ``pause`` seconds
+    (0: never) instead of reaching for a store that is down.
+    """
     storage = limits.storage.storage_from_string(uri, wrap_exceptions=True, **_options(uri, prefix, timeout))
     if not isinstance(storage, limits.storage.Storage):
         raise ValueError(f"store {uri!r} is an async-only storage; give its sync URI")
-    return storage
+    if is_memory(uri):
+        return storage
+    guarded: limits.storage.Storage = _guard(storage, _Pause(pause))
+    return guarded
 
 
 class LoopBoundStorage:
@@ -81,13 +182,16 @@ class LoopBoundStorage:
     An asyncio Redis client belongs to the loop it was created on; an app
     that runs several loops one after the other (``asyncio.run`` twice, a
     test suite) would otherwise reuse dead connections. :meth:`get` makes a
-    new client when the running loop changes.
+    new client when the running loop changes. After an operation fails, the
+    next ones (on any loop) fail at once for ``pause`` seconds, as with
+    :func:`sync_storage`.
     """
 
-    def __init__(self, uri: str, prefix: str, timeout: float = SOCKET_TIMEOUT) -> None:
+    def __init__(self, uri: str, prefix: str, timeout: float = SOCKET_TIMEOUT, pause: float = STORE_PAUSE) -> None:
         self.uri = uri
         self._prefix = prefix
         self._timeout = timeout
+        self._pause = _Pause(pause)
         # One client per loop, forgotten with its loop: loops in several threads each keep theirs.
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -104,6 +208,8 @@ class LoopBoundStorage:
                         options["implementation"] = "redispy"
                     # One factory for both: an "async+" scheme gives the limits.aio storage.
                     storage = limits.storage.storage_from_string("async+" + self.uri, wrap_exceptions=True, **options)
+                    if not is_memory(self.uri):
+                        storage = _guard(storage, self._pause)
                     self._by_loop[loop] = storage
         return storage
 

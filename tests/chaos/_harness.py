@@ -210,7 +210,9 @@ class Fleet:
 
 
 @contextlib.contextmanager
-def run_fleet(tmp: Path, provider_url: str, store: str, workers: int = 2, **env: str) -> Iterator[Fleet]:
+def run_fleet(
+    tmp: Path, provider_url: str, store: str, *, workers: int = 2, env: Mapping[str, str] | None = None
+) -> Iterator[Fleet]:
     """Start the example with ``workers`` uvicorn workers on a free port, wait until each answers, stop it after."""
     port = free_port()
     metrics_dir = tmp / f"metrics-{port}"
@@ -226,7 +228,7 @@ def run_fleet(tmp: Path, provider_url: str, store: str, workers: int = 2, **env:
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         PYTHONUNBUFFERED="1",
     )
-    environment.update(env)
+    environment.update(env or {})
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(EXAMPLE), "app:app", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
     log = tmp / f"uvicorn-{port}.log"

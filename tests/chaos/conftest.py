@@ -74,3 +74,16 @@ def record(request: pytest.FixtureRequest) -> Record:
             out.write(json.dumps(row) + "\n")
 
     return add
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``make test`` runs the fast scenarios only; ``make chaos`` (``RESILIENT_CHAOS=all``) runs every one.
+
+    The long ones are deselected, not skipped, so pytest's summary counts them.
+    """
+    if os.environ.get("RESILIENT_CHAOS") == "all" or config.getoption("-m"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow") is not None]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if item.get_closest_marker("slow") is None]

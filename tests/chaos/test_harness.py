@@ -1,0 +1,82 @@
+"""The harness itself, and the store pause it found missing: fast, in-process, on a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from limits.errors import StorageError
+
+from resilient.storage import LoopBoundStorage, sync_storage
+from resilient.testing import RedisServer
+
+from ._harness import Answer, TcpProxy
+
+
+def _roundtrip(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(payload)
+        return sock.recv(64)
+
+
+def test_the_proxy_passes_counts_and_drops(proxy: TcpProxy) -> None:
+    assert _roundtrip(proxy.port, b"PING\r\n") == b"+PONG\r\n"
+    proxy.set("drop")
+    with pytest.raises(ConnectionError):  # accepted, then reset
+        reply = _roundtrip(proxy.port, b"PING\r\n")
+        if not reply:
+            raise ConnectionResetError
+    proxy.set()
+    assert _roundtrip(proxy.port, b"PING\r\n") == b"+PONG\r\n"
+    assert len(proxy.attempts) == 3
+
+
+def test_the_proxy_cuts_open_connections(proxy: TcpProxy) -> None:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(b"PING\r\n")
+        assert sock.recv(16) == b"+PONG\r\n"
+        proxy.cut()
+        with pytest.raises(ConnectionError):
+            sock.sendall(b"PING\r\n")
+            if not sock.recv(16):
+                raise ConnectionResetError
+
+
+def test_an_answer_is_designed_only_as_2xx_or_problem_json() -> None:
+    assert Answer(0, 0.1, 200, "application/json", "{}").designed
+    assert Answer(0, 0.1, 503, "application/problem+json", "{}").designed
+    assert Answer(0, 0.1, 500, "application/problem+json", "{}").lost
+    assert Answer(0, 0.1, 503, "text/plain", "oops").lost
+    assert Answer(0, 0.1, 0, "", "", "ReadTimeout").lost
+
+
+@pytest.mark.parametrize("pause", [1.0, 0.0])
+def test_a_failed_store_is_left_alone_for_a_pause(own_redis: RedisServer, proxy: TcpProxy, pause: float) -> None:
+    """Found by the store-fault scenarios: the adapters' rate limits reconnected on every request."""
+    storage = sync_storage(proxy.url, "pause-test:", timeout=1.0, pause=pause)
+    assert storage.incr("k", 60) == 1
+    proxy.set("drop")
+    proxy.cut()
+    before = len(proxy.attempts)
+    for _ in range(20):
+        with pytest.raises(StorageError):
+            storage.incr("k", 60)
+    tried = len(proxy.attempts) - before
+    assert tried <= 1 if pause else tried >= 19
+
+
+def test_the_async_storage_pauses_across_operations(own_redis: RedisServer, proxy: TcpProxy) -> None:
+    async def scenario() -> int:
+        storage = LoopBoundStorage(proxy.url, "pause-test:", timeout=1.0)
+        assert await storage.get().incr("k", 60) == 1
+        proxy.set("drop")
+        proxy.cut()
+        before = len(proxy.attempts)
+        for _ in range(20):
+            with pytest.raises(StorageError):
+                await storage.get().incr("k", 60)
+        await storage.aclose()
+        return len(proxy.attempts) - before
+
+    assert asyncio.run(scenario()) <= 1
