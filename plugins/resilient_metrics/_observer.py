@@ -30,6 +30,10 @@ CACHE_RESULTS = {
 }
 
 
+#: Most bound children kept per cache; routes (500), methods and statuses are bounded far below it.
+_CHILDREN_CAP = 4096
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) and value else NONE
 
@@ -44,6 +48,12 @@ class MetricsObserver:
         self._routes = Bounded(500)
         self._limits = Bounded(200)
         self._in_progress: dict[str, tuple[str, str]] = {}
+        # Bound children by raw value: prometheus_client's labels() costs a lock, a tuple and a dict
+        # lookup per call, six times per HTTP request. Bounded: cleared when full (children stay in
+        # their families, so nothing is lost but the shortcut).
+        self._event_children: dict[str, Any] = {}
+        self._request_children: dict[tuple[Any, Any], tuple[tuple[str, str], Any, Any]] = {}
+        self._status_children: dict[tuple[tuple[str, str], Any], Any] = {}
         self._handlers: dict[str, Callable[[Event], None]] = {
             "retry.scheduled": self._retry_scheduled,
             "retry.gave_up": self._retry_gave_up,
@@ -62,7 +72,12 @@ class MetricsObserver:
             name = getattr(event, "name", None)
             if not isinstance(name, str):
                 return
-            self.metrics.events.labels(self._names(name)).inc()
+            counter = self._event_children.get(name)
+            if counter is None:
+                if len(self._event_children) >= _CHILDREN_CAP:
+                    self._event_children.clear()
+                counter = self._event_children[name] = self.metrics.events.labels(self._names(name))
+            counter.inc()
             handler = self._handlers.get(name)
             if handler is not None:
                 handler(event)
@@ -120,30 +135,56 @@ class MetricsObserver:
 
     # ------------------------------------------------------------ HTTP adapters
 
-    def _http_labels(self, event: Event) -> tuple[str, str]:
-        route = getattr(event, "route", None)
-        method = getattr(event, "method", None)
+    def _http_labels(self, route: Any, method: Any) -> tuple[str, str]:
         method = method.upper() if isinstance(method, str) else ""
         # Only a route template is a label; an adapter that could not match one says so with None.
         route_label = self._routes(route) if isinstance(route, str) and route else "unmatched"
         return route_label, method if method in HTTP_METHODS else OTHER
 
+    def _request(self, event: Event) -> tuple[tuple[str, str], Any, Any]:
+        """The labels, in-progress gauge and duration histogram children of a request's route and method."""
+        route, method = getattr(event, "route", None), getattr(event, "method", None)
+        try:
+            return self._request_children[route, method]
+        except (KeyError, TypeError):  # TypeError: an unhashable value from someone else's event
+            pass
+        labels = self._http_labels(route, method)
+        metrics = self.metrics
+        found = (labels, metrics.http_in_progress.labels(*labels), metrics.http_duration.labels(*labels))
+        if isinstance(route, str) and isinstance(method, str):
+            if len(self._request_children) >= _CHILDREN_CAP:
+                self._request_children.clear()
+            self._request_children[route, method] = found
+        return found
+
     def _http_started(self, event: Event) -> None:
-        labels = self._http_labels(event)
-        self.metrics.http_in_progress.labels(*labels).inc()
+        labels, in_progress, _ = self._request(event)
+        in_progress.inc()
         request_id = getattr(event, "request_id", None)
         if isinstance(request_id, str) and len(self._in_progress) < 100_000:
             self._in_progress[request_id] = labels
 
     def _http_finished(self, event: Event) -> None:
-        labels = self._http_labels(event)
+        labels, in_progress, duration_child = self._request(event)
         request_id = getattr(event, "request_id", None)
         started = self._in_progress.pop(request_id, None) if isinstance(request_id, str) else None
         # Decrement what the start incremented, even if the route was resolved in between.
-        self.metrics.http_in_progress.labels(*(started or labels)).dec()
+        if started is None or started == labels:
+            in_progress.dec()
+        else:
+            self.metrics.http_in_progress.labels(*started).dec()
         status = getattr(event, "status", None)
-        status_label = str(status) if isinstance(status, int) and 100 <= status <= 599 else "unknown"
-        self.metrics.http_requests.labels(*labels, status_label).inc()
+        key = (labels, status)
+        try:
+            requests = self._status_children[key]
+        except (KeyError, TypeError):
+            status_label = str(status) if isinstance(status, int) and 100 <= status <= 599 else "unknown"
+            requests = self.metrics.http_requests.labels(*labels, status_label)
+            if isinstance(status, int):
+                if len(self._status_children) >= _CHILDREN_CAP:
+                    self._status_children.clear()
+                self._status_children[key] = requests
+        requests.inc()
         duration = getattr(event, "duration", None)
         if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration >= 0:
-            self.metrics.http_duration.labels(*labels).observe(duration)
+            duration_child.observe(duration)

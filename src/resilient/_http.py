@@ -351,6 +351,47 @@ class RouteLimits:
         return self.by_route.get(route, self.default)
 
 
+class MemoryWindows:
+    """Fixed windows counted in this process, for ``memory://`` and ``fixed-window``.
+
+    The semantics of ``limits``' memory storage (a window opens at its first
+    hit and lasts the limit's period; hits past the limit still count) on the
+    pipeline's clock, without its cost: ``limits`` starts a timer thread
+    every 10 ms of traffic to expire keys, and builds a key string per hit.
+    At most ``max_keys`` windows are kept; when full, expired ones go first,
+    then the oldest.
+    """
+
+    def __init__(self, time: Callable[[], float], max_keys: int = 100_000) -> None:
+        self._time = time
+        self._max_keys = max_keys
+        self._windows: dict[tuple[Any, ...], list[float]] = {}  # key -> [expiry, count]
+        self._lock = threading.Lock()
+
+    def hit(self, item: limits.RateLimitItem, key: tuple[Any, ...]) -> tuple[bool, int, float]:
+        """Count one hit: (allowed, remaining, reset time)."""
+        now = self._time()
+        windows = self._windows
+        with self._lock:
+            window = windows.get(key)
+            if window is None or window[0] <= now:
+                if window is None and len(windows) >= self._max_keys:
+                    self._make_room(now)
+                window = windows[key] = [now + item.get_expiry(), 0]
+            window[1] += 1
+            count, reset = int(window[1]), window[0]
+        return count <= item.amount, item.amount - count, reset
+
+    def _make_room(self, now: float) -> None:
+        windows = self._windows
+        for key in [k for k, w in windows.items() if w[0] <= now]:
+            del windows[key]
+        if len(windows) >= self._max_keys:
+            # Every window is live (a flood of distinct clients): forget the oldest tenth.
+            for key in list(itertools.islice(windows, max(1, self._max_keys // 10))):
+                del windows[key]
+
+
 # --------------------------------------------------------------------------- GET response cache
 
 #: What an adapter keeps per response: its own form of status, headers and body.
@@ -517,6 +558,8 @@ class HttpCore:
         self.store_uri: str = rate_limit_store or core.store
         self.key_prefix: str = core.key_prefix
         self._memory = is_memory(self.store_uri)
+        # memory:// with fixed windows (the default) is counted here rather than by limits' storage.
+        self._windows = MemoryWindows(self.clock.time) if self._memory and self.strategy == "fixed-window" else None
         self.metrics_path = _path_option("metrics_path", metrics_path)
         self.health_path = _path_option("health_path", health_path)
         self.ready_path = _path_option("ready_path", ready_path)
@@ -551,6 +594,11 @@ class HttpCore:
 
     # ------------------------------------------------------------------ rate limits
 
+    @property
+    def in_process(self) -> bool:
+        """Whether the rate limits are counted in this process (``memory://``): no I/O to await."""
+        return self._memory
+
     def sync_limiter(self) -> Any:
         """The sync ``limits`` strategy on the store (made on first use)."""
         limiter = self._sync_limiter
@@ -572,13 +620,15 @@ class HttpCore:
         strategy: Any = limits.aio.strategies.STRATEGIES[self.strategy]
         return strategy(self._async_storage.get())
 
-    def identifiers(self, route: str, request: RequestInfo) -> tuple[str, str, str]:
+    def _client(self, request: RequestInfo) -> str | None:
         try:
-            client = self.limit_client(request)
+            return self.limit_client(request)
         except Exception:
             _log.exception("rate limit client key function %r failed", self.limit_client)
-            client = None
-        return ("http", _key_part(route), _key_part(client))
+            return None
+
+    def identifiers(self, route: str, request: RequestInfo) -> tuple[str, str, str]:
+        return ("http", _key_part(route), _key_part(self._client(request)))
 
     def denied(self, item: limits.RateLimitItem, reset_time: float) -> QuotaExceeded:
         retry_after = max(0.0, reset_time - self.clock.time())
@@ -594,10 +644,23 @@ class HttpCore:
             ("ratelimit-reset", str(reset)),
         ]
 
-    def check_sync(self, route: str, request: RequestInfo) -> tuple[QuotaExceeded, list[tuple[str, str]]] | None:
-        """Count the request against its route's limits; the refusal when one is spent."""
+    def check_sync(
+        self, route: str, request: RequestInfo, tenant: str | None = None
+    ) -> tuple[QuotaExceeded, list[tuple[str, str]]] | None:
+        """Count the request against its route's limits; the refusal when one is spent.
+
+        ``tenant`` is the request's tenant when the caller has it (saves asking the key function again).
+        """
         items = self.limits.for_route(route)
         if not items:
+            return None
+        windows = self._windows
+        if windows is not None:
+            client = tenant if tenant is not None and self.limit_client is self.tenant else self._client(request)
+            for i, item in enumerate(items):
+                allowed, remaining, reset = windows.hit(item, (route, client, i))
+                if not allowed:
+                    return self.denied(item, reset), self.rate_limit_headers(item, remaining, reset)
             return None
         ids = self.identifiers(route, request)
         try:
@@ -613,14 +676,16 @@ class HttpCore:
             _log.warning("rate limit store unavailable (%s); request allowed", type(exc).__name__)
         return None
 
-    async def check_async(self, route: str, request: RequestInfo) -> tuple[QuotaExceeded, list[tuple[str, str]]] | None:
+    async def check_async(
+        self, route: str, request: RequestInfo, tenant: str | None = None
+    ) -> tuple[QuotaExceeded, list[tuple[str, str]]] | None:
         """Async :meth:`check_sync`."""
+        if self._memory:
+            # In-process state: no I/O to await, and one count shared by every event loop.
+            return self.check_sync(route, request, tenant)
         items = self.limits.for_route(route)
         if not items:
             return None
-        if self._memory:
-            # In-process state: no I/O to await, and one count shared by every event loop.
-            return self.check_sync(route, request)
         ids = self.identifiers(route, request)
         try:
             limiter = self.async_limiter()

@@ -282,7 +282,11 @@ class ResilientMiddleware:
             if limit is not None:
                 refusal = self._check_length(scope, limit)
             if refusal is None and core.limits:
-                denied = await core.check_async(route, request)
+                denied = (
+                    core.check_sync(route, request, tenant)
+                    if core.in_process
+                    else await core.check_async(route, request, tenant)
+                )
                 if denied is not None:
                     await self._problem(send_wrapper, denied[0], request_id, denied[1])
                     return

@@ -223,7 +223,7 @@ class ResilientWSGIMiddleware:
                     return body.problem(refusal)
                 environ["wsgi.input"] = _LimitedInput(environ["wsgi.input"], limit)
             if core.limits:
-                denied = core.check_sync(route, request)
+                denied = core.check_sync(route, request, tenant)
                 if denied is not None:
                     return body.problem(denied[0], denied[1])
             cache = core.cache

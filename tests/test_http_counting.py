@@ -1,0 +1,132 @@
+"""The adapters' fast paths agree with the slow ones they replace.
+
+``MemoryWindows`` (memory:// fixed windows) against ``limits``' own memory
+storage and strategy on the same fake clock; the metrics observer's cached
+label children against what the families hold, and bounded.
+"""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import limits
+import limits.storage.memory
+import limits.strategies
+import prometheus_client
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import resilient_metrics
+from resilient import Pipeline
+from resilient._http import HttpRequestFinished, HttpRequestStarted, MemoryWindows
+from resilient.testing import FakeClock
+
+from .conftest import _LimitsTime
+
+ITEMS = [limits.parse("3/second"), limits.parse("5/minute"), limits.parse("2/10 seconds")]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=20, allow_nan=False),  # seconds to advance first
+            st.sampled_from(range(len(ITEMS))),
+            st.sampled_from(["a", "b"]),
+        ),
+        max_size=40,
+    )
+)
+def test_memory_windows_count_like_limits_memory_storage(steps: list[tuple[float, int, str]]) -> None:
+    clock = FakeClock(start=1_700_000_000.0)
+    shim = _LimitsTime(clock)
+    with mock.patch.object(limits.storage.memory, "time", shim), mock.patch.object(limits.strategies, "time", shim):
+        storage = limits.storage.MemoryStorage()
+        try:
+            reference = limits.strategies.FixedWindowRateLimiter(storage)
+            ours = MemoryWindows(clock.time)
+            for advance, index, client in steps:
+                clock.advance(advance)
+                item = ITEMS[index]
+                allowed = reference.hit(item, "http", "/r", client, str(index))
+                stats = reference.get_window_stats(item, "http", "/r", client, str(index))
+                got_allowed, remaining, reset = ours.hit(item, ("/r", client, index))
+                assert got_allowed == allowed
+                assert max(0, remaining) == stats.remaining
+                assert reset == stats.reset_time
+        finally:
+            storage.timer.cancel()
+
+
+def test_memory_windows_stay_bounded() -> None:
+    clock = FakeClock()
+    windows = MemoryWindows(clock.time, max_keys=10)
+    item = limits.parse("1/minute")
+    for i in range(100):
+        assert windows.hit(item, ("/r", f"client-{i}", 0))[0]
+        assert len(windows._windows) <= 10
+    clock.advance(61)
+    windows.hit(item, ("/r", "late", 0))
+    assert len(windows._windows) == 1  # the expired ones went first
+
+
+def _observer() -> tuple[resilient_metrics.MetricsObserver, prometheus_client.CollectorRegistry]:
+    registry = prometheus_client.CollectorRegistry()
+    with resilient_metrics.use_registry(registry):
+        pipeline = Pipeline(plugins=[resilient_metrics], discover=False, env={})
+    observer = next(o for o in pipeline.runtime.events.observers if isinstance(o, resilient_metrics.MetricsObserver))
+    return observer, registry
+
+
+def _value(registry: prometheus_client.CollectorRegistry, name: str, **labels: str) -> float:
+    found = registry.get_sample_value(name, labels)
+    return 0.0 if found is None else found
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["/a", "/b/{id}", "<unmatched>", ""]),
+            st.sampled_from(["GET", "post", "BREW"]),
+            st.sampled_from([200, 404, 503, 999]),
+        ),
+        max_size=30,
+    )
+)
+def test_cached_children_record_what_the_families_hold(requests: list[tuple[str, str, int]]) -> None:
+    observer, registry = _observer()
+    expected: dict[tuple[str, str, str], int] = {}
+    for i, (route, method, status) in enumerate(requests):
+        rid = f"r{i}"
+        observer(HttpRequestStarted(route=route, method=method, request_id=rid))
+        observer(HttpRequestFinished(route=route, method=method, status=status, duration=0.01, request_id=rid))
+        label_route = route or "unmatched"
+        label_method = method.upper() if method.upper() in ("GET", "POST") else "other"
+        label_status = str(status) if status <= 599 else "unknown"
+        key = (label_route, label_method, label_status)
+        expected[key] = expected.get(key, 0) + 1
+    for (route, method, status), count in expected.items():
+        got = _value(registry, "resilient_http_requests_total", route=route, method=method, status=status)
+        assert got == count
+    for route, method in {(r, m) for r, m, _ in expected}:
+        assert _value(registry, "resilient_http_requests_in_progress", route=route, method=method) == 0
+
+
+def test_a_request_whose_route_changed_decrements_what_it_incremented() -> None:
+    observer, registry = _observer()
+    observer(HttpRequestStarted(route="<unmatched>", method="GET", request_id="x"))
+    observer(HttpRequestFinished(route="/late", method="GET", status=200, duration=0.0, request_id="x"))
+    assert _value(registry, "resilient_http_requests_in_progress", route="<unmatched>", method="GET") == 0
+    assert _value(registry, "resilient_http_requests_in_progress", route="/late", method="GET") == 0
+
+
+def test_the_children_caches_are_bounded() -> None:
+    observer, registry = _observer()
+    for i in range(5000):
+        observer(HttpRequestStarted(route=f"/r{i}", method="GET", request_id=str(i)))
+        observer(HttpRequestFinished(route=f"/r{i}", method="GET", status=200, duration=0.0, request_id=str(i)))
+        assert len(observer._request_children) <= 4096
+        assert len(observer._status_children) <= 4096
+    # Routes past the label cap (500) are counted as "other", cached or not.
+    assert _value(registry, "resilient_http_requests_total", route="other", method="GET", status="200") == 4500
