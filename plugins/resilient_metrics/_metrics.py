@@ -9,6 +9,7 @@ default registry gets its set once per process.
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Iterable
@@ -22,7 +23,7 @@ from ._prices import base_model
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["OTHER", "Bounded", "Metrics", "metrics_for"]
+__all__ = ["OTHER", "Bounded", "Metrics", "metrics_for", "shared_cells"]
 
 #: The label value of everything beyond an allow-list or a cap.
 OTHER = "other"
@@ -69,14 +70,113 @@ class Bounded:
         return value
 
 
+#: Label sets a family remembers by their raw values; past it, ``labels()`` takes prometheus_client's path.
+BOUND_CAP = 4096
+
+
+class _Bound:
+    """``labels()`` as one dict lookup for label values seen before.
+
+    prometheus_client's ``labels()`` converts every value to ``str``, takes
+    the family's lock and builds a tuple on every call (~1.5 us); observers
+    call it per event. The child it returns is remembered by the raw values
+    (bounded; ``remove``/``clear`` forget), so the next call with the same
+    values is a dict lookup and gets the very same child.
+    """
+
+    _bound: dict[tuple[object, ...], Any]
+
+    def labels(self, *labelvalues: object, **labelkwargs: object) -> Any:
+        bound = self.__dict__.get("_bound")
+        if bound is None:
+            bound = self._bound = {}
+        if not labelkwargs:
+            try:
+                return bound[labelvalues]
+            except (KeyError, TypeError):  # new values, or unhashable ones (prometheus_client str()s them)
+                pass
+        child = super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc]
+        if not labelkwargs and len(bound) < BOUND_CAP:
+            try:
+                bound[labelvalues] = child
+            except TypeError:
+                pass
+        return child
+
+    def remove(self, *labelvalues: object) -> None:
+        self.__dict__.pop("_bound", None)
+        super().remove(*labelvalues)  # type: ignore[misc]
+
+    def remove_by_labels(self, labels: dict[str, str]) -> None:
+        self.__dict__.pop("_bound", None)
+        super().remove_by_labels(labels)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self.__dict__.pop("_bound", None)
+        super().clear()  # type: ignore[misc]
+
+
+@functools.cache
+def _families() -> tuple[Any, Any, Any]:
+    """Counter, Gauge and Histogram with :class:`_Bound` labels (prometheus_client is imported here, lazily)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    class BoundCounter(_Bound, Counter):
+        pass
+
+    class BoundGauge(_Bound, Gauge):
+        pass
+
+    class BoundHistogram(_Bound, Histogram):
+        pass
+
+    return BoundCounter, BoundGauge, BoundHistogram
+
+
+def shared_cells(lock: threading.Lock, children: Iterable[Any]) -> list[Any] | None:
+    """The value cells of ``children`` (counters, histograms), all guarded by ``lock`` from now on; or None.
+
+    prometheus_client keeps an in-process value as a ``MutexValue`` (a float
+    and its own lock) and takes that lock once per ``inc``/``observe``: nine
+    times for one recorded call. Giving the cells of one label set a single
+    lock lets the caller update all of them under one acquisition (``with
+    lock: cell._value += n``) while any other ``inc`` takes the same lock, so
+    no update is lost and a scrape reads exact values. The cells come in
+    order: a counter's value; a histogram's buckets, then its sum. None (use
+    the public API) in multiprocess mode (values in mmap files) or with a
+    prometheus_client whose internals are not the ones known here.
+    """
+    from prometheus_client import values
+
+    cells: list[Any] = []
+    for child in children:
+        if hasattr(child, "_upper_bounds"):
+            buckets, total = getattr(child, "_buckets", None), getattr(child, "_sum", None)
+            if not isinstance(buckets, list) or len(buckets) != len(child._upper_bounds):
+                return None
+            cells.extend((*buckets, total))
+        else:
+            cells.append(getattr(child, "_value", None))
+    for cell in cells:
+        if type(cell) is not values.MutexValue or type(getattr(cell, "_value", None)) is not float:
+            return None
+    for cell in cells:
+        old = cell._lock
+        if old is not lock:
+            with old:  # an inc already holding the old lock finishes before the switch
+                cell._lock = lock
+    return cells
+
+
 class Metrics:
     """Every metric the plugin records, in one registry under one namespace."""
 
     def __init__(self, registry: CollectorRegistry, options: MetricsOptions) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
+        Counter, Gauge, Histogram = _families()
 
         ns, reg = options.namespace, registry
         self.registry = registry
+        self._locks: dict[tuple[str, ...], threading.Lock] = {}
         self.schema = (options.tenant_labels, options.buckets, options.http_buckets)
         tenant = ("tenant",) if options.tenant_labels else ()
         self.tenant_label = bool(tenant)
@@ -173,6 +273,11 @@ class Metrics:
             registry=reg,
             multiprocess_mode="livesum",
         )
+
+    def lock_for(self, labels: tuple[str, ...]) -> threading.Lock:
+        """The one lock of every value cell a call's label set (provider, operation, model) records into."""
+        with _lock:
+            return self._locks.setdefault(labels, threading.Lock())
 
 
 _lock = threading.Lock()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +23,7 @@ from resilient import (
 from resilient.context import current as current_context
 from resilient.providers import merge_usage, usage_from, usage_from_chunk
 
-from ._metrics import Bounded, Metrics
+from ._metrics import Bounded, Metrics, shared_cells
 from ._options import MetricsOptions
 from ._prices import Price, PriceTable
 
@@ -41,11 +43,29 @@ class _Null:
 
 
 _NULL = _Null()
+_NO_LOCK = threading.Lock()
 
 #: ``call.metadata["cache"]`` values of a call answered from the cache: its tokens were not spent again.
 _SERVED = frozenset({"hit", "stale"})
 
 _TOTALS = ("tokens.input", "tokens.output", "tokens.cache_read", "tokens.cache_write")
+
+
+def _note(call: Call, usage: Usage, cost: float | None) -> None:
+    """Note a call's cost on it, and its tokens and cost in the request's totals."""
+    call.metadata["cost_usd"] = cost
+    ctx = current_context()
+    if ctx is not None:
+        for name, n in zip(
+            _TOTALS,
+            (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens),
+            strict=True,
+        ):
+            ctx.add(name, n)
+        if cost is None:
+            ctx.add("cost.unknown_calls", 1)
+        else:
+            ctx.add("cost.usd", cost)
 
 
 class _Children:
@@ -56,13 +76,16 @@ class _Children:
         "_calls",
         "_labels",
         "attempts",
+        "bounds",
         "cache_read",
         "cache_write",
+        "cells",
         "cost",
         "cost_unknown",
         "duration",
         "first_chunk",
         "input",
+        "lock",
         "ok",
         "output",
         "price",
@@ -89,6 +112,9 @@ class _Children:
         self.cache_read: Any
         self.cache_write: Any
         self.first_chunk: Any
+        self.cells: list[Any] | None = None
+        self.bounds: tuple[float, ...] = ()
+        self.lock = _NO_LOCK
         if metrics is None:
             self._calls = None
             self.ok = self.duration = self.attempts = self.cost = self.cost_unknown = self.first_chunk = _NULL
@@ -107,6 +133,35 @@ class _Children:
         self.output = tokens.labels(*labels, *tenant, "output")
         self.cache_read = tokens.labels(*labels, *tenant, "cache_read")
         self.cache_write = tokens.labels(*labels, *tenant, "cache_write")
+        # A successful call updates nine values: under one lock for all of them (the lock of these
+        # base labels, shared with every other label set of theirs) it takes one acquisition, not nine.
+        self.lock = metrics.lock_for(labels)
+        counted = self.cost_unknown if price is None else self.cost
+        kinds = (self.input, self.output, self.cache_read, self.cache_write)
+        self.cells = shared_cells(self.lock, (self.ok, self.attempts, *kinds, counted, self.duration))
+        self.bounds = tuple(getattr(self.duration, "_upper_bounds", ()))
+
+    def tally(self, cells: list[Any], elapsed: float, attempts: int, usage: Usage | None, cost: float | None) -> None:
+        """A successful call's count, attempts, duration and (with ``usage``) tokens and cost, under one lock.
+
+        The updates ``ok.inc()``, ``attempts.inc()``, ``duration.observe()`` and
+        :meth:`MetricsPolicy.account`'s counters make, on the cells of
+        :func:`shared_cells` (in its order: ok, attempts, the four token
+        kinds, cost or cost_unknown, the duration's buckets, its sum).
+        """
+        # The bucket prometheus_client's observe() counts: the first upper bound >= elapsed (the last is +Inf).
+        bucket = cells[7 + bisect_left(self.bounds, elapsed)]
+        with self.lock:
+            cells[0]._value += 1.0
+            cells[1]._value += attempts
+            bucket._value += 1.0
+            cells[-1]._value += elapsed
+            if usage is not None:
+                cells[2]._value += usage.input_tokens
+                cells[3]._value += usage.output_tokens
+                cells[4]._value += usage.cache_read_tokens
+                cells[5]._value += usage.cache_write_tokens
+                cells[6]._value += 1.0 if cost is None else cost
 
     def outcome(self, kind: str) -> Any:
         child = self._by_outcome.get(kind)
@@ -191,19 +246,7 @@ class MetricsPolicy(Policy):
         else:
             cost = price.cost(usage)
             children.cost.inc(cost)
-        call.metadata["cost_usd"] = cost
-        ctx = current_context()
-        if ctx is not None:
-            for name, n in zip(
-                _TOTALS,
-                (usage.input_tokens, usage.output_tokens, usage.cache_read_tokens, usage.cache_write_tokens),
-                strict=True,
-            ):
-                ctx.add(name, n)
-            if cost is None:
-                ctx.add("cost.unknown_calls", 1)
-            else:
-                ctx.add("cost.usd", cost)
+        _note(call, usage, cost)
         return cost
 
     def _outcome_of(self, call: Call, exc: BaseException) -> Outcome:
@@ -228,10 +271,28 @@ class MetricsPolicy(Policy):
             try:
                 children = children_of(call)
                 outcome = call.outcome
+                metadata = call._metadata
+                cells = children.cells
+                if cells is not None and (outcome is None or not outcome.ok):
+                    # The common case, counted under one lock: the same updates as below.
+                    if metadata is not None and metadata.get("cache") in _SERVED:
+                        children.tally(cells, end - start, call.attempt, None, None)
+                        metadata["cost_usd"] = 0.0
+                        return
+                    usage = call.usage
+                    if usage is None and not isinstance(result, str):
+                        usage = call.usage = usage_from(result)
+                    if usage is None:
+                        children.tally(cells, end - start, call.attempt, None, None)
+                        return
+                    price = children.price
+                    cost = None if price is None else price.cost(usage)
+                    children.tally(cells, end - start, call.attempt, usage, cost)
+                    _note(call, usage, cost)
+                    return
                 (children.ok if outcome is None or not outcome.ok else children.outcome(outcome.kind)).inc()
                 children.duration.observe(end - start)
                 children.attempts.inc(call.attempt)
-                metadata = call._metadata
                 if metadata is not None and metadata.get("cache") in _SERVED:
                     metadata["cost_usd"] = 0.0  # answered from the cache: no tokens spent
                     return
