@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from resilient import Pipeline, QuotaExceeded, capture_calls
 from resilient.providers import classify
-from resilient.testing.simulator import Drop, Simulator, SimulatorServer, Status, run_simulator
+from resilient.testing.simulator import Drop, Simulator, SimulatorServer, Slow, Status, run_simulator
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
 MODEL = "claude-test-1"
@@ -251,3 +252,60 @@ def test_async_openai(server: SimulatorServer, sim: Simulator) -> None:
         return completion.choices[0].message.content
 
     assert asyncio.run(main())
+
+
+# ---------------------------------------------------------------- the timeout plugin's limit reaches the SDK
+
+
+def test_the_attempt_timeout_is_the_sdk_s_timeout_on_a_wrapped_sync_call(
+    server: SimulatorServer, sim: Simulator
+) -> None:
+    sim.script(Slow(seconds=3.0))
+    client = pipeline(retry={"max_attempts": 1}, timeout={"timeout": 0.3}).wrap(claude(server))
+    started = time.monotonic()
+    with capture_calls() as calls, pytest.raises(anthropic.APITimeoutError):
+        client.messages.create(model=MODEL, max_tokens=20, messages=MESSAGES)
+    assert time.monotonic() - started < 2.5  # the SDK gave up at 0.3 s, not after the provider's 3 s
+    assert calls[-1].kwargs["timeout"] == 0.3
+    assert classify(anthropic.APITimeoutError(request=None)).kind == "timeout"  # type: ignore[arg-type]
+
+
+def test_a_timed_out_attempt_is_retried_and_a_smaller_caller_timeout_is_kept(
+    server: SimulatorServer, sim: Simulator
+) -> None:
+    sim.script(Slow(seconds=3.0))  # the first attempt is slow, the next is answered
+    client = pipeline(timeout={"timeout": 0.4}).wrap(claude(server))
+    with capture_calls() as calls:
+        message = client.messages.create(model=MODEL, max_tokens=20, messages=MESSAGES)
+    assert message.content[0].text == "Simulated reply to: hello there"
+    assert calls[-1].attempt == 2
+    with capture_calls() as calls:
+        client.messages.create(model=MODEL, max_tokens=20, messages=MESSAGES, timeout=0.25)
+    assert calls[-1].kwargs["timeout"] == 0.25
+
+
+def test_the_attempt_timeout_reaches_a_wrapped_async_call(server: SimulatorServer, sim: Simulator) -> None:
+    sim.script(Slow(seconds=3.0))
+    client = pipeline(retry={"max_attempts": 1}, timeout={"timeout": 0.3}).wrap(aclaude(server))
+
+    async def main() -> list[Any]:
+        with capture_calls() as calls:
+            with pytest.raises((TimeoutError, anthropic.APITimeoutError)) as failed:
+                await client.messages.create(model=MODEL, max_tokens=20, messages=MESSAGES)
+            assert classify(failed.value).kind == "timeout"
+        await client.close()
+        return calls
+
+    started = time.monotonic()
+    calls = asyncio.run(main())
+    assert time.monotonic() - started < 2.5
+    assert calls[-1].kwargs["timeout"] == 0.3
+
+
+def test_a_stream_s_idle_timeout_is_the_sdk_s_read_timeout(server: SimulatorServer, sim: Simulator) -> None:
+    client = pipeline(timeout={"idle_timeout": 5.0}).wrap(claude(server))
+    with capture_calls() as calls:
+        stream = client.messages.create(model=MODEL, max_tokens=20, messages=MESSAGES, stream=True)
+        events = [event.type for event in stream]
+    assert events[-1] == "message_stop"
+    assert calls[-1].kwargs["timeout"] == 5.0

@@ -31,6 +31,6 @@ class TimeoutOptions:
     pass_timeout: bool = option(
         False,
         doc="Pass the limit to the called function as a keyword argument (anthropic, openai, httpx accept "
-        "`timeout=`); the only way to bound a sync call.",
+        "`timeout=`); the only way to bound a sync call. Clients wrapped with `pipeline.wrap` always get it.",
     )
     timeout_kwarg: str = option("timeout", doc="Name of the keyword argument `pass_timeout` sets.")

@@ -31,10 +31,16 @@ from ._events import DeadlinePassed, TimedOut, TimeoutOverrun
 from ._options import TimeoutOptions
 from ._timer import Expiry, cancel_after
 
-__all__ = ["DEADLINE_KEY", "DeadlinePolicy", "TimeoutPolicy", "remaining"]
+__all__ = ["DEADLINE_KEY", "DeadlinePolicy", "TimeoutPolicy", "accepts_timeout", "remaining"]
 
 #: ``call.metadata`` key of the call's deadline: absolute seconds on the pipeline clock's ``monotonic()``.
 DEADLINE_KEY = "deadline"
+
+
+def accepts_timeout(target: Target) -> bool:
+    """Whether the target's calls take ``timeout=`` (a wrapped SDK method says so): the limit is then passed
+    to every attempt, as with ``pass_timeout``, whatever that option says."""
+    return getattr(target, "accepts_timeout", False) is True
 
 
 def remaining(call: Call, now: float) -> float | None:
@@ -208,10 +214,10 @@ class TimeoutPolicy(_Base):
         if given is None or (isinstance(given, (int, float)) and not isinstance(given, bool) and given > limit):
             kwargs[key] = limit
 
-    def _fixed(self) -> float | None:
+    def _fixed(self, passes: bool) -> float | None:
         """The one attempt limit every call gets, when nothing varies per call (the fast path)."""
         base = self._base
-        if self._varies or self._deadlines or base.pass_timeout or not base.enabled:
+        if self._varies or self._deadlines or passes or base.pass_timeout or not base.enabled:
             return None
         return base.timeout
 
@@ -221,7 +227,8 @@ class TimeoutPolicy(_Base):
         base = self._base
         if not self._varies and not self._deadlines and (base.timeout is None or not base.enabled):
             return nxt
-        if not self._varies and not self._deadlines and not base.pass_timeout and not self._events.enabled:
+        passes = accepts_timeout(target)
+        if not self._varies and not self._deadlines and not (base.pass_timeout or passes) and not self._events.enabled:
             return nxt  # a sync call without a hook cannot be bounded, and nobody listens for overruns
         clock = self._clock
 
@@ -232,7 +239,7 @@ class TimeoutPolicy(_Base):
             limit, by_deadline = self._limit(call, options.timeout)
             if limit is None:
                 return nxt(call)
-            if options.pass_timeout:
+            if passes or options.pass_timeout:
                 self._pass(call, options, limit)
                 try:
                     return nxt(call)
@@ -266,7 +273,8 @@ class TimeoutPolicy(_Base):
         base = self._base
         if not self._varies and not self._deadlines and (base.timeout is None or not base.enabled):
             return nxt
-        fixed = self._fixed()
+        passes = accepts_timeout(target)
+        fixed = self._fixed(passes)
         if fixed is not None:
 
             async def timed_fixed(call: Call) -> Any:
@@ -289,7 +297,7 @@ class TimeoutPolicy(_Base):
             limit, by_deadline = self._limit(call, options.timeout)
             if limit is None:
                 return await nxt(call)
-            if options.pass_timeout:
+            if passes or options.pass_timeout:
                 self._pass(call, options, limit)
             expiry = Expiry(limit)
             try:
@@ -307,14 +315,16 @@ class TimeoutPolicy(_Base):
 
     # ------------------------------------------------------------ streams
 
-    def _stream_limits(self, call: Call) -> tuple[TimeoutOptions, float | None, float | None] | None:
+    def _stream_limits(
+        self, call: Call, passes: bool = False
+    ) -> tuple[TimeoutOptions, float | None, float | None] | None:
         options = self._options(call)
         if not options.enabled:
             return None
         first, idle = options.first_chunk_timeout, options.idle_timeout
         if first is None and idle is None and remaining(call, 0.0) is None:
             return None
-        if options.pass_timeout and idle is not None:
+        if (passes or options.pass_timeout) and idle is not None:
             self._pass(call, options, idle)  # an HTTP client's read timeout is an idle limit
         return options, first, idle
 
@@ -327,8 +337,10 @@ class TimeoutPolicy(_Base):
         ):
             return nxt
 
+        passes = accepts_timeout(target)
+
         def timed(call: Call) -> Iterator[Any]:
-            limits = self._stream_limits(call)
+            limits = self._stream_limits(call, passes)
             if limits is None:
                 return nxt(call)
             return self._stream(call, nxt(call), limits[1], limits[2])
@@ -372,8 +384,10 @@ class TimeoutPolicy(_Base):
         ):
             return nxt
 
+        passes = accepts_timeout(target)
+
         def timed(call: Call) -> AsyncIterator[Any]:
-            limits = self._stream_limits(call)
+            limits = self._stream_limits(call, passes)
             if limits is None:
                 return nxt(call)
             return self._astream(call, nxt(call), limits[1], limits[2])
