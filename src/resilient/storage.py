@@ -61,28 +61,83 @@ _GUARDED = (
 
 
 class _Pause:
-    """When a storage last failed; shared by its operations (and by its per-loop copies)."""
+    """When a storage last failed, and the one operation probing it since; shared by its operations.
 
-    __slots__ = ("pause", "until")
+    Once the pause is over, one operation (the probe) reaches the store; the
+    others wait for its outcome (at most the socket timeout) and then go to
+    the store too, or fail at once if it failed. Failing them while the probe
+    is out would read as "store down" to the policies and prolong the outage;
+    letting them all through would send every request in flight to a store
+    that is still down.
+    """
 
-    def __init__(self, pause: float) -> None:
+    __slots__ = ("_lock", "_probe", "pause", "until", "wait")
+
+    def __init__(self, pause: float, wait: float) -> None:
         self.pause = pause
+        self.wait = wait
         self.until = 0.0
+        self._probe: threading.Event | None = None
+        self._lock = threading.Lock()
 
-    def check(self) -> None:
-        if self.until:
-            now = time.monotonic()
-            if now < self.until:
-                raise StorageError(ConnectionError("store unavailable; left alone for a moment after an error"))
-            # The pause is over: this operation probes the store, the others keep failing fast until it
-            # answers, or a burst of concurrent requests would all reconnect at once.
-            self.until = now + self.pause
+    def enter(self) -> bool:
+        """Before an operation, while ``until`` is set: raise (paused), or True for the probe, else False."""
+        if time.monotonic() < self.until:
+            raise _paused()
+        with self._lock:
+            probe = self._probe
+            if probe is None:
+                self._probe = threading.Event()
+                return True
+        probe.wait(self.wait)
+        if self.until and time.monotonic() < self.until:
+            raise _paused()
+        return False
 
-    def failed(self) -> None:
-        self.until = time.monotonic() + self.pause
+    def outcome(self, ok: bool | None) -> None:
+        """After an operation that failed, or after a probe (``None``: it ended without a word from the store)."""
+        if ok is not None:
+            self.until = 0.0 if ok else time.monotonic() + self.pause
+        with self._lock:
+            probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.set()
 
-    def succeeded(self) -> None:
-        self.until = 0.0
+
+class _AsyncPause(_Pause):
+    """:class:`_Pause` for one event loop: those waiting for the probe await it."""
+
+    __slots__ = ("_future",)
+
+    def __init__(self, pause: float, wait: float) -> None:
+        super().__init__(pause, wait)
+        self._future: asyncio.Future[None] | None = None
+
+    async def aenter(self) -> bool:
+        if time.monotonic() < self.until:
+            raise _paused()
+        future = self._future
+        if future is None:
+            self._future = asyncio.get_running_loop().create_future()
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(future), self.wait)
+        except asyncio.TimeoutError:
+            pass
+        if self.until and time.monotonic() < self.until:
+            raise _paused()
+        return False
+
+    def outcome(self, ok: bool | None) -> None:
+        if ok is not None:
+            self.until = 0.0 if ok else time.monotonic() + self.pause
+        future, self._future = self._future, None
+        if future is not None and not future.done():
+            future.set_result(None)
+
+
+def _paused() -> StorageError:
+    return StorageError(ConnectionError("store unavailable; left alone for a moment after an error"))
 
 
 def _guard(storage: Any, pause: _Pause) -> Any:
@@ -95,6 +150,7 @@ def _guard(storage: Any, pause: _Pause) -> Any:
         if method is None:
             continue
         if asyncio.iscoroutinefunction(method):
+            assert isinstance(pause, _AsyncPause)
             setattr(storage, name, _async_guarded(method, pause))
         else:
             setattr(storage, name, _sync_guarded(method, pause))
@@ -104,30 +160,38 @@ def _guard(storage: Any, pause: _Pause) -> Any:
 def _sync_guarded(method: Any, pause: _Pause) -> Any:
     @functools.wraps(method)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        pause.check()
+        probe = pause.enter() if pause.until else False
         try:
             result = method(*args, **kwargs)
         except STORE_ERRORS:
-            pause.failed()
+            pause.outcome(False)
             raise
-        if pause.until:
-            pause.succeeded()
+        except BaseException:
+            if probe:
+                pause.outcome(None)  # not a store error: the next operation probes
+            raise
+        if probe or pause.until:
+            pause.outcome(True)
         return result
 
     return guarded
 
 
-def _async_guarded(method: Any, pause: _Pause) -> Any:
+def _async_guarded(method: Any, pause: _AsyncPause) -> Any:
     @functools.wraps(method)
     async def guarded(*args: Any, **kwargs: Any) -> Any:
-        pause.check()
+        probe = await pause.aenter() if pause.until else False
         try:
             result = await method(*args, **kwargs)
         except STORE_ERRORS:
-            pause.failed()
+            pause.outcome(False)
             raise
-        if pause.until:
-            pause.succeeded()
+        except BaseException:
+            if probe:
+                pause.outcome(None)  # not a store error, or cancelled: the next operation probes
+            raise
+        if probe or pause.until:
+            pause.outcome(True)
         return result
 
     return guarded
@@ -151,12 +215,38 @@ def is_memory(uri: str) -> bool:
     return uri.split("://", 1)[0] in ("memory", "async+memory")
 
 
-def _options(uri: str, prefix: str, timeout: float) -> dict[str, Any]:
+def _options(uri: str, prefix: str, timeout: float, *, aio: bool = False) -> dict[str, Any]:
     scheme = uri.split("://", 1)[0]
     if "redis" in scheme or "valkey" in scheme:
         # Keys carry the app's prefix, so two apps sharing one Redis never collide.
-        return {"key_prefix": prefix.rstrip(":"), "socket_timeout": timeout, "socket_connect_timeout": timeout}
+        options: dict[str, Any] = {"key_prefix": prefix.rstrip(":")}
+        if scheme in ("redis", "rediss"):  # redis-py's own client (cluster and sentinel take other options)
+            return {**options, **_client_options(timeout, aio=aio)}
+        return {**options, "socket_timeout": timeout, "socket_connect_timeout": timeout}
     return {}
+
+
+def _client_options(timeout: float, *, aio: bool) -> dict[str, Any]:
+    """Timeouts, and one immediate retry of a command whose connection was found dead.
+
+    After Redis restarts, every pooled connection is dead and fails its next
+    command; without the retry each of them would be one more "store down" to
+    a policy, which then leaves the store alone for ``store_retry`` seconds:
+    recovery would take (pooled connections x store_retry). A timeout is not
+    retried: it already cost ``timeout`` seconds.
+    """
+    import redis.backoff
+    import redis.exceptions
+
+    if aio:
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        retry: Any = AsyncRetry(redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+    else:
+        from redis.retry import Retry
+
+        retry = Retry(redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": retry}
 
 
 def sync_storage(
@@ -172,7 +262,7 @@ def sync_storage(
         raise ValueError(f"store {uri!r} is an async-only storage; give its sync URI")
     if is_memory(uri):
         return storage
-    guarded: limits.storage.Storage = _guard(storage, _Pause(pause))
+    guarded: limits.storage.Storage = _guard(storage, _Pause(pause, wait=timeout))
     return guarded
 
 
@@ -183,7 +273,7 @@ class LoopBoundStorage:
     that runs several loops one after the other (``asyncio.run`` twice, a
     test suite) would otherwise reuse dead connections. :meth:`get` makes a
     new client when the running loop changes. After an operation fails, the
-    next ones (on any loop) fail at once for ``pause`` seconds, as with
+    next ones on that loop fail at once for ``pause`` seconds, as with
     :func:`sync_storage`.
     """
 
@@ -191,7 +281,7 @@ class LoopBoundStorage:
         self.uri = uri
         self._prefix = prefix
         self._timeout = timeout
-        self._pause = _Pause(pause)
+        self._pause = pause
         # One client per loop, forgotten with its loop: loops in several threads each keep theirs.
         self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
@@ -203,13 +293,13 @@ class LoopBoundStorage:
             with self._lock:
                 storage = self._by_loop.get(loop)
                 if storage is None:
-                    options = _options(self.uri, self._prefix, self._timeout)
+                    options = _options(self.uri, self._prefix, self._timeout, aio=True)
                     if "redis" in self.uri.split("://", 1)[0]:
                         options["implementation"] = "redispy"
                     # One factory for both: an "async+" scheme gives the limits.aio storage.
                     storage = limits.storage.storage_from_string("async+" + self.uri, wrap_exceptions=True, **options)
-                    if not is_memory(self.uri):
-                        storage = _guard(storage, self._pause)
+                    if not is_memory(self.uri):  # a pause per loop: its waiters await a future of that loop
+                        storage = _guard(storage, _AsyncPause(self._pause, wait=self._timeout))
                     self._by_loop[loop] = storage
         return storage
 
@@ -280,7 +370,7 @@ def redis_client(uri: str, timeout: float = SOCKET_TIMEOUT) -> Any:
     url, cluster = _redis_url(uri)
     if cluster:
         return redis.cluster.RedisCluster.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return redis.Redis.from_url(url, **_client_options(timeout, aio=False))
 
 
 def async_redis_client(uri: str, timeout: float = SOCKET_TIMEOUT) -> Any:
@@ -291,4 +381,4 @@ def async_redis_client(uri: str, timeout: float = SOCKET_TIMEOUT) -> Any:
     url, cluster = _redis_url(uri)
     if cluster:
         return redis.asyncio.cluster.RedisCluster.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    return redis.asyncio.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    return redis.asyncio.Redis.from_url(url, **_client_options(timeout, aio=True))

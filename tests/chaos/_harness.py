@@ -274,7 +274,9 @@ class Answer:
 
     @property
     def designed(self) -> bool:
-        """A 2xx, or a refusal in the designed shape: a 4xx/503 problem+json."""
+        """A whole 2xx, or a refusal in the designed shape: a 429/503/504 problem+json."""
+        if self.error:
+            return False
         if 200 <= self.status < 300:
             return True
         return self.status in (429, 503, 504) and self.content_type.startswith("application/problem+json")

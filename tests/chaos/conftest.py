@@ -1,6 +1,6 @@
 """Fixtures of the chaos suite: a redis-server each test may kill, a proxy in front of it, a simulator, the table.
 
-``make chaos`` sets ``RESILIENT_CHAOS_REPORT`` to a file; each scenario adds
+``make chaos`` sets ``CHAOS_REPORT`` to a file; each scenario adds
 its row there (scenario, load held, faults injected, requests answered,
 lost, secrets leaked), and ``tests/chaos/report.py`` turns the rows into the
 table of docs/reliability.md.
@@ -55,10 +55,10 @@ def provider() -> Iterator[SimulatorServer]:
 
 @pytest.fixture
 def record(request: pytest.FixtureRequest) -> Record:
-    """Add this scenario's row to the chaos table (a no-op unless ``RESILIENT_CHAOS_REPORT`` names a file)."""
+    """Add this scenario's row to the chaos table (a no-op unless ``CHAOS_REPORT`` names a file)."""
 
     def add(*, load: str, faults: str, answered: int, lost: int, leaked: int) -> None:
-        path = os.environ.get("RESILIENT_CHAOS_REPORT")
+        path = os.environ.get("CHAOS_REPORT")
         if not path:
             return
         row = {
@@ -77,11 +77,11 @@ def record(request: pytest.FixtureRequest) -> Record:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """``make test`` runs the fast scenarios only; ``make chaos`` (``RESILIENT_CHAOS=all``) runs every one.
+    """``make test`` runs the fast scenarios only; ``make chaos`` (``CHAOS=all``) runs every one.
 
     The long ones are deselected, not skipped, so pytest's summary counts them.
     """
-    if os.environ.get("RESILIENT_CHAOS") == "all" or config.getoption("-m"):
+    if os.environ.get("CHAOS") == "all" or config.getoption("-m"):
         return
     slow = [item for item in items if item.get_closest_marker("slow") is not None]
     if slow:

@@ -63,7 +63,8 @@ def test_a_failed_store_is_left_alone_for_a_pause(own_redis: RedisServer, proxy:
         with pytest.raises(StorageError):
             storage.incr("k", 60)
     tried = len(proxy.attempts) - before
-    assert tried <= 1 if pause else tried >= 19
+    # one failed operation, its one retry on a new connection included
+    assert tried <= 2 if pause else tried >= 19, tried
 
 
 def test_the_async_storage_pauses_across_operations(own_redis: RedisServer, proxy: TcpProxy) -> None:
@@ -79,4 +80,4 @@ def test_the_async_storage_pauses_across_operations(own_redis: RedisServer, prox
         await storage.aclose()
         return len(proxy.attempts) - before
 
-    assert asyncio.run(scenario()) <= 1
+    assert asyncio.run(scenario()) <= 2
