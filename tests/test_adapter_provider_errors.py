@@ -9,6 +9,7 @@ test_flask_example.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 import resilient_metrics
 from resilient import Pipeline
-from resilient._http import _TENANT_RE, tenant_from_header, unavailable
+from resilient._http import _TENANT_RE, HttpCore, tenant_from_client, tenant_from_header, unavailable
 from resilient.asgi import ResilientMiddleware
 from resilient.masking import MaskingFilter
 from resilient.providers import classify
@@ -427,3 +428,35 @@ def test_a_tenant_from_a_header_is_bounded_printable_ascii_or_none(value: str) -
         assert 1 <= len(tenant) <= 128
         assert _TENANT_RE.fullmatch(tenant)
         assert not any(c in tenant for c in "\r\n\t \x00\x7f")
+
+
+@functools.cache
+def _shared_pipeline() -> Pipeline:
+    return pipeline(Events())
+
+
+def _safe(value: str | None) -> None:
+    if value is not None:
+        assert 1 <= len(value) <= 128
+        assert value.isprintable()  # no newline, no control character: cannot forge a log line
+
+
+@given(st.one_of(st.none(), st.text(max_size=300), st.integers(), st.binary(max_size=10)))
+def test_a_key_function_s_answer_is_checked_before_use(value: Any) -> None:
+    core = HttpCore(_shared_pipeline(), tenant=lambda request: value, rate_limits={"*": "5/minute"}, mask_logs=False)
+    request = SimpleNamespace(header=lambda name: None, client=None, method="GET", path="/")
+    tenant = core.tenant_of(request)  # type: ignore[arg-type]
+    _safe(tenant)
+    if isinstance(value, str) and 0 < len(value) <= 128 and value.isprintable():
+        assert tenant == value
+    else:
+        assert tenant is None
+    _safe(core._client(request))  # type: ignore[arg-type]
+
+
+@given(st.text(max_size=300))
+def test_a_client_address_is_checked_like_a_header(value: str) -> None:
+    request = SimpleNamespace(client=value)
+    tenant = tenant_from_client()(request)  # type: ignore[arg-type]
+    if tenant is not None:
+        assert _TENANT_RE.fullmatch(tenant)

@@ -128,6 +128,32 @@ def _clean_tenant(value: str | None) -> str | None:
     return value if _TENANT_RE.fullmatch(value) else None
 
 
+_warned_keys: set[str] = set()
+
+
+def checked_key(value: object, fn: object) -> str | None:
+    """A key function's answer, if it is safe as a store key, a log field and a context value.
+
+    At most 128 printable characters (no newline or other control character
+    that could forge a log line); anything else counts as no tenant, with one
+    warning per function naming it, never the value.
+    """
+    if value is None:
+        return None
+    if isinstance(value, str) and 0 < len(value) <= _TENANT_MAX and value.isprintable():
+        return value
+    name = getattr(fn, "__qualname__", None) or repr(fn)
+    if name not in _warned_keys and len(_warned_keys) < 100:
+        _warned_keys.add(name)
+        _log.warning(
+            "key function %s returned a value that is not a string of 1 to %d printable characters; "
+            "such requests get no tenant",
+            name,
+            _TENANT_MAX,
+        )
+    return None
+
+
 def tenant_from_header(name: str) -> TenantKey:
     """The tenant is the value of header ``name`` (printable ASCII, at most 128 characters, else none)."""
     header = name.lower()
@@ -164,10 +190,14 @@ def tenant_from_api_key_hash(name: str = "authorization") -> TenantKey:
 
 
 def tenant_from_client() -> TenantKey:
-    """The tenant is the client's address (behind a proxy, configure the server to set it)."""
+    """The tenant is the client's address (behind a proxy, configure the server to set it).
+
+    The address is checked like a header's value: a proxy-headers middleware
+    may have copied it from ``X-Forwarded-For``, which the client writes.
+    """
 
     def tenant(request: RequestInfo) -> str | None:
-        return request.client
+        return _clean_tenant(request.client)
 
     tenant.__qualname__ = "tenant_from_client()"
     return tenant
@@ -622,7 +652,7 @@ class HttpCore:
 
     def _client(self, request: RequestInfo) -> str | None:
         try:
-            return self.limit_client(request)
+            return checked_key(self.limit_client(request), self.limit_client)
         except Exception:
             _log.exception("rate limit client key function %r failed", self.limit_client)
             return None
@@ -740,7 +770,7 @@ class HttpCore:
         if self.tenant is None:
             return None
         try:
-            return self.tenant(request)
+            return checked_key(self.tenant(request), self.tenant)
         except Exception:
             _log.exception("tenant key function %r failed", self.tenant)
             return None
