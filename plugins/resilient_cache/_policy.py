@@ -268,6 +268,9 @@ class CachePolicy(Policy):
                     break
                 yield Sleep(options.poll_interval)
                 now = clock.time()
+        return self._missed(call, key, stale, token)
+
+    def _missed(self, call: Call, key: str, stale: Entry | None, token: str) -> Missed:
         metadata = call.metadata
         metadata["cache"] = "miss"
         metadata["cache_key"] = key
@@ -275,10 +278,32 @@ class CachePolicy(Policy):
             self._events.emit(CacheMiss(**_about(call), key=key, stale=stale is not None))
         return Missed(stale=stale, token=token)
 
+    def _missed_here(self, call: Call, key: str, local: Entry | None) -> Missed:
+        """:meth:`_find` without a shared store: nothing to look up, so no steps (and no generator) at all."""
+        stale = local if local is not None and local.usable(self._clock.time()) else None
+        return self._missed(call, key, stale, "")
+
     def _fill(
         self, call: Call, plan: Plan, ck: bytes, key: str, value: Any, stream: bool, token: str
     ) -> Steps[Op, None]:
         """Store a response (both layers), or say why not; release the lease either way."""
+        kept = self._keep(call, plan, ck, key, value, stream)
+        if kept is None:
+            yield from self._release(call, key, token)
+            return
+        entry, raw, tags = kept
+        if self._shared_usable():
+            px = max(1, int((entry.stale_until - entry.stored_at) * 1000))
+            try:
+                yield Put(key, entry_bytes(entry.fresh_until, raw), px, token, tags)
+            except self._errors as exc:
+                self._store_failed(call, "put", exc)
+        self._stored(call, key, raw, plan, stream)
+
+    def _keep(
+        self, call: Call, plan: Plan, ck: bytes, key: str, value: Any, stream: bool
+    ) -> tuple[Entry, bytes, tuple[str, ...]] | None:
+        """The entry of a response, encoded and kept in the local layer; None (told) when it may not be stored."""
         options = plan.options
         now = self._clock.time()
         entry = Entry(value, stream, now, now + plan.ttl, now + plan.ttl + options.max_stale)
@@ -286,22 +311,23 @@ class CachePolicy(Policy):
             raw = self._codec.encode(entry)
         except Unstorable:
             self._not_stored(call, key, "unserializable")
-            yield from self._release(call, key, token)
-            return
+            return None
         if len(raw) > options.max_value_bytes:
             self._not_stored(call, key, "too_large")
-            yield from self._release(call, key, token)
-            return
+            return None
         tags = plan.tags(call) if plan.tags is not None else ()
         self._keep_local(ck, key, entry, plan, call, now, tags)
-        if self._shared_usable():
-            px = max(1, int((entry.stale_until - now) * 1000))
-            try:
-                yield Put(key, entry_bytes(entry.fresh_until, raw), px, token, tags)
-            except self._errors as exc:
-                self._store_failed(call, "put", exc)
+        return entry, raw, tags
+
+    def _stored(self, call: Call, key: str, raw: bytes, plan: Plan, stream: bool) -> None:
         if self._events.enabled:
             self._events.emit(CacheStored(**_about(call), key=key, size=len(raw), ttl=plan.ttl, stream=stream))
+
+    def _fill_here(self, call: Call, plan: Plan, ck: bytes, key: str, value: Any, stream: bool) -> None:
+        """:meth:`_fill` without a shared store: no lease to release, no steps."""
+        kept = self._keep(call, plan, ck, key, value, stream)
+        if kept is not None:
+            self._stored(call, key, kept[1], plan, stream)
 
     def _release(self, call: Call, key: str, token: str) -> Steps[Op, None]:
         if token and self._shared_usable():
@@ -392,7 +418,9 @@ class CachePolicy(Policy):
                 if events.enabled:
                     events.emit(CacheHit(**_about(call), key=found[2], layer="local", age=now - found[0].stored_at))
                 return found[0].value
-            kept = local.get(ck, now)
+            if found is None:
+                return self._miss(call, nxt, plan, ck, digest(ck), None)
+            kept = local.get(ck, now)  # held but no longer fresh here: past its local deadline, or stale
             if kept is not None:
                 return self._miss(call, nxt, plan, ck, kept[2], kept[0])
             return self._miss(call, nxt, plan, ck, digest(ck), None)
@@ -432,19 +460,28 @@ class CachePolicy(Policy):
         return shared.value
 
     def _fetch(self, call: Call, nxt: Handler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
-        found = drive(self._find(call, plan, ck, key, local), self._perform)
+        here = self._shared is None
+        found = (
+            self._missed_here(call, key, local)
+            if here
+            else drive(self._find(call, plan, ck, key, local), self._perform)
+        )
         if found.entry is not None:
             return found.entry.value
         try:
             value = nxt(call)
         except Exception as exc:
-            drive(self._release(call, key, found.token), self._perform)
+            if not here:
+                drive(self._release(call, key, found.token), self._perform)
             stale = found.stale
             reason = stale_reason(exc, self._classify) if stale is not None else None
             if stale is None or reason is None or not stale.usable(self._clock.time()):
                 raise
             return self._stale(call, key, stale, reason)
-        drive(self._fill(call, plan, ck, key, value, False, found.token), self._perform)
+        if here:
+            self._fill_here(call, plan, ck, key, value, False)
+        else:
+            drive(self._fill(call, plan, ck, key, value, False, found.token), self._perform)
         return value
 
     def wrap_stream(self, nxt: StreamHandler, target: Target) -> StreamHandler:
@@ -562,7 +599,9 @@ class CachePolicy(Policy):
                 if events.enabled:
                     events.emit(CacheHit(**_about(call), key=found[2], layer="local", age=now - found[0].stored_at))
                 return found[0].value
-            kept = local.get(ck, now)
+            if found is None:
+                return await self._amiss(call, nxt, plan, ck, digest(ck), None)
+            kept = local.get(ck, now)  # held but no longer fresh here: past its local deadline, or stale
             if kept is not None:
                 return await self._amiss(call, nxt, plan, ck, kept[2], kept[0])
             return await self._amiss(call, nxt, plan, ck, digest(ck), None)
@@ -591,19 +630,27 @@ class CachePolicy(Policy):
             self._aflights.end(key, flight, result)
 
     async def _afetch(self, call: Call, nxt: AsyncHandler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
-        found = await adrive(self._find(call, plan, ck, key, local), self._aperform)
+        here = self._shared is None
+        if here:
+            found = self._missed_here(call, key, local)
+        else:
+            found = await adrive(self._find(call, plan, ck, key, local), self._aperform)
         if found.entry is not None:
             return found.entry.value
         try:
             value = await nxt(call)
         except Exception as exc:
-            await adrive(self._release(call, key, found.token), self._aperform)
+            if not here:
+                await adrive(self._release(call, key, found.token), self._aperform)
             stale = found.stale
             reason = stale_reason(exc, self._classify) if stale is not None else None
             if stale is None or reason is None or not stale.usable(self._clock.time()):
                 raise
             return self._stale(call, key, stale, reason)
-        await adrive(self._fill(call, plan, ck, key, value, False, found.token), self._aperform)
+        if here:
+            self._fill_here(call, plan, ck, key, value, False)
+        else:
+            await adrive(self._fill(call, plan, ck, key, value, False, found.token), self._aperform)
         return value
 
     def wrap_astream(self, nxt: AsyncStreamHandler, target: Target) -> AsyncStreamHandler:
