@@ -13,8 +13,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -28,10 +27,12 @@ class Unstorable(Exception):
     """A value that cannot be stored as data (the call still succeeds; it is just not cached)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """A stored response: ``value`` (a chunk list for a stream), when it was stored and until when it is
-    fresh, and until when it may still answer a failed call (wall-clock seconds)."""
+    fresh, and until when it may still answer a failed call (wall-clock seconds).
+
+    A named tuple: as immutable as a frozen dataclass, built several times faster (one per miss).
+    """
 
     value: Any
     stream: bool

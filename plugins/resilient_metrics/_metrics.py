@@ -122,7 +122,13 @@ def _families() -> tuple[Any, Any, Any]:
     from prometheus_client import Counter, Gauge, Histogram
 
     class BoundCounter(_Bound, Counter):
-        pass
+        def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+            # A bound child's plain increment goes straight to its value; the rest (a family
+            # without its labels, a negative amount, an exemplar) takes prometheus_client's checks.
+            if self._labelvalues and exemplar is None and amount >= 0:
+                self._value.inc(amount)
+            else:
+                super().inc(amount, exemplar)
 
     class BoundGauge(_Bound, Gauge):
         pass
