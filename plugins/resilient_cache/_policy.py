@@ -189,7 +189,15 @@ class CachePolicy(Policy):
     def _bypass(self, call: Call, reason: str) -> None:
         call.metadata["cache"] = "bypass"
         if self._events.enabled:
-            self._events.emit(CacheBypassed(**_about(call), reason=reason))
+            self._events.emit(
+                CacheBypassed(
+                    provider=call.target.provider,
+                    operation=call.target.operation,
+                    model=call.model,
+                    tenant=call.tenant,
+                    reason=reason,
+                )
+            )
 
     def _hit(self, call: Call, key: str, entry: Entry | None, layer: str, now: float) -> None:
         metadata = call.metadata
@@ -197,7 +205,17 @@ class CachePolicy(Policy):
         metadata["cache_key"] = key
         if self._events.enabled:
             age = now - entry.stored_at if entry is not None else 0.0
-            self._events.emit(CacheHit(**_about(call), key=key, layer=layer, age=age))
+            self._events.emit(
+                CacheHit(
+                    provider=call.target.provider,
+                    operation=call.target.operation,
+                    model=call.model,
+                    tenant=call.tenant,
+                    key=key,
+                    layer=layer,
+                    age=age,
+                )
+            )
 
     def _stale(self, call: Call, key: str, entry: Entry, reason: str) -> Any:
         metadata = call.metadata
@@ -275,7 +293,16 @@ class CachePolicy(Policy):
         metadata["cache"] = "miss"
         metadata["cache_key"] = key
         if self._events.enabled:
-            self._events.emit(CacheMiss(**_about(call), key=key, stale=stale is not None))
+            self._events.emit(
+                CacheMiss(
+                    provider=call.target.provider,
+                    operation=call.target.operation,
+                    model=call.model,
+                    tenant=call.tenant,
+                    key=key,
+                    stale=stale is not None,
+                )
+            )
         return Missed(stale=stale, token=token)
 
     def _missed_here(self, call: Call, key: str, local: Entry | None) -> Missed:
@@ -321,7 +348,18 @@ class CachePolicy(Policy):
 
     def _stored(self, call: Call, key: str, raw: bytes, plan: Plan, stream: bool) -> None:
         if self._events.enabled:
-            self._events.emit(CacheStored(**_about(call), key=key, size=len(raw), ttl=plan.ttl, stream=stream))
+            self._events.emit(
+                CacheStored(
+                    provider=call.target.provider,
+                    operation=call.target.operation,
+                    model=call.model,
+                    tenant=call.tenant,
+                    key=key,
+                    size=len(raw),
+                    ttl=plan.ttl,
+                    stream=stream,
+                )
+            )
 
     def _fill_here(self, call: Call, plan: Plan, ck: bytes, key: str, value: Any, stream: bool) -> None:
         """:meth:`_fill` without a shared store: no lease to release, no steps."""
@@ -416,7 +454,17 @@ class CachePolicy(Policy):
                 metadata["cache"] = "hit"
                 metadata["cache_key"] = found[2]
                 if events.enabled:
-                    events.emit(CacheHit(**_about(call), key=found[2], layer="local", age=now - found[0].stored_at))
+                    events.emit(
+                        CacheHit(
+                            provider=call.target.provider,
+                            operation=call.target.operation,
+                            model=call.model,
+                            tenant=call.tenant,
+                            key=found[2],
+                            layer="local",
+                            age=now - found[0].stored_at,
+                        )
+                    )
                 return found[0].value
             if found is None:
                 return self._miss(call, nxt, plan, ck, digest(ck), None)
@@ -597,7 +645,17 @@ class CachePolicy(Policy):
                 metadata["cache"] = "hit"
                 metadata["cache_key"] = found[2]
                 if events.enabled:
-                    events.emit(CacheHit(**_about(call), key=found[2], layer="local", age=now - found[0].stored_at))
+                    events.emit(
+                        CacheHit(
+                            provider=call.target.provider,
+                            operation=call.target.operation,
+                            model=call.model,
+                            tenant=call.tenant,
+                            key=found[2],
+                            layer="local",
+                            age=now - found[0].stored_at,
+                        )
+                    )
                 return found[0].value
             if found is None:
                 return await self._amiss(call, nxt, plan, ck, digest(ck), None)
@@ -818,6 +876,7 @@ class CachePolicy(Policy):
 
 
 def _about(call: Call) -> dict[str, Any]:
+    # The hot paths (hit, miss, stored, bypass) pass these keywords directly: unpacking a dict costs more.
     return {"provider": call.provider, "operation": call.operation, "model": call.model, "tenant": call.tenant}
 
 

@@ -10,10 +10,12 @@ Observers must not block; one that needs I/O queues the event and returns.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 __all__ = ["Emitter", "Event", "Observer"]
 
@@ -34,6 +36,60 @@ class Event:
     operation: str | None = None
     model: str | None = None
     tenant: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Not super(): dataclass(slots=True) replaces this class, and the zero-argument form would
+        # still name the class it replaced.
+        super(Event, cls).__init_subclass__(**kwargs)
+        _fast_init(cls)
+
+
+def _fast_init(cls: type) -> None:
+    """Give a frozen, slotted, keyword-only event class an ``__init__`` that costs a third of dataclass's.
+
+    A frozen dataclass sets each field with ``object.__setattr__(self, name,
+    value)``, a global lookup, an attribute lookup and a generic setattr per
+    field: ~1.8 us for a six-field event, and the cache emits two per miss.
+    The slot's own descriptor sets the same value without any lookup. This
+    runs when ``@dataclass(slots=True)`` builds the final class (its
+    generated ``__init__`` is then in the class); any class this does not
+    fit (not frozen, not slotted, a positional or computed field, a
+    ``__post_init__``) keeps dataclass's ``__init__``.
+    """
+    params = cls.__dict__.get("__dataclass_params__")
+    fields = cls.__dict__.get("__dataclass_fields__")
+    if params is None or fields is None or not params.frozen or "__slots__" not in cls.__dict__:
+        return
+    if hasattr(cls, "__post_init__") or "__init__" not in cls.__dict__:
+        return
+    names: list[tuple[int, str, str]] = []
+    namespace: dict[str, Any] = {}
+    for i, (name, f) in enumerate(fields.items()):
+        kind = getattr(getattr(f, "_field_type", None), "name", None)
+        if kind == "_FIELD_CLASSVAR":  # ``name``: not an argument
+            continue
+        if kind != "_FIELD" or not f.init or not f.kw_only:  # an InitVar, a positional or computed field
+            return
+        if f.default_factory is not dataclasses.MISSING:
+            return
+        slot = getattr(cls, name, None)
+        if type(slot) is not types.MemberDescriptorType:
+            return
+        namespace[f"_set{i}"] = slot.__set__
+        if f.default is dataclasses.MISSING:
+            names.append((i, name, ""))
+        else:
+            namespace[f"_default{i}"] = f.default
+            names.append((i, name, f"=_default{i}"))
+    params_text = ", ".join(f"{name}{default}" for _, name, default in names)
+    body = "".join(f"\n    _set{i}(self, {name})" for i, name, _ in names) or "\n    pass"
+    # Only field names (identifiers) and the names made above go into the source.
+    exec(f"def __init__(self, *, {params_text}):{body}", namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    init.__doc__ = cls.__dict__["__init__"].__doc__
+    cls.__init__ = init  # type: ignore[misc]
 
 
 Observer = Callable[[Event], None]
