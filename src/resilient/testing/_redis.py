@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -25,9 +27,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _ping(port: int, timeout: float = 0.2, password: str | None = None) -> bool:
+def _ping(port: int, timeout: float = 0.2, password: str | None = None, ca: str | None = None) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        with contextlib.ExitStack() as stack:
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+            if ca is not None:
+                context = ssl.create_default_context(cafile=ca)
+                sock = stack.enter_context(context.wrap_socket(sock, server_hostname="127.0.0.1"))
             if password:
                 secret = password.encode()
                 sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
@@ -35,7 +41,7 @@ def _ping(port: int, timeout: float = 0.2, password: str | None = None) -> bool:
                     return False
             sock.sendall(b"PING\r\n")
             return sock.recv(16).startswith(b"+PONG")
-    except OSError:
+    except OSError:  # ssl.SSLError included
         return False
 
 
@@ -50,7 +56,9 @@ class RedisServer:
 
     ``password`` sets ``requirepass`` (the default user's password);
     ``users`` adds ACL users, each an ACL rule list such as
-    ``["alice", "on", ">pw", "~app:*", "+@all"]``.
+    ``["alice", "on", ">pw", "~app:*", "+@all"]``. ``tls`` (certificate,
+    key and CA files) serves TLS only: ``url`` is then ``rediss://`` with the
+    CA in its ``ssl_ca_certs`` parameter.
     """
 
     def __init__(
@@ -61,15 +69,22 @@ class RedisServer:
         *,
         password: str | None = None,
         users: Sequence[Sequence[str]] = (),
+        tls: tuple[str, str, str] | None = None,
     ) -> None:
         self.port = port
         self.password = password
+        self.tls = tls
         auth = f":{quote(password, safe='')}@" if password else ""
-        self.url = f"redis://{auth}127.0.0.1:{port}/0"
+        if tls is None:
+            self.url = f"redis://{auth}127.0.0.1:{port}/0"
+            ports = ["--port", str(port)]
+        else:
+            self.url = f"rediss://{auth}127.0.0.1:{port}/0?ssl_ca_certs={quote(tls[2], safe='')}"
+            ports = ["--port", "0", "--tls-port", str(port), "--tls-cert-file", tls[0], "--tls-key-file", tls[1]]
+            ports += ["--tls-ca-cert-file", tls[2], "--tls-auth-clients", "no"]
         self._command = [
             executable,
-            "--port",
-            str(port),
+            *ports,
             "--bind",
             "127.0.0.1",
             "--save",
@@ -99,7 +114,7 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"redis-server exited with status {self._process.returncode}")
-            if _ping(self.port, password=self.password):
+            if _ping(self.port, password=self.password, ca=self.tls[2] if self.tls else None):
                 return
             # Waiting for a real process to start: the one sleep the toolkit allows.
             time.sleep(0.02)
@@ -150,18 +165,22 @@ class RedisServer:
 
 @contextmanager
 def redis_server(
-    executable: str | None = None, *, password: str | None = None, users: Sequence[Sequence[str]] = ()
+    executable: str | None = None,
+    *,
+    password: str | None = None,
+    users: Sequence[Sequence[str]] = (),
+    tls: tuple[str, str, str] | None = None,
 ) -> Iterator[RedisServer]:
     """Start a throwaway redis-server for the duration of a ``with`` block.
 
-    ``password`` and ``users`` as in :class:`RedisServer`. Raises
+    ``password``, ``users`` and ``tls`` as in :class:`RedisServer`. Raises
     :class:`FileNotFoundError` when no ``redis-server`` is installed.
     """
     path = executable or shutil.which("redis-server")
     if path is None:
         raise FileNotFoundError("redis-server is not installed (Debian: apt-get install -y redis-server)")
     with tempfile.TemporaryDirectory(prefix="resilient-redis-") as directory:
-        server = RedisServer(path, _free_port(), directory, password=password, users=users)
+        server = RedisServer(path, _free_port(), directory, password=password, users=users, tls=tls)
         try:
             server.wait_ready()
             yield server
