@@ -370,3 +370,38 @@ def test_no_tenant_reads_another_tenants_cache_or_spends_its_quota(
             assert answer.json["cache"] == "miss", (tenant, question)
             spent[tenant] = spent.get(tenant, 0) + 1
             seen.add((tenant, question))
+
+
+# ------------------------------------------------------------------------------------------ control endpoints
+
+CONTROL_PATHS = [
+    "/breaker",
+    "/breaker/open",
+    "/breaker/anthropic/claude-haiku-4-5/open",
+    "/cache/purge",
+    "/cache/invalidate",
+    "/quota/reset",
+    "/admin",
+    "/_resilient",
+    "/_resilient/breaker/open",
+    "/resilient/control",
+    "/ready/reset",
+    "/metrics/reset",
+]
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE"])
+def test_no_control_endpoint_is_mounted(fastapi_served: str, flask_app: Any, method: str) -> None:
+    """Breaker force-open, cache purge and quota reset are Python calls; no adapter serves them over HTTP."""
+    flask = flask_app.test_client()
+    with httpx.Client(base_url=fastapi_served, timeout=10) as http:
+        for path in CONTROL_PATHS:
+            assert http.request(method, path).status_code in (404, 405), (method, path)
+            assert flask.open(path, method=method).status_code in (404, 405), (method, path)
+        # the adapters' own endpoints only read
+        for path in ("/health", "/ready", "/metrics"):
+            if method != "GET":
+                assert http.request(method, path).status_code in (404, 405), (method, path)
+                assert flask.open(path, method=method).status_code in (404, 405), (method, path)
+    schema = httpx.get(f"{fastapi_served}/openapi.json", timeout=10).json()
+    assert set(schema["paths"]) == {"/", "/v1/chat", "/v1/chat/stream"}
