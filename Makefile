@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-terminal test lint typecheck unit docs bench install clean
+.PHONY: demo demo-terminal test lint typecheck unit docs bench chaos install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ test: lint typecheck unit docs
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 	$(BIN)/python benchmarks/bench_timeout_bulkhead.py
+
+# The chaos, soak and leak suite (tests/chaos), every scenario, with progress; its table goes into
+# docs/reliability.md. make test runs only its fast scenarios.
+chaos: $(STAMP)
+	$(BIN)/python tests/chaos/report.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info plugins/*.egg-info .mypy_cache .pytest_cache .ruff_cache .hypothesis

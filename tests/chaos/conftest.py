@@ -62,7 +62,7 @@ def record(request: pytest.FixtureRequest) -> Record:
         if not path:
             return
         row = {
-            "scenario": request.node.name,
+            "scenario": request.node.nodeid.split("::", 1)[1],
             "doc": (request.node.function.__doc__ or "").strip().splitlines()[0],
             "load": load,
             "faults": faults,
@@ -87,3 +87,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if item.get_closest_marker("slow") is None]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Each chaos scenario's outcome (passed, failed, xfailed...) into the table, next to its numbers."""
+    path = os.environ.get("CHAOS_REPORT")
+    if not path or "tests/chaos/" not in report.nodeid.replace("\\", "/"):
+        return
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        outcome: str = report.outcome
+        if hasattr(report, "wasxfail"):
+            outcome = "xfailed" if report.outcome == "skipped" else "xpassed"
+        row = {"outcome_of": report.nodeid.split("::", 1)[1], "outcome": outcome, "seconds": round(report.duration, 1)}
+        with Path(path).open("a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
