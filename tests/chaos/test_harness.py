@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 from limits.errors import StorageError
 
+import resilient.storage
 from resilient.storage import LoopBoundStorage, sync_storage
-from resilient.testing import RedisServer
+from resilient.testing import FakeClock, RedisServer
 
 from ._harness import Answer, TcpProxy
 
@@ -63,6 +66,7 @@ def test_a_failed_store_is_left_alone_for_a_pause(own_redis: RedisServer, proxy:
         with pytest.raises(StorageError):
             storage.incr("k", 60)
     tried = len(proxy.attempts) - before
+    _close(storage)
     # one failed operation, its one retry on a new connection included
     assert tried <= 2 if pause else tried >= 19, tried
 
@@ -81,3 +85,39 @@ def test_the_async_storage_pauses_across_operations(own_redis: RedisServer, prox
         return len(proxy.attempts) - before
 
     assert asyncio.run(scenario()) <= 2
+
+
+def _close(storage: Any) -> None:
+    storage.storage.connection_pool.disconnect()
+
+
+def _incr(storage: Any) -> bool:
+    try:
+        storage.incr("k", 60)
+        return True
+    except StorageError:
+        return False
+
+
+def test_after_the_pause_one_operation_probes_while_the_others_wait(
+    own_redis: RedisServer, proxy: TcpProxy, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent operations after the pause: one probe while the store is down; all through once it is back."""
+    monkeypatch.setattr(resilient.storage, "time", clock)  # the pause runs on the fake clock
+    storage = sync_storage(proxy.url, "probe-test:", timeout=1.0, pause=1.0)
+    assert _incr(storage)
+    proxy.set("drop")
+    proxy.cut()
+    assert not _incr(storage)
+    clock.advance(1.5)
+    before = len(proxy.attempts)
+    with ThreadPoolExecutor(8) as pool:
+        down = list(pool.map(lambda _: _incr(storage), range(8)))
+    assert down == [False] * 8
+    assert len(proxy.attempts) - before <= 2  # the probe and its one retry on a new connection
+    proxy.set()
+    clock.advance(1.5)
+    with ThreadPoolExecutor(8) as pool:
+        back = list(pool.map(lambda _: _incr(storage), range(8)))
+    _close(storage)
+    assert back == [True] * 8  # none failed fast while the probe was out
