@@ -10,7 +10,7 @@ is stored:
   ``*args, **kwargs`` (what any decorator stack costs before it does anything);
 * the peers composed by hand, outermost first: prometheus-client (children
   bound in advance: calls, attempts, latency histogram, four token counters,
-  cost), a ``cachetools.TTLCache`` keyed by SHA-256 of the canonical request
+  cost, cache lookups by result -- the hit ratio ours records), a ``cachetools.TTLCache`` keyed by SHA-256 of the canonical request
   (orjson, sorted keys), ``limits`` (fixed window, 1,000,000/minute, memory),
   tenacity (3 attempts, full-jitter exponential backoff, retrying only
   retryable errors) and a circuit breaker: pybreaker sync, purgatory async
@@ -159,7 +159,10 @@ class Metrics:
         attempts = Counter("call_attempts", "attempts", labels, namespace="hand", registry=reg)
         tokens = Counter("tokens", "tokens", (*labels, "kind"), namespace="hand", registry=reg)
         cost = Counter("cost_usd", "cost", labels, namespace="hand", registry=reg)
+        lookups = Counter("cache_requests", "cache lookups", (*labels, "result"), namespace="hand", registry=reg)
         bound = ("anthropic", "messages.create", MODEL)
+        # The cache's hit ratio is a metric ours records (cache_requests_total by result): so does the hand stack.
+        self.hit, self.miss = lookups.labels(*bound, "hit"), lookups.labels(*bound, "miss")
         self.ok, self.duration, self.attempts = (
             calls.labels(*bound, "success"),
             duration.labels(*bound),
@@ -225,10 +228,13 @@ def peers_sync() -> Callable[..., Any]:
         key = cache_key(kwargs)
         value = cache.get(key)
         if value is None:
+            metrics.miss.inc()
             if not limiter.hit(item, "anthropic", MODEL):
                 raise QuotaExceeded("limits refused", limit=str(item))
             value = retrying(guarded, **kwargs)
             cache[key] = value
+        else:
+            metrics.hit.inc()
         metrics.record(value, monotonic() - start)
         return value
 
@@ -250,10 +256,13 @@ def peers_async() -> Callable[..., Any]:
         key = cache_key(kwargs)
         value = cache.get(key)
         if value is None:
+            metrics.miss.inc()
             if not await limiter.hit(item, "anthropic", MODEL):
                 raise QuotaExceeded("limits refused", limit=str(item))
             value = await retrying(guarded, **kwargs)
             cache[key] = value
+        else:
+            metrics.hit.inc()
         metrics.record(value, monotonic() - start)
         return value
 
