@@ -192,9 +192,10 @@ class BreakerPolicy(Policy):
         local = self._local
         lock = local.lock
         clock_time = self._clock.time
+        base = None if self._varies else self._base  # no overrides: the options, without a call per call
 
         def guarded(call: Call) -> Any:
-            options = self._options(call)
+            options = base if base is not None else self._options(call)
             if not options.enabled:
                 return nxt(call)
             key, limits, machine = self._entry(call, options)
@@ -291,9 +292,10 @@ class BreakerPolicy(Policy):
         local = self._local
         lock = local.lock
         clock_time = self._clock.time
+        base = None if self._varies else self._base  # no overrides: the options, without a call per call
 
         async def guarded(call: Call) -> Any:
-            options = self._options(call)
+            options = base if base is not None else self._options(call)
             if not options.enabled:
                 return await nxt(call)
             key, limits, machine = self._entry(call, options)

@@ -48,15 +48,19 @@ class LocalLayer:
 
     def put(self, canonical: bytes, key: str, entry: Entry, until: float, tags: Iterable[str] = ()) -> None:
         """Keep ``entry`` until wall time ``until`` (at most its stale deadline)."""
+        stale_until, fresh_until = entry.stale_until, entry.fresh_until
+        deadline = until if until < stale_until else stale_until
+        held = (entry, deadline, key, deadline if deadline < fresh_until else fresh_until)
+        data = self._data
         with self._lock:
-            data = self._data
-            deadline = min(until, entry.stale_until)
-            data[canonical] = (entry, deadline, key, min(deadline, entry.fresh_until))
-            data.move_to_end(canonical)
+            if canonical in data:  # a new key goes to the end by itself
+                data.move_to_end(canonical)
+            data[canonical] = held
             self._by_key[key] = canonical
-            while len(data) > self.max_entries:
-                _, (_, _, old, _) = data.popitem(last=False)
-                self._by_key.pop(old, None)
+            if len(data) > self.max_entries:
+                by_key = self._by_key
+                while len(data) > self.max_entries:
+                    by_key.pop(data.popitem(last=False)[1][2], None)
             for tag in tags:
                 members = self._tags.setdefault(tag, set())
                 if len(members) >= 4 * self.max_entries:  # only keys still held matter: forget the rest

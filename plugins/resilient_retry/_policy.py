@@ -132,13 +132,15 @@ class RetryPolicy(Policy):
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:
         monotonic = self._start_clock()
-
-        budget = self._budget
+        timed = monotonic is not _zero
+        # The budget's call count, incremented inline (RetryBudget.note_call): this runs on every call.
+        calls = self._budget._calls if self._budget is not None else None
 
         def retrying(call: Call) -> Any:
-            start = monotonic()
-            if budget is not None:
-                budget.note_call(call.provider)
+            start = monotonic() if timed else 0.0
+            if calls is not None:
+                provider = call.target.provider
+                calls[provider] = calls.get(provider, 0) + 1
             try:
                 return nxt(call)
             except Exception as exc:
@@ -159,13 +161,14 @@ class RetryPolicy(Policy):
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
         monotonic = self._start_clock()
-
-        budget = self._budget
+        timed = monotonic is not _zero
+        calls = self._budget._calls if self._budget is not None else None
 
         async def retrying(call: Call) -> Any:
-            start = monotonic()
-            if budget is not None:
-                budget.note_call(call.provider)
+            start = monotonic() if timed else 0.0
+            if calls is not None:
+                provider = call.target.provider
+                calls[provider] = calls.get(provider, 0) + 1
             try:
                 return await nxt(call)
             except Exception as exc:
