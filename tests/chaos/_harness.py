@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,7 +211,13 @@ class Fleet:
 
 @contextlib.contextmanager
 def run_fleet(
-    tmp: Path, provider_url: str, store: str, *, workers: int = 2, env: Mapping[str, str] | None = None
+    tmp: Path,
+    provider_url: str,
+    store: str,
+    *,
+    workers: int = 2,
+    env: Mapping[str, str] | None = None,
+    uvicorn_args: Sequence[str] = (),
 ) -> Iterator[Fleet]:
     """Start the example with ``workers`` uvicorn workers on a free port, wait until each answers, stop it after."""
     port = free_port()
@@ -230,7 +236,7 @@ def run_fleet(
     )
     environment.update(env or {})
     command = [sys.executable, "-m", "uvicorn", "--app-dir", str(EXAMPLE), "app:app", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--workers", str(workers), "--log-level", "warning"]
+    command += ["--port", str(port), "--workers", str(workers), "--log-level", "warning", *uvicorn_args]
     log = tmp / f"uvicorn-{port}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(command, env=environment, stdout=out, stderr=subprocess.STDOUT)
@@ -355,7 +361,11 @@ class Load:
     async def _main(self) -> None:
         counter = iter(range(self.max_requests))
         end = time.monotonic() + self.max_seconds
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        # Idle connections are dropped before uvicorn's 5 s keep-alive timeout (httpx's default is also 5 s):
+        # otherwise a request sent on a connection the server is closing at that moment gets a reset.
+        limits = httpx.Limits(
+            max_connections=self.concurrency, max_keepalive_connections=self.concurrency, keepalive_expiry=2.0
+        )
         async with httpx.AsyncClient(base_url=self.base, timeout=self.timeout, limits=limits) as http:
 
             async def client() -> None:
@@ -391,7 +401,9 @@ def summary(answers: list[Answer]) -> str:
     """Statuses and the first few answers that were not designed, for an assertion message."""
     statuses = Counter(a.status for a in answers)
     bad = [a for a in answers if a.lost][:5]
-    return f"statuses {dict(statuses)}; lost e.g. {[(a.status, a.error, a.body[:300]) for a in bad]}"
+    t0 = min((a.started for a in answers), default=0.0)
+    shown = [(f"at {a.started - t0:.1f}s, took {a.seconds:.2f}s", a.status, a.error, a.body[:300]) for a in bad]
+    return f"statuses {dict(statuses)}; lost e.g. {shown}"
 
 
 def problem_titles(answers: list[Answer]) -> Counter[str]:

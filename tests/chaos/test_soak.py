@@ -74,7 +74,7 @@ def soak(
             max_requests=10_000_000,
             max_seconds=seconds,
         ).start()
-        load.wait_until(time.monotonic() + seconds / 4)  # warm-up: caches, pools, imports
+        load.wait_until(time.monotonic() + seconds / 2)  # warm-up: caches, connection pools, lazy imports
         warm_usage = fleet.rss_and_fds()
         answers = load.join()
         end_usage = fleet.rss_and_fds()
@@ -95,6 +95,7 @@ def soak(
     assert "resilient_http_requests_in_progress" in metrics
     assert in_progress == 0
     assert orphans == []
+    assert set(end_usage) == set(warm_usage) == fleet.pids, "a worker died during the soak"
     for pid, (rss, fds) in end_usage.items():
         rss0, fds0 = warm_usage[pid]
         assert fds - fds0 <= FD_GROWTH, f"worker {pid}: {fds0} -> {fds} open descriptors"
