@@ -130,3 +130,26 @@ def test_the_children_caches_are_bounded() -> None:
         assert len(observer._status_children) <= 4096
     # Routes past the label cap (500) are counted as "other", cached or not.
     assert _value(registry, "resilient_http_requests_total", route="other", method="GET", status="200") == 4500
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=100, allow_nan=False), min_size=1, max_size=40))
+def test_durations_fall_in_the_buckets_prometheus_would_pick(durations: list[float]) -> None:
+    observer, registry = _observer()
+    reference = prometheus_client.CollectorRegistry()
+    buckets = observer.metrics.http_duration._upper_bounds
+    same = prometheus_client.Histogram("same", "reference", buckets=buckets, registry=reference)
+    for i, duration in enumerate(durations):
+        observer(HttpRequestStarted(route="/a", method="GET", request_id=str(i)))
+        observer(HttpRequestFinished(route="/a", method="GET", status=200, duration=duration, request_id=str(i)))
+        same.observe(duration)
+    ours = {
+        s.labels["le"]: s.value
+        for s in registry.collect()
+        for s in s.samples
+        if s.name == "resilient_http_request_duration_seconds_bucket"
+    }
+    theirs = {s.labels["le"]: s.value for m in reference.collect() for s in m.samples if s.name == "same_bucket"}
+    assert ours == theirs
+    total = registry.get_sample_value("resilient_http_request_duration_seconds_sum", {"route": "/a", "method": "GET"})
+    assert total == reference.get_sample_value("same_sum")

@@ -8,7 +8,9 @@ simply sends nothing, and an event this module does not know is counted in
 
 from __future__ import annotations
 
+import bisect
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +36,54 @@ CACHE_RESULTS = {
 _CHILDREN_CAP = 4096
 
 
+def _adder(child: Any) -> Callable[[float], None]:
+    """``child.inc`` without its per-call checks (observable, amount >= 0) where the value allows it.
+
+    Those checks cost two Python calls per update and cannot fail for a child
+    we made with labels and update by +1/-1; six updates happen per HTTP
+    request. A value without a plain ``inc`` (another prometheus_client, a
+    gauge in "mostrecent" multiprocess mode) keeps the public method.
+    """
+    value = getattr(child, "_value", None)
+    inc = getattr(value, "inc", None)
+    if callable(inc) and not getattr(child, "_is_most_recent", False):
+        return inc  # type: ignore[no-any-return]
+    public: Callable[[float], None] = child.inc
+    return public
+
+
+def _observer_of(child: Any) -> Callable[[float], None]:
+    """``child.observe`` for a histogram child, as one bisect and two value updates where the child allows it.
+
+    prometheus_client keeps one (non-cumulative) value per bucket and adds
+    them up when scraped; ``observe`` finds the first bound >= the amount by
+    a linear scan, after two checks that cannot fail here. Falls back to the
+    public method when the child is not laid out that way.
+    """
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if (
+        isinstance(bounds, list)
+        and isinstance(buckets, list)
+        and len(bounds) == len(buckets) > 0
+        and bounds[-1] == math.inf
+        and all(callable(getattr(b, "inc", None)) for b in buckets)
+        and callable(getattr(total, "inc", None))
+    ):
+        adds = [b.inc for b in buckets]
+        add_total = total.inc  # type: ignore[union-attr]
+        last = len(adds) - 1
+
+        def observe(amount: float) -> None:
+            add_total(amount)
+            adds[min(bisect.bisect_left(bounds, amount), last)](1)
+
+        return observe
+    public: Callable[[float], None] = child.observe
+    return public
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) and value else NONE
 
@@ -51,9 +101,11 @@ class MetricsObserver:
         # Bound children by raw value: prometheus_client's labels() costs a lock, a tuple and a dict
         # lookup per call, six times per HTTP request. Bounded: cleared when full (children stay in
         # their families, so nothing is lost but the shortcut).
-        self._event_children: dict[str, Any] = {}
-        self._request_children: dict[tuple[Any, Any], tuple[tuple[str, str], Any, Any]] = {}
-        self._status_children: dict[tuple[tuple[str, str], Any], Any] = {}
+        self._event_children: dict[str, Callable[[float], None]] = {}
+        self._request_children: dict[
+            tuple[Any, Any], tuple[tuple[str, str], Callable[[float], None], Callable[[float], None]]
+        ] = {}
+        self._status_children: dict[tuple[tuple[str, str], Any], Callable[[float], None]] = {}
         self._handlers: dict[str, Callable[[Event], None]] = {
             "retry.scheduled": self._retry_scheduled,
             "retry.gave_up": self._retry_gave_up,
@@ -72,18 +124,18 @@ class MetricsObserver:
             name = getattr(event, "name", None)
             if not isinstance(name, str):
                 return
-            counter = self._event_children.get(name)
-            if counter is None:
+            count = self._event_children.get(name)
+            if count is None:
                 if len(self._event_children) >= _CHILDREN_CAP:
                     self._event_children.clear()
-                counter = self._event_children[name] = self.metrics.events.labels(self._names(name))
-            counter.inc()
+                count = self._event_children[name] = _adder(self.metrics.events.labels(self._names(name)))
+            count(1)
             handler = self._handlers.get(name)
             if handler is not None:
                 handler(event)
             elif name.endswith((".store_unavailable", ".store_error")):
                 self._store_error(event)
-            if name.startswith("quota.") and getattr(event, "remaining", None) is not None:
+            if name[:6] == "quota." and getattr(event, "remaining", None) is not None:
                 self._quota_remaining(event)
         except Exception:  # a malformed event from someone else's plugin must not become an error log storm
             _log.debug("metrics could not record event %r", event, exc_info=True)
@@ -141,8 +193,8 @@ class MetricsObserver:
         route_label = self._routes(route) if isinstance(route, str) and route else "unmatched"
         return route_label, method if method in HTTP_METHODS else OTHER
 
-    def _request(self, event: Event) -> tuple[tuple[str, str], Any, Any]:
-        """The labels, in-progress gauge and duration histogram children of a request's route and method."""
+    def _request(self, event: Event) -> tuple[tuple[str, str], Callable[[float], None], Callable[[float], None]]:
+        """The labels, in-progress gauge adder and duration histogram child of a request's route and method."""
         route, method = getattr(event, "route", None), getattr(event, "method", None)
         try:
             return self._request_children[route, method]
@@ -150,7 +202,11 @@ class MetricsObserver:
             pass
         labels = self._http_labels(route, method)
         metrics = self.metrics
-        found = (labels, metrics.http_in_progress.labels(*labels), metrics.http_duration.labels(*labels))
+        found = (
+            labels,
+            _adder(metrics.http_in_progress.labels(*labels)),
+            _observer_of(metrics.http_duration.labels(*labels)),
+        )
         if isinstance(route, str) and isinstance(method, str):
             if len(self._request_children) >= _CHILDREN_CAP:
                 self._request_children.clear()
@@ -159,7 +215,7 @@ class MetricsObserver:
 
     def _http_started(self, event: Event) -> None:
         labels, in_progress, _ = self._request(event)
-        in_progress.inc()
+        in_progress(1)
         request_id = getattr(event, "request_id", None)
         if isinstance(request_id, str) and len(self._in_progress) < 100_000:
             self._in_progress[request_id] = labels
@@ -170,7 +226,7 @@ class MetricsObserver:
         started = self._in_progress.pop(request_id, None) if isinstance(request_id, str) else None
         # Decrement what the start incremented, even if the route was resolved in between.
         if started is None or started == labels:
-            in_progress.dec()
+            in_progress(-1)
         else:
             self.metrics.http_in_progress.labels(*started).dec()
         status = getattr(event, "status", None)
@@ -179,12 +235,12 @@ class MetricsObserver:
             requests = self._status_children[key]
         except (KeyError, TypeError):
             status_label = str(status) if isinstance(status, int) and 100 <= status <= 599 else "unknown"
-            requests = self.metrics.http_requests.labels(*labels, status_label)
+            requests = _adder(self.metrics.http_requests.labels(*labels, status_label))
             if isinstance(status, int):
                 if len(self._status_children) >= _CHILDREN_CAP:
                     self._status_children.clear()
                 self._status_children[key] = requests
-        requests.inc()
+        requests(1)
         duration = getattr(event, "duration", None)
         if isinstance(duration, (int, float)) and not isinstance(duration, bool) and duration >= 0:
-            duration_child.observe(duration)
+            duration_child(duration)

@@ -17,7 +17,7 @@ import math
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Protocol, TypedDict
 
@@ -121,7 +121,7 @@ class RequestInfo(Protocol):
 TenantKey = Callable[[RequestInfo], "str | None"]
 
 
-def _clean_tenant(value: str | None) -> str | None:
+def clean_tenant(value: str | None) -> str | None:
     if not value:
         return None
     value = value.strip()
@@ -159,7 +159,7 @@ def tenant_from_header(name: str) -> TenantKey:
     header = name.lower()
 
     def tenant(request: RequestInfo) -> str | None:
-        return _clean_tenant(request.header(header))
+        return clean_tenant(request.header(header))
 
     tenant.__qualname__ = f"tenant_from_header({header!r})"
     return tenant
@@ -197,7 +197,7 @@ def tenant_from_client() -> TenantKey:
     """
 
     def tenant(request: RequestInfo) -> str | None:
-        return _clean_tenant(request.client)
+        return clean_tenant(request.client)
 
     tenant.__qualname__ = "tenant_from_client()"
     return tenant
@@ -388,29 +388,35 @@ class MemoryWindows:
     hit and lasts the limit's period; hits past the limit still count) on the
     pipeline's clock, without its cost: ``limits`` starts a timer thread
     every 10 ms of traffic to expire keys, and builds a key string per hit.
-    At most ``max_keys`` windows are kept; when full, expired ones go first,
-    then the oldest.
+    A window's hits are counted by an ``itertools.count`` (``next()`` is
+    atomic), so only opening a window takes the lock. At most ``max_keys``
+    windows are kept; when full, expired ones go first, then the oldest.
     """
 
     def __init__(self, time: Callable[[], float], max_keys: int = 100_000) -> None:
         self._time = time
         self._max_keys = max_keys
-        self._windows: dict[tuple[Any, ...], list[float]] = {}  # key -> [expiry, count]
+        self._windows: dict[tuple[Any, ...], tuple[float, Iterator[int]]] = {}  # key -> (expiry, hits)
         self._lock = threading.Lock()
 
     def hit(self, item: limits.RateLimitItem, key: tuple[Any, ...]) -> tuple[bool, int, float]:
         """Count one hit: (allowed, remaining, reset time)."""
         now = self._time()
+        window = self._windows.get(key)
+        if window is None or window[0] <= now:
+            window = self._open(item, key, now)
+        count = next(window[1])
+        return count <= item.amount, item.amount - count, window[0]
+
+    def _open(self, item: limits.RateLimitItem, key: tuple[Any, ...], now: float) -> tuple[float, Iterator[int]]:
         windows = self._windows
         with self._lock:
-            window = windows.get(key)
+            window = windows.get(key)  # another thread may have opened it meanwhile
             if window is None or window[0] <= now:
                 if window is None and len(windows) >= self._max_keys:
                     self._make_room(now)
-                window = windows[key] = [now + item.get_expiry(), 0]
-            window[1] += 1
-            count, reset = int(window[1]), window[0]
-        return count <= item.amount, item.amount - count, reset
+                window = windows[key] = (now + item.get_expiry(), itertools.count(1))
+            return window
 
     def _make_room(self, now: float) -> None:
         windows = self._windows
@@ -575,6 +581,10 @@ class HttpCore:
         self.clock = runtime.clock
         self.request_id_header = _header_name("request_id_header", request_id_header)
         self.tenant = tenant_key(tenant)
+        #: The header a ``"header:<name>"`` tenant comes from, so an adapter can read it with the request id.
+        self.tenant_header: str | None = None
+        if isinstance(tenant, str) and tenant.startswith("header:"):
+            self.tenant_header = tenant.partition(":")[2].lower()
         self.limits = RouteLimits(rate_limits)
         client = tenant_key(rate_limit_client, "rate_limit_client") if rate_limit_client is not None else None
         # Clients are told apart by the tenant when there is one, else by address.

@@ -32,6 +32,7 @@ from ._http import (
     Strategy,
     TenantKey,
     body_too_large,
+    clean_tenant,
     internal_error,
     problem_body,
     problem_headers,
@@ -188,6 +189,8 @@ class ResilientMiddleware:
         self._route_fn = route
         self._close_pipeline = close_pipeline
         self._rid_key = core.request_id_header.encode("latin-1") if core.request_id_header else None
+        self._tenant_key = core.tenant_header.encode("latin-1") if core.tenant_header else None
+        self._has_limits = bool(core.limits)
         self._endpoints: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
         if core.health_path:
             self._endpoints[core.health_path] = self._health
@@ -228,20 +231,27 @@ class ResilientMiddleware:
         core = self.core
         request = _Request(scope)
         rid_key = self._rid_key
-        request_id = None
-        if rid_key is not None:
+        tenant_key = self._tenant_key
+        rid = raw_tenant = None
+        if rid_key is not None or tenant_key is not None:
+            # One pass over the headers for both (the first value of each counts).
             for k, v in scope["headers"]:
                 if k == rid_key:
-                    request_id = v.decode("latin-1")
-                    break
-        request_id = request_id_of(request_id)
-        tenant = core.tenant_of(request) if core.tenant is not None else None
+                    if rid is None:
+                        rid = v
+                elif k == tenant_key and raw_tenant is None:
+                    raw_tenant = v
+        request_id = request_id_of(rid.decode("latin-1") if rid is not None else None)
+        if tenant_key is not None:
+            tenant = clean_tenant(raw_tenant.decode("latin-1")) if raw_tenant is not None else None
+        else:
+            tenant = core.tenant_of(request) if core.tenant is not None else None
         route = self._route(scope)
         method = scope["method"]
         emitter = self._emitter
         if emitter.enabled:
             emitter.emit(HttpRequestStarted(route=route, method=method, tenant=tenant, request_id=request_id))
-        started = self._monotonic()
+            started = self._monotonic()
         echo = [(rid_key, request_id.encode("latin-1"))] if rid_key is not None else []
         # status: the response's once started; [1]: the client has gone.
         state: list[Any] = [0, False]
@@ -281,7 +291,7 @@ class ResilientMiddleware:
             refusal = None
             if limit is not None:
                 refusal = self._check_length(scope, limit)
-            if refusal is None and core.limits:
+            if refusal is None and self._has_limits:
                 denied = (
                     core.check_sync(route, request, tenant)
                     if core.in_process

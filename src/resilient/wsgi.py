@@ -33,6 +33,7 @@ from ._http import (
     Strategy,
     TenantKey,
     body_too_large,
+    clean_tenant,
     internal_error,
     problem_body,
     problem_headers,
@@ -187,6 +188,10 @@ class ResilientWSGIMiddleware:
         header = core.request_id_header
         self._rid_environ = ("HTTP_" + header.upper().replace("-", "_")) if header else None
         self._rid_header = header
+        # A "header:<name>" tenant is read straight from the environ.
+        theader = core.tenant_header
+        plain = theader and theader not in ("content-type", "content-length")  # those two have no HTTP_ prefix
+        self._tenant_environ = ("HTTP_" + theader.upper().replace("-", "_")) if plain and theader else None
         self._endpoints: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {}
         if core.health_path:
             self._endpoints[core.health_path] = self._health
@@ -206,7 +211,10 @@ class ResilientWSGIMiddleware:
         core = self.core
         request = _Request(environ)
         request_id = request_id_of(environ.get(self._rid_environ) if self._rid_environ else None)
-        tenant = core.tenant_of(request) if core.tenant is not None else None
+        if self._tenant_environ is not None:
+            tenant = clean_tenant(environ.get(self._tenant_environ))
+        else:
+            tenant = core.tenant_of(request) if core.tenant is not None else None
         route = self._route(environ)
         emitter = self._emitter
         if emitter.enabled:
