@@ -47,7 +47,9 @@ def _chat(fleet: Fleet, message: str, tenant: str = "acme") -> tuple[int, str, d
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("faults", [["429"], ["529"], ["500"], ["429", "529", "500"]])
+@pytest.mark.parametrize(
+    "faults", [["429"], ["529"], ["500"], ["429", "529", "500"]], ids=["429", "529", "500", "mixed"]
+)
 def test_retries_stay_within_the_budget(
     tmp_path: Path, sim_server: SimulatorServer, own_redis: RedisServer, record: Record, faults: list[str]
 ) -> None:
