@@ -151,7 +151,9 @@ def test_a_stale_answer_is_served_when_the_provider_fails(
     )
     assert [(s, b["cache"]) for s, _, b in again] == [(200, "stale")] * 8
     assert all(b["reply"] == first["reply"] for _, _, b in again)
-    assert other[0] == 503
+    # A question never answered before has nothing stale: a designed refusal, 503 from the provider's
+    # failure, or 429 once its 529s paused the quota key.
+    assert other[0] in (429, 503)
     assert other[1].startswith("application/problem+json")
 
 
