@@ -132,6 +132,21 @@ def test_one_breaker_per_provider_and_model(clock: FakeClock) -> None:
         pipeline.guard(provider="p", model="a")(lambda: "ok")()
 
 
+def test_one_target_keeps_one_breaker_per_model_argument(clock: FakeClock) -> None:
+    pipeline = build(clock, minimum_calls=1, window_size=1)
+    provider = ScriptedProvider([HTTPStatus(500)], default="ok", clock=clock)
+    ask = pipeline.guard(provider="p")(provider)
+    with pytest.raises(ProviderHTTPError):
+        ask(model="a")
+    assert ask(model="b") == "ok"
+    assert ask() == "ok"  # no model: a breaker of its own
+    assert ask(model=7) == "ok"  # not a model name: the same as none
+    with pytest.raises(CircuitOpen):
+        ask(model="a")
+    key_of = policy_of(pipeline).status
+    assert [key_of("p", m)["state"] for m in ("a", "b", None)] == ["open", "closed", "closed"]
+
+
 def test_time_window_forgets_old_failures(clock: FakeClock) -> None:
     pipeline = build(clock, window_type="time", window_size=10, minimum_calls=3)
     provider = ScriptedProvider([HTTPStatus(500)] * 2, default="ok", clock=clock)

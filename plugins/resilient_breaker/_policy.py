@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from resilient import (
@@ -91,6 +91,34 @@ class BreakerPolicy(Policy):
             machine = self._local.machine(key) if self._shared is None else None
             entry = self._entries[cache_key] = (options, key, self._limits_of(options), machine)
         return entry[1], entry[2], entry[3]
+
+    def _finder(self, target: Target) -> Callable[[Call, BreakerOptions], tuple[str, Limits, Machine | None]]:
+        """What finds a call's entry for ``target``: by its model alone when nothing else varies per call.
+
+        Without overrides and without the tenant in the key, a target's calls
+        differ only by model: one small dict keyed by it replaces the general
+        lookup (a key tuple with the options' id, and a tuple sliced per call).
+        """
+        if self._varies or self._by_tenant:
+            return self._entry
+        entry, by_model, static = self._entry, self._by_model, target.model
+        found_by: dict[str | None, tuple[str, Limits, Machine | None]] = {}
+
+        def find(call: Call, options: BreakerOptions) -> tuple[str, Limits, Machine | None]:
+            model = None
+            if by_model:
+                model = static
+                if model is None:
+                    value = call.kwargs.get("model")
+                    model = value if isinstance(value, str) else None
+            found = found_by.get(model)
+            if found is None:
+                found = entry(call, options)
+                if len(found_by) < 1024:
+                    found_by[model] = found
+            return found
+
+        return find
 
     def key_for(self, options: BreakerOptions, provider: str, model: str | None, tenant: str | None) -> str:
         parts = {"provider": provider, "model": model, "tenant": tenant}
@@ -193,12 +221,13 @@ class BreakerPolicy(Policy):
         lock = local.lock
         clock_time = self._clock.time
         base = None if self._varies else self._base  # no overrides: the options, without a call per call
+        find = self._finder(target)
 
         def guarded(call: Call) -> Any:
             options = base if base is not None else self._options(call)
             if not options.enabled:
                 return nxt(call)
-            key, limits, machine = self._entry(call, options)
+            key, limits, machine = find(call, options)
             if machine is not None and machine.state == CLOSED:
                 token = TOKEN_CLOSED | (machine.generation << 2)  # the common case, without a lock
             else:
@@ -293,12 +322,13 @@ class BreakerPolicy(Policy):
         lock = local.lock
         clock_time = self._clock.time
         base = None if self._varies else self._base  # no overrides: the options, without a call per call
+        find = self._finder(target)
 
         async def guarded(call: Call) -> Any:
             options = base if base is not None else self._options(call)
             if not options.enabled:
                 return await nxt(call)
-            key, limits, machine = self._entry(call, options)
+            key, limits, machine = find(call, options)
             if machine is not None and machine.state == CLOSED:
                 token = TOKEN_CLOSED | (machine.generation << 2)  # memory, closed: no lock, no coroutine
             else:
