@@ -91,7 +91,8 @@ def soak(
         leaked=leaked([a.body for a in answers] + [log, metrics], [API_KEY]),
     )
     assert all(a.designed for a in answers), summary(answers)
-    assert sum(1 for a in answers if a.status == 200) > 0.9 * len(answers), problem_titles(answers)
+    # Refusals are designed answers; most requests must still be served, or the soak proved nothing.
+    assert sum(1 for a in answers if a.status == 200) > 0.5 * len(answers), problem_titles(answers)
     assert "resilient_http_requests_in_progress" in metrics
     assert in_progress == 0
     assert orphans == []
