@@ -149,6 +149,12 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
                         yield f"data: {json.dumps({'type': 'text', 'text': event.delta.text})}\n\n"
                 done = {"type": "done", **describe(calls[-1] if calls else None)}
                 yield f"data: {json.dumps(done)}\n\n"
+            except Exception as exc:
+                # The 200 and the first events are already out: the stream can only say it ended badly.
+                # The exception's text stays out of the event and the log (it can carry the prompt).
+                log.warning("provider stream failed after it started: %s", type(exc).__name__)
+                failed = {"type": "error", "error": "provider_unavailable", "detail": "The provider stream ended."}
+                yield f"data: {json.dumps(failed)}\n\n"
             finally:
                 await stream.close()
 

@@ -207,18 +207,7 @@ def test_a_429_with_retry_after_pauses_the_key_for_every_worker(
         (Slow(1.5), True),
         (Drop(after=1), False),
         (Drop(after=0), True),
-        pytest.param(
-            Drop(after=2),
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="a provider stream dropped after its first events escapes the example's SSE generator "
-                "(examples/fastapi_app/app.py events(), httpx RemoteProtocolError via anthropic's stream): uvicorn "
-                "logs 'Exception in ASGI application' with a traceback and the client gets a cut chunked body; "
-                "events() should catch the provider error and send a final 'error' event (or asgi.py should end a "
-                "started response cleanly and log one masked line)",
-            ),
-        ),
+        (Drop(after=2), True),
     ],
     ids=["slow-json", "slow-stream", "drop-json", "drop-before-first-event", "drop-mid-stream"],
 )
