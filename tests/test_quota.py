@@ -780,3 +780,22 @@ def test_a_count_that_is_not_a_token_count_falls_back(limits_on: FakeClock) -> N
 def test_input_estimate_is_validated() -> None:
     with pytest.raises(ConfigurationError, match="input_estimate"):
         build(FakeClock(), input_estimate="exact")
+
+
+def test_a_provider_pause_stops_every_tenant_sharing_the_key(limits_on: FakeClock) -> None:
+    from resilient import request_context
+
+    provider = ScriptedProvider([HTTPStatus(429, {"retry-after": "30"})], default="ok", clock=limits_on)
+    shared = build(limits_on, requests="100/minute")
+    ask = shared.guard(provider="anthropic", model="m")(provider)
+    with request_context(tenant="a"), pytest.raises(ProviderHTTPError):
+        ask()
+    with request_context(tenant="b"), pytest.raises(QuotaExceeded, match="provider asked to slow down"):
+        ask()  # another tenant, the same API key at the provider: paused too
+    own_keys = build(limits_on, requests="100/minute", pause_key=["provider", "model", "tenant"])
+    provider = ScriptedProvider([HTTPStatus(429, {"retry-after": "30"})], default="ok", clock=limits_on)
+    ask = own_keys.guard(provider="anthropic", model="m")(provider)
+    with request_context(tenant="a"), pytest.raises(ProviderHTTPError):
+        ask()
+    with request_context(tenant="b"):
+        assert ask() == "ok"  # tenants with keys of their own are paused one by one

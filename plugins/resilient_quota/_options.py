@@ -73,6 +73,14 @@ class QuotaOptions:
         True, doc="Pause the key for everyone sharing the store when the provider says 429/529 or 0 remaining."
     )
     max_pause: Duration = option(300.0, min=0, doc="Longest pause taken from a provider signal.")
+    pause_key: tuple[Literal["provider", "model", "tenant"], ...] = option(
+        ("provider", "model"),
+        doc=(
+            "What a provider's 429/529 or exhausted headers pause: by default every tenant calling that provider "
+            "and model, since they share the API key the provider is limiting; add 'tenant' when each tenant "
+            "calls with a key of its own."
+        ),
+    )
     signal_poll: Duration = option(1.0, min=0, doc="How often a process re-reads the shared pause of a key.")
     on_store_error: Literal["local", "open", "closed"] = option(
         "local",

@@ -52,7 +52,7 @@ def make_plan(options: QuotaOptions, provider: str, model: str | None, tenant: s
         ids=ids,
         requests=requests,
         tokens=tokens,
-        pause_key="/".join(("pause", *ids)),
+        pause_key="/".join(("pause", "quota", *(f"{name}={key_part(parts[name])}" for name in options.pause_key))),
         label=label,
         request_keys=tuple((item, item.key_for(*ids), item.get_expiry()) for item in requests),
     )

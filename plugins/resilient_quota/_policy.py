@@ -197,11 +197,11 @@ class QuotaState:
         if not every or not self.events.enabled or not (plan.requests or plan.tokens):
             return False
         now = self.clock.monotonic()
-        if self._reports.get(plan.pause_key, 0.0) > now:
+        if self._reports.get(plan.ids[0], 0.0) > now:
             return False
         if len(self._reports) >= _PLAN_CACHE_MAX:
             self._reports.clear()
-        self._reports[plan.pause_key] = now + every
+        self._reports[plan.ids[0]] = now + every
         return True
 
     def report(self, call: Call, limit: str, left: int, reset_in: float) -> None:
