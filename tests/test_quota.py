@@ -782,20 +782,21 @@ def test_input_estimate_is_validated() -> None:
         build(FakeClock(), input_estimate="exact")
 
 
-def test_a_provider_pause_stops_every_tenant_sharing_the_key(limits_on: FakeClock) -> None:
+def test_pause_key_decides_which_tenants_a_provider_signal_stops(limits_on: FakeClock) -> None:
     from resilient import request_context
 
-    provider = ScriptedProvider([HTTPStatus(429, {"retry-after": "30"})], default="ok", clock=limits_on)
-    shared = build(limits_on, requests="100/minute")
-    ask = shared.guard(provider="anthropic", model="m")(provider)
-    with request_context(tenant="a"), pytest.raises(ProviderHTTPError):
-        ask()
-    with request_context(tenant="b"), pytest.raises(QuotaExceeded, match="provider asked to slow down"):
-        ask()  # another tenant, the same API key at the provider: paused too
-    own_keys = build(limits_on, requests="100/minute", pause_key=["provider", "model", "tenant"])
-    provider = ScriptedProvider([HTTPStatus(429, {"retry-after": "30"})], default="ok", clock=limits_on)
-    ask = own_keys.guard(provider="anthropic", model="m")(provider)
-    with request_context(tenant="a"), pytest.raises(ProviderHTTPError):
-        ask()
-    with request_context(tenant="b"):
-        assert ask() == "ok"  # tenants with keys of their own are paused one by one
+    for pause_key, other_tenant_paused in ((["provider", "model"], True), (["provider", "model", "tenant"], False)):
+        limits_on.advance(1000)
+        provider = ScriptedProvider([HTTPStatus(429, {"retry-after": "30"})], default="ok", clock=limits_on)
+        pipeline = build(limits_on, requests="100/minute", pause_key=pause_key)
+        ask = pipeline.guard(provider="anthropic", model="m")(provider)
+        with request_context(tenant="a"), pytest.raises(ProviderHTTPError):
+            ask()
+        with request_context(tenant="b"):
+            if other_tenant_paused:  # one API key at the provider: every tenant waits
+                with pytest.raises(QuotaExceeded, match="provider asked to slow down"):
+                    ask()
+            else:
+                assert ask() == "ok"
+        with request_context(tenant="a"), pytest.raises(QuotaExceeded, match="provider asked to slow down"):
+            ask()  # the refused tenant is paused either way

@@ -74,11 +74,12 @@ class QuotaOptions:
     )
     max_pause: Duration = option(300.0, min=0, doc="Longest pause taken from a provider signal.")
     pause_key: tuple[Literal["provider", "model", "tenant"], ...] = option(
-        ("provider", "model"),
+        ("provider", "model", "tenant"),
         doc=(
-            "What a provider's 429/529 or exhausted headers pause: by default every tenant calling that provider "
-            "and model, since they share the API key the provider is limiting; add 'tenant' when each tenant "
-            "calls with a key of its own."
+            "What a provider's 429/529 or exhausted headers pause. ['provider', 'model'] pauses every tenant "
+            "calling them, as one API key's limit asks; the default pauses the tenant whose call was refused "
+            "(pauses are stored in whole seconds, so a fleet-wide pause on every short retry-after would stop "
+            "all traffic)."
         ),
     )
     signal_poll: Duration = option(1.0, min=0, doc="How often a process re-reads the shared pause of a key.")
