@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -377,3 +377,52 @@ def test_health_lists_the_breakers_used_and_stays_ok_when_one_is_open(clock: Fak
     breakers = report["policies"]["breaker"]["breakers"]
     assert sorted(breakers.values()) == ["closed", "open"]
     assert report["policies"]["breaker"]["store"] == "memory"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    window_type=st.sampled_from(["count", "time"]),
+    size=st.integers(1, 5),
+    trials=st.integers(1, 3),
+    steps=st.lists(
+        st.one_of(
+            st.tuples(st.just("call"), st.sampled_from([0, 1, 2, 3, -1])),
+            st.tuples(st.just("successes"), st.integers(1, 6)),
+            st.tuples(st.just("wait"), st.sampled_from([0.5, 3.0, 40.0])),
+            st.tuples(st.just("force"), st.sampled_from([0, 3, 4])),
+        ),
+        max_size=60,
+    ),
+)
+def test_a_clean_window_is_exactly_one_a_success_cannot_change(
+    window_type: str, size: int, trials: int, steps: list[tuple[str, float]]
+) -> None:
+    """The hot path skips recording a success when ``Machine.clean``: that must be right at every step."""
+    import copy
+
+    from resilient_breaker._machine import CLOSED, OK, Limits, Machine
+
+    limits = Limits(0.5, window_type, size, 1, 0.5, 30.0, trials, trial_timeout=60.0)
+    machine, now = Machine(), 1_000.0
+    for step, value in steps:
+        if step == "wait":
+            now += value
+        elif step == "force":
+            machine.force(int(value), now)
+        elif step == "successes":
+            for _ in range(int(value)):
+                permit = machine.acquire(limits, now)[0]
+                if permit:
+                    machine.record(limits, permit, OK, now)
+        else:
+            permit = machine.acquire(limits, now)[0]
+            if permit:
+                machine.record(limits, permit, int(value), now)
+        full_of_successes = len(machine.ring) == size and not any(machine.ring)
+        assert machine.clean == (machine.state == CLOSED and window_type == "count" and full_of_successes)
+        if machine.clean:
+            before = copy.deepcopy(machine)
+            assert machine.record(limits, machine.acquire(limits, now)[0], OK, now) is None
+            # Nothing a later decision reads has moved (the ring's position is moot in an all-OK ring).
+            for name in ("state", "generation", "n", "f", "s", "ring", "permits", "trials", "clean"):
+                assert getattr(machine, name) == getattr(before, name)

@@ -87,10 +87,17 @@ class Machine:
     trial_slow: int = 0
     half_open_since: float = 0.0
     generation: int = 0  # advances with every change of state or of half-open round
+    # True only while closed with a full count window of successes: recording a success then
+    # changes nothing (an OK replaces an OK, and any rotation of an all-OK ring is the same ring),
+    # so the hot path may read this one attribute, without the lock, and skip the bookkeeping.
+    # Set False before any change that could dirty the window, True only once a change is done:
+    # a reader that sees True sees a moment when skipping was right. False is always safe.
+    clean: bool = False
 
     # ------------------------------------------------------------ window
 
     def _clear(self) -> None:
+        self.clean = False
         self.ring = []
         self.index = 0
         self.buckets = {}
@@ -116,6 +123,7 @@ class Machine:
             self.oldest += 1
 
     def _add(self, limits: Limits, code: int, now: float) -> None:
+        self.clean = False
         failure, slow = code & FAILURE, (code & SLOW) >> 1
         if limits.window_type == "count":
             if len(self.ring) < limits.window_size:
@@ -136,6 +144,8 @@ class Machine:
         self.n += 1
         self.f += failure
         self.s += slow
+        if self.n == limits.window_size and not (self.f or self.s) and limits.window_type == "count":
+            self.clean = self.state == CLOSED
 
     def record_ok(self, limits: Limits, permit: int) -> bool:
         """Record a fast success while closed, if that is all there is to it; the hot path.
@@ -156,6 +166,7 @@ class Machine:
         if old:
             self.f -= old & FAILURE
             self.s -= (old & SLOW) >> 1
+            self.clean = not (self.f or self.s)
         return True
 
     def _tripped(self, limits: Limits, n: int, f: int, s: int) -> bool:
@@ -164,6 +175,7 @@ class Machine:
         return limits.slow_rate is not None and s >= limits.slow_rate * n
 
     def _open(self, now: float) -> None:
+        self.clean = False
         self.state = OPEN
         self.opened_at = now
         self.generation += 1

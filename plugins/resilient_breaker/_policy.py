@@ -32,6 +32,8 @@ __all__ = ["BreakerPolicy"]
 
 _log = logging.getLogger("resilient.breaker")
 
+Entry = tuple[str, Limits, Machine | None]  # a breaker's key, limits and machine (memory store)
+
 
 class BreakerPolicy(Policy):
     """Refuses calls to a provider/model whose recent calls failed too often; lets trials through after a wait."""
@@ -72,7 +74,7 @@ class BreakerPolicy(Policy):
         """The breaker key of a call (cached with the rest of its entry)."""
         return self._entry(call, options)[0]
 
-    def _entry(self, call: Call, options: BreakerOptions) -> tuple[str, Limits, Machine | None]:
+    def _entry(self, call: Call, options: BreakerOptions) -> Entry:
         """Everything the hot path needs for a call's breaker, in one cached lookup."""
         target = call.target
         model = None
@@ -81,13 +83,15 @@ class BreakerPolicy(Policy):
             if model is None:  # Call.model, inlined: this runs on every call
                 value = call.kwargs.get("model")
                 model = value if isinstance(value, str) else None
-        tenant = call.tenant if self._by_tenant else None
-        cache_key = (id(options), target.provider, model, tenant)
+        return self._entry_at(options, target.provider, model, call.tenant if self._by_tenant else None)
+
+    def _entry_at(self, options: BreakerOptions, provider: str, model: str | None, tenant: str | None) -> Entry:
+        cache_key = (id(options), provider, model, tenant)
         entry = self._entries.get(cache_key)
         if entry is None or entry[0] is not options:
             if len(self._entries) >= 10_000:
                 self._entries.clear()
-            key = self.key_for(options, target.provider, model, tenant)
+            key = self.key_for(options, provider, model, tenant)
             machine = self._local.machine(key) if self._shared is None else None
             entry = self._entries[cache_key] = (options, key, self._limits_of(options), machine)
         return entry[1], entry[2], entry[3]
@@ -188,6 +192,113 @@ class BreakerPolicy(Policy):
             model=call.model,
         )
 
+    # ------------------------------------------------------------ memory, one breaker per model: the fast path
+
+    def _fast(self, target: Target) -> tuple[bool, dict[str | None, Entry], Callable[[str | None], Entry]] | None:
+        """How the fast path finds a call's breaker, or None where it does not apply.
+
+        It applies on the memory store, without overrides, without the tenant
+        in the key and without slow-call timing: then a target's calls differ
+        only by model, and their breakers sit in a small dict keyed by it
+        (``None`` for no model, a static model, or a key without the model).
+        Returns whether the model is read per call, that dict, and what fills it.
+        """
+        base = self._base
+        if self._shared is not None or self._varies or self._by_tenant or base.slow_call_duration is not None:
+            return None
+        provider, static = target.provider, target.model if self._by_model else None
+        found_by: dict[str | None, Entry] = {}
+
+        def bind(model: str | None) -> Entry:
+            entry = self._entry_at(base, provider, static if static is not None else model, None)
+            if len(found_by) < 1024:
+                found_by[model] = entry
+            return entry
+
+        return self._by_model and static is None, found_by, bind
+
+    def _admit(self, call: Call, entry: Entry) -> int:
+        """A permit from a machine that is not closed, or CircuitOpen (memory store)."""
+        key, limits, machine = entry
+        assert machine is not None
+        with self._local.lock:
+            token, retry_after, transition = machine.acquire(limits, self._clock.time())
+        self._transition(call, key, transition)
+        if not token:
+            raise self._refuse(call, key, retry_after)
+        return token
+
+    def _settle(self, call: Call, entry: Entry, token: int, code: int) -> None:
+        """Record an outcome the fast path could not skip (memory store); the lock only for the bookkeeping."""
+        key, limits, machine = entry
+        assert machine is not None
+        with self._local.lock:
+            if code == OK and machine.record_ok(limits, token):
+                return
+            transition = machine.record(limits, token, code, self._clock.time())
+        self._transition(call, key, transition)
+
+    def _failed(self, call: Call, entry: Entry, token: int, exc: Exception) -> None:
+        self._settle(call, entry, token, self._code(self._runtime.classify(exc), self._base, None))
+
+    def _wrap_fast(self, nxt: Handler, target: Target) -> Handler | None:
+        fast = self._fast(target)
+        if fast is None:
+            return None
+        per_call, found_by, bind = fast
+        admit, settle, failed = self._admit, self._settle, self._failed
+
+        def guarded(call: Call) -> Any:
+            model = call.kwargs.get("model") if per_call else None
+            if model is not None and model.__class__ is not str:
+                model = model if isinstance(model, str) else None  # as Call.model reads it
+            entry = found_by.get(model) or bind(model)
+            machine: Machine = entry[2]  # type: ignore[assignment]  # always one on memory
+            # closed: the permit without a lock (acquire would change nothing); else the machine decides
+            token = (TOKEN_CLOSED | (machine.generation << 2)) if machine.state == CLOSED else admit(call, entry)
+            try:
+                result = nxt(call)
+            except Exception as exc:
+                failed(call, entry, token, exc)
+                raise
+            except BaseException:
+                settle(call, entry, token, IGNORED)
+                raise
+            if not machine.clean:  # a clean window: recording this success would change nothing
+                settle(call, entry, token, OK)
+            return result
+
+        return guarded
+
+    def _wrap_fast_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler | None:
+        fast = self._fast(target)
+        if fast is None:
+            return None
+        per_call, found_by, bind = fast
+        admit, settle, failed = self._admit, self._settle, self._failed
+
+        async def guarded(call: Call) -> Any:
+            model = call.kwargs.get("model") if per_call else None
+            if model is not None and model.__class__ is not str:
+                model = model if isinstance(model, str) else None  # as Call.model reads it
+            entry = found_by.get(model) or bind(model)
+            machine: Machine = entry[2]  # type: ignore[assignment]  # always one on memory
+            # closed: the permit without a lock (acquire would change nothing); else the machine decides
+            token = (TOKEN_CLOSED | (machine.generation << 2)) if machine.state == CLOSED else admit(call, entry)
+            try:
+                result = await nxt(call)
+            except Exception as exc:
+                failed(call, entry, token, exc)
+                raise
+            except BaseException:
+                settle(call, entry, token, IGNORED)
+                raise
+            if not machine.clean:  # a clean window: recording this success would change nothing
+                settle(call, entry, token, OK)
+            return result
+
+        return guarded
+
     # ------------------------------------------------------------ sync
 
     def _acquire(self, key: str, limits: Limits, options: BreakerOptions) -> Decision:
@@ -214,6 +325,9 @@ class BreakerPolicy(Policy):
         return self._local.record(key, limits, token, code, now)
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:
+        fast = self._wrap_fast(nxt, target)
+        if fast is not None:
+            return fast
         monotonic = self._clock.monotonic
         classify = self._runtime.classify
 
@@ -315,6 +429,9 @@ class BreakerPolicy(Policy):
         return self._local.record(key, limits, token, code, now)
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
+        fast = self._wrap_fast_async(nxt, target)
+        if fast is not None:
+            return fast
         monotonic = self._clock.monotonic
         classify = self._runtime.classify
 
