@@ -21,6 +21,7 @@ import limits
 from resilient import Call
 from resilient.storage import STORE_ERRORS
 
+from ._batch import Batch, BatchHit, Release
 from ._options import QuotaOptions
 from ._plan import Plan, needed_tokens
 from ._steps import Steps
@@ -139,16 +140,29 @@ def attempt(
 ) -> Ops[tuple[Refusal | None, list[Held]]]:
     """One pass: a refusal, or the token reservations taken (store errors propagate)."""
     options = plan.options
+    batches = state.batches and not local and not options.wait
+    read_pause = False
+    now = 0.0
     if options.provider_signals:
         # The key's shared pause, read from the store at most once per signal_poll.
         now = state.clock.monotonic()
         paused, stale = state.cached_pause(plan, now)
-        if stale:
+        if stale and batches and not plan.counts_input:
+            read_pause = True  # with the hits, in their round trip
+        elif stale:
             paused = yield PauseGet(plan.pause_key, local)
             state.remember_pause(plan, paused, now)
         if paused > 0:
-            return Refusal("provider asked to slow down", paused), []
+            return Refusal(_PAUSED, paused), []
     needed = yield from _needed(state, call, plan, {} if memo is None else memo)
+    if batches and (read_pause or len(plan.requests) + len(plan.tokens) > 1):
+        if all(needed[kind] <= item.amount for kind, item, _ in plan.tokens):
+            return (yield from _batched(state, plan, needed, read_pause, now))
+        if read_pause:  # a call too big for a limit is refused as one by one would, after the pause
+            paused = yield PauseGet(plan.pause_key, local)
+            state.remember_pause(plan, paused, now)
+            if paused > 0:
+                return Refusal(_PAUSED, paused), []
     if options.wait:
         # Look before taking: a call that will wait must not spend a hit on every pass.
         for item in plan.requests:
@@ -179,6 +193,61 @@ def attempt(
         yield from settlement(state, plan, held, None)  # interrupted half-way: release what was taken
         raise
     return None, held
+
+
+_PAUSED = "provider asked to slow down"
+
+
+def _batched(
+    state: QuotaState, plan: Plan, needed: dict[str, int], read_pause: bool, now: float
+) -> Ops[tuple[Refusal | None, list[Held]]]:
+    """:func:`attempt`'s pause read and hits in one round trip (a Redis store, see ._batch).
+
+    Every limit is hit at once, so a refusal finds later limits counted too;
+    what they counted is given back, leaving the store as hitting the limits
+    in order would have: the request limits before the refusing one keep
+    their hit, and so does a refusing fixed window (limits counts it), as
+    in :func:`attempt`; a refused call holds no tokens.
+    """
+    options = plan.options
+    hits = [BatchHit(options.strategy, item, plan.ids, 1) for item in plan.requests]
+    token_hits = [(kind, item, ids, needed[kind]) for kind, item, ids in plan.tokens]
+    hits += [BatchHit(options.token_strategy, item, ids, cost) for _, item, ids, cost in token_hits if cost]
+    paused, results = yield Batch(plan.pause_key if read_pause else None, tuple(hits))
+    if paused is not None:
+        state.remember_pause(plan, paused, now)
+    refusal: Refusal | None = None
+    keep = 0  # hits before this index stay counted
+    if paused:
+        refusal = Refusal(_PAUSED, paused)
+    else:
+        for i, (allowed, _) in enumerate(results):
+            if not allowed:
+                hit = hits[i]
+                if i < len(plan.requests):
+                    refusal = yield from request_refusal(state, options, hit.item, plan.ids, False)
+                    keep = i + 1 if hit.strategy == "fixed-window" else i
+                else:
+                    kind = next(k for k, item, ids, _ in token_hits if item is hit.item and ids is hit.ids)
+                    refusal = yield from _token_refusal(state, options, hit.item, hit.ids, kind, False)
+                    keep = len(plan.requests)
+                break
+    if refusal is None:
+        at = state.clock.time()
+        return None, [Held(kind, item, ids, cost, False, at) for kind, item, ids, cost in token_hits]
+    try:
+        for hit, (allowed, stamp) in list(zip(hits, results, strict=True))[keep:]:
+            if hit.strategy == "fixed-window":
+                yield Adjust("fixed-window", hit.item, hit.ids, -hit.cost, False, None)
+            elif not allowed:
+                continue  # moving and sliding windows count only what they allow
+            elif hit.strategy == "moving-window":
+                yield Release(hit.item, hit.ids, hit.cost, stamp)
+            else:
+                yield Adjust(hit.strategy, hit.item, hit.ids, -hit.cost, False, None)
+    except STORE_ERRORS as exc:  # the refusal stands; what could not be given back expires with its window
+        state.store_failed(plan, exc)
+    return refusal, []
 
 
 def admission(state: QuotaState, call: Call, plan: Plan, failed: bool = False) -> Ops[list[Held]]:

@@ -78,6 +78,8 @@ class QuotaState:
         uri = section.base.storage or core.store
         self.limiters = Limiters(uri, core.key_prefix)
         self.in_memory = is_memory(uri)
+        #: Whether the store takes a call's limits (and pause read) in one round trip (see ._batch).
+        self.batches = self.limiters.batch is not None
         self._async: AsyncLimiters | None = None
         self._prefix = core.key_prefix
         self._plans: dict[tuple[str, str | None, str | None], Plan] = {}
@@ -330,6 +332,8 @@ class QuotaPolicy(Policy):
             # It is `admission` specialised and decides nothing of its own: a pause to read or
             # in force goes to `admission` before any hit; after a hit, a refusal (no wait
             # mode: refused) or a store error ends as it does there.
+            if state.batches and len(plan.request_keys) > 1:
+                return state.run(admission(state, call, plan))  # the limits in one round trip
             if options.provider_signals:
                 paused, stale = state.cached_pause(plan, state.clock.monotonic())
                 if paused or stale:

@@ -30,6 +30,7 @@ import limits.strategies
 
 from resilient.storage import LoopBoundStorage, close_sync, is_memory, sync_storage
 
+from ._batch import AsyncRedisBatch, Batch, RedisBatch, Release, async_batch_for, batch_for
 from ._options import Strategy
 from ._steps import Steps, adrive, drive
 
@@ -259,7 +260,7 @@ class PauseSet:
         yield _call("incr", key, max(int(self.seconds + 0.999), 1))
 
 
-StoreOp = Hit | Test | WindowStats | Adjust | PauseGet | PauseSet
+StoreOp = Hit | Test | WindowStats | Adjust | PauseGet | PauseSet | Batch | Release
 
 
 # ------------------------------------------------------------ the limiters
@@ -276,6 +277,8 @@ class Limiters:
         self._local_by_strategy = {name: cls(self.local) for name, cls in _SYNC.items()}
         self._hits = {name: prepared_hit(self.storage, name) for name in _SYNC}  # type: ignore[arg-type]
         self._local_hits = {name: prepared_hit(self.local, name) for name in _SYNC}  # type: ignore[arg-type]
+        #: Several limits (and the pause) in one round trip, when the store is a Redis that can (see ._batch).
+        self.batch: RedisBatch | None = batch_for(self.storage)
 
     def hit_fn(self, strategy: Strategy, local: bool) -> HitFn:
         return (self._local_hits if local else self._hits)[strategy]
@@ -287,6 +290,9 @@ class Limiters:
         """Perform ``op`` on the configured storage, or on the local fallback."""
         if isinstance(op, LimitOp):
             return op.on((self._local_by_strategy if op.local else self._by_strategy)[op.strategy])
+        if isinstance(op, Batch | Release):
+            assert self.batch is not None  # yielded only when batches are there
+            return self.batch.run(op)
         storage = self.local if op.local else self.storage
         return drive(op.steps(storage), methodcaller("on", storage))
 
@@ -307,6 +313,7 @@ class AsyncLimiters:
         self._storage = LoopBoundStorage(sync.uri, f"{prefix}quota")
         # Limiters per async storage (one storage per event loop), forgotten with it.
         self._limiters: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+        self._batches: weakref.WeakKeyDictionary[Any, AsyncRedisBatch | None] = weakref.WeakKeyDictionary()
 
     @property
     def storage(self) -> Any:
@@ -327,6 +334,13 @@ class AsyncLimiters:
         if isinstance(op, LimitOp):
             return await op.on(self._limiter(op.strategy))
         storage = self.storage
+        if isinstance(op, Batch | Release):
+            if storage not in self._batches:
+                self._batches[storage] = async_batch_for(storage)
+            batch = self._batches[storage]
+            if batch is None:  # an async storage of a kind with no batch: the logic asked the sync side's
+                raise TypeError(f"no batched quota operations on {type(storage).__name__}")
+            return await batch.run(op)
         return await adrive(op.steps(storage), methodcaller("on", storage))
 
     async def aclose(self) -> None:
