@@ -45,7 +45,7 @@ steps = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @example(  # the reopen boundary: opened_at must not be rounded on its way through Lua
     history=[
         ("acquire", 0),
@@ -62,6 +62,7 @@ steps = st.lists(
     rate=0.3,
     slow=None,
     trials=1,
+    minimum=1,
 )
 @given(
     history=steps,
@@ -70,6 +71,7 @@ steps = st.lists(
     rate=st.sampled_from([0.3, 0.5, 1.0]),
     slow=st.sampled_from([None, 0.5]),
     trials=st.integers(1, 3),
+    minimum=st.integers(1, 4),
 )
 def test_lua_scripts_decide_like_the_machine(
     redis_url: str,
@@ -79,10 +81,12 @@ def test_lua_scripts_decide_like_the_machine(
     rate: float,
     slow: float | None,
     trials: int,
+    minimum: int,
 ) -> None:
-    limits = Limits(rate, window_type, size, 1, slow, 5.0, trials, trial_timeout=10.0)
+    minimum = min(minimum, size) if window_type == "count" else minimum
+    limits = Limits(rate, window_type, size, minimum, slow, 5.0, trials, trial_timeout=10.0)
     store = RedisBreakers(redis_url)
-    key = f"contract:{{{abs(hash((tuple(history), window_type, size, rate, slow, trials)))}}}"
+    key = f"contract:{{{abs(hash((tuple(history), window_type, size, rate, slow, trials, minimum)))}}}"
     store.client.delete(key)
     machine = Machine()
     now = 1_700_000_000.0

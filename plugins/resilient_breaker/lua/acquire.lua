@@ -5,6 +5,7 @@
 -- Returns {permit, retry_after or "", transition or ""}; a permit is its kind
 -- (1 closed, 2 half-open) plus 4 x the breaker's generation, 0 when refused.
 -- (Floats go back as strings: Redis would truncate a Lua number to an integer.)
+-- One HMGET reads every field a decision needs: a closed breaker costs that one command.
 local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local wait = tonumber(ARGV[2])
@@ -12,8 +13,9 @@ local half_open_calls = tonumber(ARGV[3])
 local ttl = tonumber(ARGV[4])
 local trial_timeout = tonumber(ARGV[5])
 
-local st = tonumber(redis.call('hget', key, 'st') or '0')
-local gen = tonumber(redis.call('hget', key, 'g') or '0')
+local v = redis.call('hmget', key, 'st', 'g', 'oa', 'pm', 'hs')
+local st = tonumber(v[1] or '0')
+local gen = tonumber(v[2] or '0')
 if st == 0 or st == 4 then
   return {1 + 4 * gen, '', ''}
 end
@@ -21,18 +23,21 @@ if st == 3 then
   return {0, '', ''}
 end
 local transition = ''
+local permits = tonumber(v[4] or '0')
+local half_open_since = tonumber(v[5] or '0')
 if st == 1 then
-  local reopen_at = tonumber(redis.call('hget', key, 'oa') or '0') + wait
+  local reopen_at = tonumber(v[3] or '0') + wait
   if now < reopen_at then
     return {0, tostring(reopen_at - now), ''}
   end
   gen = gen + 1
-  redis.call('hset', key, 'st', 2, 'pm', 0, 'tr', 0, 'tf', 0, 'ts', 0, 'hs', ARGV[1], 'g', gen)
+  permits = 0
+  half_open_since = now
+  redis.call('hset', key, 'st', 2, 'tr', 0, 'tf', 0, 'ts', 0, 'hs', ARGV[1], 'g', gen)
   transition = 'half_open'
 end
-local permits = tonumber(redis.call('hget', key, 'pm') or '0')
 if permits >= half_open_calls then
-  local reissue_at = tonumber(redis.call('hget', key, 'hs') or '0') + trial_timeout
+  local reissue_at = half_open_since + trial_timeout
   if now < reissue_at then
     return {0, tostring(math.min(reissue_at - now, math.max(wait, 1.0))), transition}
   end
