@@ -20,6 +20,7 @@ from resilient import (
     StreamHandler,
     Target,
 )
+from resilient.events import Count, Event
 from resilient.storage import STORE_ERRORS, is_memory
 
 from ._codec import Codec, Entry, Unstorable
@@ -120,6 +121,7 @@ class CachePolicy(Policy):
         self._flights = Flights()
         self._aflights = AsyncFlights()
         self._plans: dict[tuple[int, str, bool], Plan] = {}
+        self._bound: dict[tuple[type[Event], str, str, str | None], Count | None] = {}
 
     # ------------------------------------------------------------ plans
 
@@ -288,11 +290,33 @@ class CachePolicy(Policy):
                 now = clock.time()
         return self._missed(call, key, stale, token)
 
+    def _count(self, cls: type[Event], target: Target, model: str | None) -> Count | None:
+        """What a ``cls`` event tells the observers, bound per (provider, operation, model) when they only count.
+
+        ``None``: some observer wants the event itself, so it is built and
+        emitted. Bound when the first such event happens (binding makes the
+        metric series, which must not appear before its first count).
+        """
+        key = (cls, target.provider, target.operation, model)
+        try:
+            return self._bound[key]
+        except KeyError:
+            pass
+        found = self._events.counter(cls, target.provider, target.operation, model)
+        if len(self._bound) >= _PLANS_MAX:
+            self._bound.clear()
+        self._bound[key] = found
+        return found
+
     def _missed(self, call: Call, key: str, stale: Entry | None, token: str) -> Missed:
         metadata = call.metadata
         metadata["cache"] = "miss"
         metadata["cache_key"] = key
         if self._events.enabled:
+            count = self._count(CacheMiss, call.target, call.model)
+            if count is not None:
+                count()
+                return Missed(stale=stale, token=token)
             self._events.emit(
                 CacheMiss(
                     provider=call.target.provider,
@@ -348,6 +372,10 @@ class CachePolicy(Policy):
 
     def _stored(self, call: Call, key: str, raw: bytes, plan: Plan, stream: bool) -> None:
         if self._events.enabled:
+            count = self._count(CacheStored, call.target, call.model)
+            if count is not None:
+                count()
+                return
             self._events.emit(
                 CacheStored(
                     provider=call.target.provider,

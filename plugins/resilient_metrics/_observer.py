@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from resilient import Event
+from resilient.events import Count
 
 from ._metrics import BREAKER_STATES, HTTP_METHODS, NONE, OTHER, Bounded, Metrics
 
@@ -106,6 +107,7 @@ class MetricsObserver:
             tuple[Any, Any], tuple[tuple[str, str], Callable[[float], None], Callable[[float], None]]
         ] = {}
         self._status_children: dict[tuple[tuple[str, str], Any], Callable[[float], None]] = {}
+        self._counts: dict[tuple[str, str, str, str | None], Count] = {}
         self._handlers: dict[str, Callable[[Event], None]] = {
             "retry.scheduled": self._retry_scheduled,
             "retry.gave_up": self._retry_gave_up,
@@ -139,6 +141,46 @@ class MetricsObserver:
                 self._quota_remaining(event)
         except Exception:  # a malformed event from someone else's plugin must not become an error log storm
             _log.debug("metrics could not record event %r", event, exc_info=True)
+
+    def bind_count(self, cls: type[Event], provider: str, operation: str, model: str | None) -> Count | None:
+        """What ``self(event)`` does for any ``cls`` event about (provider, operation, model), bound once.
+
+        The cache emits two events per miss and this observer only counts
+        them (by name, and cache lookups by result): bound here, a miss
+        costs two increments instead of an event object and a dispatch.
+        ``None`` for events whose other fields matter (retries by outcome,
+        quota limits and remaining, breaker states, HTTP requests).
+        """
+        name = getattr(cls, "name", None)
+        if not isinstance(name, str):
+            return None
+        key = (name, provider, operation, model)
+        found = self._counts.get(key)
+        if found is not None:
+            return found
+        result = CACHE_RESULTS.get(name)
+        if result is None and (
+            name in self._handlers or name[:6] == "quota." or name.endswith((".store_unavailable", ".store_error"))
+        ):
+            return None
+        count_event = _adder(self.metrics.events.labels(self._names(name)))
+        if result is None:
+
+            def count() -> None:
+                count_event(1)
+
+        else:
+            labels = (_text(provider), _text(operation), self.models(model))
+            count_result = _adder(self.metrics.cache.labels(*labels, result))
+
+            def count() -> None:
+                count_event(1)
+                count_result(1)
+
+        if len(self._counts) >= _CHILDREN_CAP:
+            self._counts.clear()
+        self._counts[key] = count
+        return count
 
     def _call(self, event: Event) -> tuple[str, str, str]:
         return _text(event.provider), _text(event.operation), self.models(event.model)

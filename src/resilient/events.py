@@ -15,9 +15,9 @@ import logging
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
-__all__ = ["Emitter", "Event", "Observer"]
+__all__ = ["Count", "CountingObserver", "Emitter", "Event", "Observer"]
 
 _log = logging.getLogger("resilient.events")
 
@@ -94,6 +94,30 @@ def _fast_init(cls: type) -> None:
 
 Observer = Callable[[Event], None]
 
+#: What an observer's ``bind_count`` returns: the whole effect of one event, taking no argument.
+Count = Callable[[], None]
+
+
+class CountingObserver(Protocol):
+    """An observer that can say, for some events, that it only counts them by name, provider, operation and model.
+
+    ``bind_count(cls, provider, operation, model)`` returns a callable with
+    exactly the effect of ``observer(event)`` for any event of class ``cls``
+    with those four fields (whatever its other fields), or ``None`` when the
+    observer needs to see the event itself. The callable must not raise. The
+    metrics observer does this for the events it only counts (cache lookups
+    by result, events by name), so a policy whose only listener is that
+    observer can skip building the event (see :meth:`Emitter.counter`).
+    """
+
+    def __call__(self, event: Event, /) -> None: ...
+
+    def bind_count(self, cls: type[Event], provider: str, operation: str, model: str | None, /) -> Count | None: ...
+
+
+def _nothing() -> None:
+    pass
+
 
 class Emitter:
     """Delivers events to a fixed tuple of observers.
@@ -111,6 +135,42 @@ class Emitter:
     @property
     def observers(self) -> tuple[Observer, ...]:
         return self._observers
+
+    def counter(self, cls: type[Event], provider: str, operation: str, model: str | None) -> Count | None:
+        """The effect of emitting any ``cls`` event with these fields, bound once; ``None`` if it must be emitted.
+
+        Not ``None`` only when every observer is a :class:`CountingObserver`
+        that binds it: then calling the result is, for every observer,
+        exactly what emitting the event would have done, and a policy on a
+        hot path may call it instead of building the event. Any other
+        observer (a user's log, an audit) makes this ``None``, and the event
+        is built and emitted as usual. Bind once per target and model, not
+        per call.
+        """
+        bound: list[Count] = []
+        for observer in self._observers:
+            bind = getattr(observer, "bind_count", None)
+            if bind is None:
+                return None
+            try:
+                found = bind(cls, provider, operation, model)
+            except Exception:
+                _log.exception("observer %r failed to bind %s", observer, cls.name)
+                return None
+            if found is None:
+                return None
+            bound.append(found)
+        if not bound:
+            return _nothing
+        if len(bound) == 1:
+            return bound[0]
+        counts = tuple(bound)
+
+        def count_all() -> None:
+            for count in counts:
+                count()
+
+        return count_all
 
     def emit(self, event: Event) -> None:
         for observer in self._observers:
