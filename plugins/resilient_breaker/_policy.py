@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -32,7 +33,14 @@ __all__ = ["BreakerPolicy"]
 
 _log = logging.getLogger("resilient.breaker")
 
-Entry = tuple[str, Limits, Machine | None]  # a breaker's key, limits and machine (memory store)
+Entry = tuple[str, Limits, Machine | None]
+
+_LOCAL, _STORE, _PROBE = 0, 1, 2  # where a store operation goes (BreakerPolicy._route)
+_ALLOWED: Decision = (
+    TOKEN_CLOSED,
+    None,
+    None,
+)  # on_store_error = "allow": a permit nothing will count  # a breaker's key, limits and machine (memory store)
 
 
 class BreakerPolicy(Policy):
@@ -57,7 +65,13 @@ class BreakerPolicy(Policy):
         self._entries: dict[
             tuple[int, str, str | None, str | None], tuple[BreakerOptions, str, Limits, Machine | None]
         ] = {}
+        # The store failed: stay off it until ``_down_until`` (monotonic), then let one call
+        # probe it (``_probing``) while the others keep deciding locally, as storage.py's pause
+        # does for the quota stores: a store that is still down then sees one call at a time,
+        # not every call in flight (each held up to the socket timeout by a hung server).
         self._down_until = 0.0
+        self._probing = False
+        self._probe_lock = threading.Lock()
         base = section.base
         self._base, self._varies = base, section.varies
         self._by_model = section.varies or "model" in base.key
@@ -160,6 +174,7 @@ class BreakerPolicy(Policy):
 
     def _store_failed(self, exc: BaseException, options: BreakerOptions) -> None:
         self._down_until = self._clock.monotonic() + options.store_retry
+        self._probing = False
         _log.warning(
             "breaker store unavailable (%s); %s for %.0fs",
             type(exc).__name__,
@@ -167,8 +182,31 @@ class BreakerPolicy(Policy):
             options.store_retry,
         )
 
-    def _use_local(self) -> bool:
-        return self._shared is None or (bool(self._down_until) and self._down_until > self._clock.monotonic())
+    def _route(self) -> int:
+        """Where a store operation goes: ``_LOCAL``, ``_STORE``, or ``_PROBE`` (the one call trying a failed store)."""
+        if self._shared is None:
+            return _LOCAL
+        down = self._down_until
+        if not down:
+            return _STORE
+        if self._clock.monotonic() < down:
+            return _LOCAL
+        with self._probe_lock:
+            if self._probing:
+                return _LOCAL
+            self._probing = True
+        return _PROBE
+
+    def _answered(self, route: int) -> None:
+        """The store answered a probe: back to it for every call."""
+        if route == _PROBE:
+            self._down_until = 0.0
+            self._probing = False
+
+    def _no_word(self, route: int) -> None:
+        """A probe ended without a word from the store (cancelled, interrupted): the next call probes."""
+        if route == _PROBE:
+            self._probing = False
 
     def _transition(self, call: Call, key: str, transition: str | None) -> None:
         if transition is not None and self._events.enabled:
@@ -303,25 +341,40 @@ class BreakerPolicy(Policy):
 
     def _acquire(self, key: str, limits: Limits, options: BreakerOptions) -> Decision:
         now = self._clock.time()
-        if not self._use_local():
+        route = self._route()
+        if route:
             assert self._shared is not None
             try:
-                return self._shared.acquire(key, limits, now)
+                decision = self._shared.acquire(key, limits, now)
             except (*STORE_ERRORS, _redis_error()) as exc:
                 self._store_failed(exc, options)
-            if options.on_store_error == "allow":
-                return 1, None, None
+            except BaseException:
+                self._no_word(route)
+                raise
+            else:
+                self._answered(route)
+                return decision
+        if self._shared is not None and options.on_store_error == "allow":
+            return _ALLOWED
         return self._local.acquire(key, limits, now)
 
     def _record(self, key: str, limits: Limits, token: int, code: int, options: BreakerOptions) -> str | None:
         now = self._clock.time()
-        if not self._use_local():
+        route = self._route()
+        if route:
             assert self._shared is not None
             try:
-                return self._shared.record(key, limits, token, code, now)
+                transition = self._shared.record(key, limits, token, code, now)
             except (*STORE_ERRORS, _redis_error()) as exc:
                 self._store_failed(exc, options)
                 return None
+            except BaseException:
+                self._no_word(route)
+                raise
+            self._answered(route)
+            return transition
+        if self._shared is not None and options.on_store_error == "allow":
+            return None  # while the store is away nothing is counted: every call is let through
         return self._local.record(key, limits, token, code, now)
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:
@@ -407,25 +460,40 @@ class BreakerPolicy(Policy):
 
     async def _aacquire(self, key: str, limits: Limits, options: BreakerOptions) -> Decision:
         now = self._clock.time()
-        if not self._use_local():
+        route = self._route()
+        if route:
             assert self._ashared is not None
             try:
-                return await self._ashared.acquire(key, limits, now)
+                decision = await self._ashared.acquire(key, limits, now)
             except (*STORE_ERRORS, _redis_error()) as exc:
                 self._store_failed(exc, options)
-            if options.on_store_error == "allow":
-                return 1, None, None
+            except BaseException:
+                self._no_word(route)
+                raise
+            else:
+                self._answered(route)
+                return decision
+        if self._shared is not None and options.on_store_error == "allow":
+            return _ALLOWED
         return self._local.acquire(key, limits, now)
 
     async def _arecord(self, key: str, limits: Limits, token: int, code: int, options: BreakerOptions) -> str | None:
         now = self._clock.time()
-        if not self._use_local():
+        route = self._route()
+        if route:
             assert self._ashared is not None
             try:
-                return await self._ashared.record(key, limits, token, code, now)
+                transition = await self._ashared.record(key, limits, token, code, now)
             except (*STORE_ERRORS, _redis_error()) as exc:
                 self._store_failed(exc, options)
                 return None
+            except BaseException:
+                self._no_word(route)
+                raise
+            self._answered(route)
+            return transition
+        if self._shared is not None and options.on_store_error == "allow":
+            return None  # while the store is away nothing is counted: every call is let through
         return self._local.record(key, limits, token, code, now)
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
