@@ -16,17 +16,23 @@ _is_mapping: dict[type, bool] = {dict: True}
 
 
 def _get(obj: Any, name: str) -> Any:
-    cls = type(obj)
-    mapping = _is_mapping.get(cls)
+    mapping = _is_mapping.get(type(obj))
     if mapping is None:
-        mapping = issubclass(cls, Mapping)
-        if len(_is_mapping) < 1024:
-            _is_mapping[cls] = mapping
+        mapping = _mapping(type(obj))
     return obj.get(name) if mapping else getattr(obj, name, None)
 
 
 def _int(value: Any) -> int:
     return value if type(value) is int and value > 0 else 0
+
+
+def _mapping(cls: type) -> bool:
+    mapping = _is_mapping.get(cls)
+    if mapping is None:
+        mapping = issubclass(cls, Mapping)
+        if len(_is_mapping) < 1024:
+            _is_mapping[cls] = mapping
+    return mapping
 
 
 def usage_from(response: Any) -> Usage | None:
@@ -42,6 +48,48 @@ def usage_from(response: Any) -> Usage | None:
     ``message_delta`` (``usage``); openai Responses API ``usage`` (``input_tokens``
     with ``input_tokens_details.cached_tokens`` split out).
     """
+    # An SDK response object with a usage object (every call of an anthropic or openai client) is
+    # read here with plain getattr, no helper call per field: this runs once per successful call and
+    # the generic reads below cost ~11 Python calls. Same rules as _usage_generic (a property test
+    # holds them equal); dicts and the other shapes go there.
+    mapping = _is_mapping.get(type(response))
+    if not (_mapping(type(response)) if mapping is None else mapping):
+        usage = getattr(response, "usage", None)
+        if usage is not None:
+            mapping = _is_mapping.get(type(usage))
+            if not (_mapping(type(usage)) if mapping is None else mapping):
+                prompt = getattr(usage, "prompt_tokens", None)
+                completion = getattr(usage, "completion_tokens", None)
+                if prompt is not None or completion is not None:  # openai chat completions
+                    details = getattr(usage, "prompt_tokens_details", None)
+                    cached = _int(_get(details, "cached_tokens")) if details is not None else 0
+                    prompt = prompt if type(prompt) is int and prompt > 0 else 0
+                    return Usage(
+                        prompt - cached if prompt > cached else 0,
+                        completion if type(completion) is int and completion > 0 else 0,
+                        cached,
+                    )
+                input_tokens = getattr(usage, "input_tokens", None)
+                output_tokens = getattr(usage, "output_tokens", None)
+                cache_read = getattr(usage, "cache_read_input_tokens", None)
+                cache_write = getattr(usage, "cache_creation_input_tokens", None)
+                if cache_read is None and cache_write is None:
+                    if input_tokens is None and output_tokens is None:
+                        return None
+                    details = getattr(usage, "input_tokens_details", None)  # openai Responses API
+                    if details is not None:
+                        cached = _int(_get(details, "cached_tokens"))
+                        return Usage(max(_int(input_tokens) - cached, 0), _int(output_tokens), cached)
+                return Usage(  # anthropic
+                    input_tokens if type(input_tokens) is int and input_tokens > 0 else 0,
+                    output_tokens if type(output_tokens) is int and output_tokens > 0 else 0,
+                    cache_read if type(cache_read) is int and cache_read > 0 else 0,
+                    cache_write if type(cache_write) is int and cache_write > 0 else 0,
+                )
+    return _usage_generic(response)
+
+
+def _usage_generic(response: Any) -> Usage | None:
     usage = _get(response, "usage")
     if usage is None:
         message = _get(response, "message")  # anthropic message_start event
