@@ -148,9 +148,11 @@ def test_a_pause_found_in_the_batch_refuses_and_counts_nothing(redis_store: Redi
     assert after["total_tokens 10000 per 1 hour"] == dict(before)["total_tokens 10000 per 1 hour"]
 
 
-def test_scripts_lost_by_the_server_are_loaded_again(redis_store: RedisServer) -> None:
+@pytest.mark.parametrize("requests", ["1000/day", "50/minute;1000/day"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_scripts_lost_by_the_server_are_loaded_again(redis_store: RedisServer, requests: str, strategy: str) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}:"
-    pipeline = build(redis_store.url, prefix, requests="50/minute;1000/day", strategy="sliding-window-counter")
+    pipeline = build(redis_store.url, prefix, requests=requests, strategy=strategy)
     guarded = pipeline.guard(provider="p")(lambda: 1)
     guarded()
     client = redis.Redis.from_url(redis_store.url)

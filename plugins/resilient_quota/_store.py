@@ -30,7 +30,7 @@ import limits.strategies
 
 from resilient.storage import LoopBoundStorage, close_sync, is_memory, sync_storage
 
-from ._batch import AsyncRedisBatch, Batch, RedisBatch, Release, async_batch_for, batch_for
+from ._batch import AsyncRedisBatch, Batch, RedisBatch, Release, async_batch_for, batch_for, single_hits
 from ._options import Strategy
 from ._steps import Steps, adrive, drive
 
@@ -279,6 +279,8 @@ class Limiters:
         self._local_hits = {name: prepared_hit(self.local, name) for name in _SYNC}  # type: ignore[arg-type]
         #: Several limits (and the pause) in one round trip, when the store is a Redis that can (see ._batch).
         self.batch: RedisBatch | None = batch_for(self.storage)
+        if self.batch is not None:
+            self._hits.update(single_hits(self.storage))
 
     def hit_fn(self, strategy: Strategy, local: bool) -> HitFn:
         return (self._local_hits if local else self._hits)[strategy]
