@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from resilient import CircuitOpen, Pipeline
 from resilient.testing import FakeClock, HTTPStatus, ProviderHTTPError, RedisServer, ScriptedProvider
 from resilient_breaker import BreakerPolicy
-from resilient_breaker._machine import IGNORED, Limits, Machine
+from resilient_breaker._machine import IGNORED, TOKEN_FULL, Limits, Machine
 from resilient_breaker._store import RedisBreakers
 
 OTHERS = ["quota", "retry"]
@@ -40,12 +40,13 @@ steps = st.lists(
         st.tuples(st.just("acquire"), st.just(0)),
         st.tuples(st.just("record"), st.sampled_from([0, 1, 2, 3, IGNORED])),
         st.tuples(st.just("wait"), st.sampled_from([0.3, 1.0, 2.5, 7.0, 40.0])),
+        st.tuples(st.just("defer"), st.just(0)),  # a success held back when its permit allows it
     ),
     max_size=40,
 )
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @example(  # the reopen boundary: opened_at must not be rounded on its way through Lua
     history=[
         ("acquire", 0),
@@ -63,6 +64,23 @@ steps = st.lists(
     slow=None,
     trials=1,
     minimum=1,
+)
+@example(  # a held-back success pushes the window's failure out when it is recorded
+    history=[
+        ("acquire", 0),
+        ("record", 1),
+        ("acquire", 0),
+        ("record", 0),
+        ("acquire", 0),
+        ("defer", 0),
+        ("acquire", 0),
+    ],
+    window_type="count",
+    size=2,
+    rate=1.0,
+    slow=None,
+    trials=1,
+    minimum=2,
 )
 @given(
     history=steps,
@@ -91,13 +109,29 @@ def test_lua_scripts_decide_like_the_machine(
     machine = Machine()
     now = 1_700_000_000.0
     tokens: list[int] = []
+    deferred: tuple[int, int] | None = None  # as the policy holds them: the newest generation's
+
+    def flush() -> tuple[int, int] | None:
+        nonlocal deferred
+        held, deferred = deferred, None
+        if held is not None:
+            machine.record_deferred(limits, *held)
+        return held
+
     try:
         for step, value in history:
             if step == "wait":
                 now += value
+            elif step == "defer" and tokens and tokens[0] & 3 == TOKEN_FULL:
+                token = tokens.pop(0)
+                if deferred is None or deferred[0] >> 2 < token >> 2:
+                    deferred = (token, 1)
+                elif deferred[0] == token:
+                    deferred = (token, deferred[1] + 1)
             elif step == "acquire":
+                held = flush()
                 expected = machine.acquire(limits, now)
-                got = store.acquire(key, limits, now)
+                got = store.acquire(key, limits, now, held)
                 assert got[0] == expected[0]
                 assert got[2] == expected[2]
                 if expected[1] is None:
@@ -108,9 +142,9 @@ def test_lua_scripts_decide_like_the_machine(
                     tokens.append(expected[0])
             elif tokens:
                 token = tokens.pop(0)
-                assert store.record(key, limits, token, int(value), now) == machine.record(
-                    limits, token, int(value), now
-                )
+                held = flush()
+                code = 0 if step == "defer" else int(value)
+                assert store.record(key, limits, token, code, now, held) == machine.record(limits, token, code, now)
             status = store.status(key)
             assert (status["state"], status["calls"], status["failures"], status["slow"]) == (
                 {0: "closed", 1: "open", 2: "half_open"}[machine.state],
@@ -190,3 +224,59 @@ def test_store_down_keeps_breaking_locally() -> None:
         pipeline.guard(failing)()
     allow = build(dead, clock, minimum_calls=1, window_size=1, on_store_error="allow")
     assert allow.guard(lambda: "ok")() == "ok"
+
+
+def test_a_success_in_a_full_window_rides_with_the_next_call(redis_url: str) -> None:
+    """One round trip per succeeding call once the window is full; held-back successes still count."""
+    clock = FakeClock(start_wall=1_800_000_200.0)
+    pipeline = build(redis_url, clock, minimum_calls=4, window_size=4, failure_rate=0.75)
+    policy = policy_of(pipeline)
+    assert policy._shared is not None
+    scripts = {"n": 0}
+
+    def counted(method: Any) -> Any:
+        def run(*args: Any) -> Any:
+            scripts["n"] += 1
+            return method(*args)
+
+        return run
+
+    for name in ("acquire", "record"):
+        setattr(policy._shared, name, counted(getattr(policy._shared, name)))
+    provider = ScriptedProvider([HTTPStatus(503)], default="ok", clock=clock)
+    guarded = pipeline.guard(provider="anthropic", model="m")(provider)
+    with pytest.raises(ProviderHTTPError):
+        guarded()
+    for _ in range(3):  # the window fills: a success here may trip it, so each is recorded at once
+        assert guarded() == "ok"
+    assert scripts["n"] == 8
+
+    def status() -> dict[str, Any]:
+        return policy.status("anthropic", "m")
+
+    assert (status()["calls"], status()["failures"]) == (4, 1)
+    assert guarded() == "ok"  # full: this success is held back...
+    assert scripts["n"] == 9
+    assert status()["failures"] == 1
+    assert guarded() == "ok"  # ...and recorded by the next call's admission, pushing the failure out
+    assert scripts["n"] == 10
+    assert status()["failures"] == 0
+    pipeline.close()  # what is still held is recorded on the way out
+    assert scripts["n"] == 11
+
+
+def test_held_back_successes_never_hide_an_open_breaker(redis_url: str) -> None:
+    """A worker holding successes sees the breaker another worker opened at its very next call."""
+    clock = FakeClock(start_wall=1_800_000_300.0)
+    a, b = (build(redis_url, clock, minimum_calls=2, window_size=2) for _ in range(2))
+    ok = a.guard(provider="anthropic", model="m")(lambda: "ok")
+    assert [ok() for _ in range(5)] == ["ok"] * 5  # a holds successes of a full window
+    failing = b.guard(provider="anthropic", model="m")(ScriptedProvider([HTTPStatus(500)], clock=clock))
+    with pytest.raises(ProviderHTTPError):
+        failing()  # one failure in a window of two: open
+    with pytest.raises(CircuitOpen):
+        ok()
+    # a's held successes belonged to the closed breaker's generation: dropped, not counted now
+    assert policy_of(a).status("anthropic", "m")["calls"] == 0
+    a.close()
+    b.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "CLOSED",
     "TOKEN_CLOSED",
+    "TOKEN_FULL",
     "TOKEN_HALF",
     "token",
     "FORCED_CLOSED",
@@ -36,7 +37,10 @@ STATE_NAMES = {
 
 # Permit tokens: which state let a call through (the low two bits) and in which generation
 # of the breaker (the rest): an outcome that comes back after the state moved on is not counted.
-TOKEN_CLOSED, TOKEN_HALF = 1, 2
+# TOKEN_FULL is closed with a full count window: there a success cannot trip the breaker
+# (it can only push a failure out), so a shared store may take its record later, with the
+# worker's next decision on that breaker (see _store.py), and save a round trip.
+TOKEN_CLOSED, TOKEN_HALF, TOKEN_FULL = 1, 2, 3
 
 
 def token(kind: int, generation: int) -> int:
@@ -169,6 +173,17 @@ class Machine:
             self.clean = not (self.f or self.s)
         return True
 
+    def record_deferred(self, limits: Limits, permit: int, count: int) -> None:
+        """``count`` successes of ``TOKEN_FULL`` permits a worker held back, recorded before its next decision.
+
+        Each is :meth:`record_ok`: while the generation and the full count
+        window last, a success only replaces the oldest outcome; once they are
+        gone the successes are not counted, as any late outcome.
+        """
+        for _ in range(count):
+            if not self.record_ok(limits, permit):
+                return
+
     def _tripped(self, limits: Limits, n: int, f: int, s: int) -> bool:
         if f >= limits.failure_rate * n:
             return True
@@ -191,7 +206,10 @@ class Machine:
         when forced open); ``transition`` names a state change this made.
         """
         state = self.state
-        if state in (CLOSED, FORCED_CLOSED):
+        if state == CLOSED:
+            full = limits.window_type == "count" and len(self.ring) >= limits.window_size
+            return token(TOKEN_FULL if full else TOKEN_CLOSED, self.generation), None, None
+        if state == FORCED_CLOSED:
             return token(TOKEN_CLOSED, self.generation), None, None
         if state == FORCED_OPEN:
             return 0, None, None
@@ -223,7 +241,7 @@ class Machine:
         if permit >> 2 != self.generation:
             return None  # a late outcome from a state (or a half-open round) that is gone
         state, kind = self.state, permit & 3
-        if kind == TOKEN_CLOSED and state == CLOSED:
+        if kind in (TOKEN_CLOSED, TOKEN_FULL) and state == CLOSED:
             if code == OK and self.record_ok(limits, permit):
                 return None
             if code == IGNORED:

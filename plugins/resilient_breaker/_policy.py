@@ -25,9 +25,20 @@ from resilient import (
 from resilient.storage import STORE_ERRORS, is_memory, key_part
 
 from ._events import BreakerRejected, BreakerStateChanged
-from ._machine import CLOSED, FORCED_CLOSED, FORCED_OPEN, IGNORED, OK, TOKEN_CLOSED, Limits, Machine, outcome_code
+from ._machine import (
+    CLOSED,
+    FORCED_CLOSED,
+    FORCED_OPEN,
+    IGNORED,
+    OK,
+    TOKEN_CLOSED,
+    TOKEN_FULL,
+    Limits,
+    Machine,
+    outcome_code,
+)
 from ._options import BreakerOptions
-from ._store import AsyncRedisBreakers, Decision, MemoryBreakers, RedisBreakers
+from ._store import AsyncRedisBreakers, Decision, Deferred, MemoryBreakers, RedisBreakers
 
 __all__ = ["BreakerPolicy"]
 
@@ -35,6 +46,7 @@ _log = logging.getLogger("resilient.breaker")
 
 Entry = tuple[str, Limits, Machine | None]
 
+_DEFER_MAX = 256  # successes held back per breaker before one is recorded on its own
 _LOCAL, _STORE, _PROBE = 0, 1, 2  # where a store operation goes (BreakerPolicy._route)
 _ALLOWED: Decision = (
     TOKEN_CLOSED,
@@ -72,6 +84,10 @@ class BreakerPolicy(Policy):
         self._down_until = 0.0
         self._probing = False
         self._probe_lock = threading.Lock()
+        # Successes held back per breaker key (shared store): (their TOKEN_FULL permit, how many,
+        # the limits), sent with this worker's next script on that breaker. See _defer.
+        self._deferred: dict[str, tuple[int, int, Limits]] = {}
+        self._deferred_lock = threading.Lock()
         base = section.base
         self._base, self._varies = base, section.varies
         self._by_model = section.varies or "model" in base.key
@@ -207,6 +223,37 @@ class BreakerPolicy(Policy):
         """A probe ended without a word from the store (cancelled, interrupted): the next call probes."""
         if route == _PROBE:
             self._probing = False
+
+    def _defer(self, key: str, limits: Limits, token: int) -> bool:
+        """Hold back the success of a ``TOKEN_FULL`` permit, to be recorded with the next script on ``key``.
+
+        In a full count window a success cannot trip the breaker, so nothing
+        another worker must see waits on it: only failures (and successes
+        while the window fills, which can trip it) take a round trip of their
+        own, and every threshold crossing is still written at once. Successes
+        of an older generation than those held are dropped, as the scripts
+        would drop them. False (record it now) while the store is away or too
+        many are held already.
+        """
+        if self._down_until:
+            return False
+        generation = token >> 2
+        with self._deferred_lock:
+            held = self._deferred.get(key)
+            if held is None or held[0] >> 2 < generation:
+                self._deferred[key] = (token, 1, limits)
+            elif held[0] >> 2 == generation:
+                if held[1] >= _DEFER_MAX:
+                    return False
+                self._deferred[key] = (token, held[1] + 1, limits)
+        return True
+
+    def _take_deferred(self, key: str) -> Deferred:
+        if not self._deferred:  # (read without the lock: one held a moment ago goes with the next call)
+            return None
+        with self._deferred_lock:
+            held = self._deferred.pop(key, None)
+        return None if held is None else (held[0], held[1])
 
     def _transition(self, call: Call, key: str, transition: str | None) -> None:
         if transition is not None and self._events.enabled:
@@ -345,7 +392,7 @@ class BreakerPolicy(Policy):
         if route:
             assert self._shared is not None
             try:
-                decision = self._shared.acquire(key, limits, now)
+                decision = self._shared.acquire(key, limits, now, self._take_deferred(key))
             except (*STORE_ERRORS, _redis_error()) as exc:
                 self._store_failed(exc, options)
             except BaseException:
@@ -364,7 +411,7 @@ class BreakerPolicy(Policy):
         if route:
             assert self._shared is not None
             try:
-                transition = self._shared.record(key, limits, token, code, now)
+                transition = self._shared.record(key, limits, token, code, now, self._take_deferred(key))
             except (*STORE_ERRORS, _redis_error()) as exc:
                 self._store_failed(exc, options)
                 return None
@@ -419,6 +466,8 @@ class BreakerPolicy(Policy):
                     if code == OK and machine.record_ok(limits, token):
                         return result
                     transition = machine.record(limits, token, code, clock_time())
+            elif code == OK and token & 3 == TOKEN_FULL and self._defer(key, limits, token):
+                return result  # recorded with this worker's next script on the breaker
             else:
                 transition = self._record(key, limits, token, code, options)
             if transition is not None:
@@ -464,7 +513,7 @@ class BreakerPolicy(Policy):
         if route:
             assert self._ashared is not None
             try:
-                decision = await self._ashared.acquire(key, limits, now)
+                decision = await self._ashared.acquire(key, limits, now, self._take_deferred(key))
             except (*STORE_ERRORS, _redis_error()) as exc:
                 self._store_failed(exc, options)
             except BaseException:
@@ -483,7 +532,7 @@ class BreakerPolicy(Policy):
         if route:
             assert self._ashared is not None
             try:
-                transition = await self._ashared.record(key, limits, token, code, now)
+                transition = await self._ashared.record(key, limits, token, code, now, self._take_deferred(key))
             except (*STORE_ERRORS, _redis_error()) as exc:
                 self._store_failed(exc, options)
                 return None
@@ -538,6 +587,8 @@ class BreakerPolicy(Policy):
                     if code == OK and machine.record_ok(limits, token):
                         return result
                     transition = machine.record(limits, token, code, clock_time())
+            elif code == OK and token & 3 == TOKEN_FULL and self._defer(key, limits, token):
+                return result  # recorded with this worker's next script on the breaker
             else:
                 transition = await self._arecord(key, limits, token, code, options)
             if transition is not None:
@@ -635,7 +686,19 @@ class BreakerPolicy(Policy):
 
     def close(self) -> None:
         if self._shared is not None:
+            self._flush_deferred(self._shared)
             self._shared.close()
+
+    def _flush_deferred(self, store: RedisBreakers) -> None:
+        """Record the successes still held back (best effort: the store may be gone)."""
+        with self._deferred_lock:
+            held, self._deferred = self._deferred, {}
+        now = self._clock.time()
+        for key, (token, count, limits) in held.items():
+            try:
+                store.record(key, limits, token, IGNORED, now, (token, count))
+            except (*STORE_ERRORS, _redis_error()):
+                return
 
     async def aclose(self) -> None:
         self.close()

@@ -12,11 +12,13 @@ from ._machine import CLOSED, FORCED_CLOSED, FORCED_OPEN, STATE_NAMES, Limits, M
 
 __all__ = ["AsyncRedisBreakers", "MemoryBreakers", "RedisBreakers"]
 
-_ACQUIRE = (files(__package__) / "lua" / "acquire.lua").read_text()
-_RECORD = (files(__package__) / "lua" / "record.lua").read_text()
+_DEFERRED = (files(__package__) / "lua" / "deferred.lua").read_text()  # shared by the two below
+_ACQUIRE = _DEFERRED + (files(__package__) / "lua" / "acquire.lua").read_text()
+_RECORD = _DEFERRED + (files(__package__) / "lua" / "record.lua").read_text()
 _FORCE = (files(__package__) / "lua" / "force.lua").read_text()
 
 Decision = tuple[int, float | None, str | None]
+Deferred = tuple[int, int] | None  # successes a worker held back: (their TOKEN_FULL permit, how many)
 
 
 def _ttl(limits: Limits) -> int:
@@ -24,11 +26,23 @@ def _ttl(limits: Limits) -> int:
     return int(max(86_400, 10 * limits.wait, 10 * limits.window_size))
 
 
-def _acquire_args(limits: Limits, now: float) -> list[Any]:
-    return [repr(now), repr(limits.wait), limits.half_open_calls, _ttl(limits), repr(limits.trial_timeout)]
+def _acquire_args(limits: Limits, now: float, deferred: Deferred) -> list[Any]:
+    permit, count = deferred or (0, 0)
+    return [
+        repr(now),
+        repr(limits.wait),
+        limits.half_open_calls,
+        _ttl(limits),
+        repr(limits.trial_timeout),
+        limits.window_type,
+        limits.window_size,
+        permit,
+        count,
+    ]
 
 
-def _record_args(limits: Limits, token: int, code: int, now: float) -> list[Any]:
+def _record_args(limits: Limits, token: int, code: int, now: float, deferred: Deferred) -> list[Any]:
+    permit, count = deferred or (0, 0)
     return [
         repr(now),
         token,
@@ -40,6 +54,8 @@ def _record_args(limits: Limits, token: int, code: int, now: float) -> list[Any]
         repr(limits.slow_rate if limits.slow_rate is not None else -1.0),
         limits.half_open_calls,
         _ttl(limits),
+        permit,
+        count,
     ]
 
 
@@ -136,12 +152,14 @@ class RedisBreakers:
         self._record = self.client.register_script(_RECORD)
         self._force = self.client.register_script(_FORCE)
 
-    def acquire(self, key: str, limits: Limits, now: float) -> Decision:
-        raw = self._acquire(keys=[key], args=_acquire_args(limits, now))
+    def acquire(self, key: str, limits: Limits, now: float, deferred: Deferred = None) -> Decision:
+        raw = self._acquire(keys=[key], args=_acquire_args(limits, now, deferred))
         return _decision(raw)
 
-    def record(self, key: str, limits: Limits, token: int, code: int, now: float) -> str | None:
-        return _text(self._record(keys=[key], args=_record_args(limits, token, code, now)))
+    def record(
+        self, key: str, limits: Limits, token: int, code: int, now: float, deferred: Deferred = None
+    ) -> str | None:
+        return _text(self._record(keys=[key], args=_record_args(limits, token, code, now, deferred)))
 
     def force(self, key: str, state: int, now: float) -> str:
         ttl = 86_400 * 30 if state in (FORCED_OPEN, FORCED_CLOSED) else 86_400
@@ -165,14 +183,16 @@ class AsyncRedisBreakers:
 
         self._per_loop = PerLoop(make)
 
-    async def acquire(self, key: str, limits: Limits, now: float) -> Decision:
+    async def acquire(self, key: str, limits: Limits, now: float, deferred: Deferred = None) -> Decision:
         _, acquire, _ = self._per_loop.get()
-        raw = await acquire(keys=[key], args=_acquire_args(limits, now))
+        raw = await acquire(keys=[key], args=_acquire_args(limits, now, deferred))
         return _decision(raw)
 
-    async def record(self, key: str, limits: Limits, token: int, code: int, now: float) -> str | None:
+    async def record(
+        self, key: str, limits: Limits, token: int, code: int, now: float, deferred: Deferred = None
+    ) -> str | None:
         _, _, record = self._per_loop.get()
-        return _text(await record(keys=[key], args=_record_args(limits, token, code, now)))
+        return _text(await record(keys=[key], args=_record_args(limits, token, code, now, deferred)))
 
     async def aclose(self) -> None:
         found = self._per_loop.pop()

@@ -1,7 +1,8 @@
 -- Breaker outcome, atomically: _machine.Machine.record, step for step.
 -- KEYS[1] breaker hash. ARGV: now, permit (kind + 4 x generation), code (-1 ignored; bit 1 failure,
 -- bit 2 slow), failure_rate, window_type ("count"/"time"), window_size,
--- minimum_calls, slow_rate (-1: not judged), half_open_calls, ttl.
+-- minimum_calls, slow_rate (-1: not judged), half_open_calls, ttl, and the successes this
+-- worker held back: permit, count (recorded first, in the order they ended).
 -- Timestamps are stored as the caller's own text (ARGV[1]): tostring() keeps
 -- only 14 digits, and a rounded opened_at would move the reopen boundary.
 -- Returns the transition taken ("open", "closed") or "".
@@ -24,13 +25,14 @@ local function at(i)
   return tonumber(v[i] or '0')
 end
 
+local gen, st = at(1), at(2)
+local idx, f0, s0 = record_deferred(key, tonumber(ARGV[11]), tonumber(ARGV[12]), size, gen, st, at(3), at(4),
+  at(6), at(7))
 -- A permit from an earlier generation: its state (or half-open round) is gone.
-local gen = at(1)
 if math.floor(token / 4) ~= gen then
   return ''
 end
 local kind = token % 4
-local st = at(2)
 local failure = code >= 0 and (code % 2) or 0
 local slow = code >= 0 and (math.floor(code / 2) % 2) or 0
 local result = ''
@@ -62,9 +64,9 @@ local function open()
   clear_window(0, 'st', 1, 'oa', ARGV[1], 'pm', 0, 'tr', 0, 'tf', 0, 'ts', 0, 'g', gen + 1)
 end
 
-if kind == 1 and st == 0 then
+if (kind == 1 or kind == 3) and st == 0 then
   if code < 0 then return '' end
-  local n, f, s = at(5), at(6), at(7)
+  local n, f, s = at(5), f0, s0
   if window_type == 'count' then
     local len = at(3)
     if len < size then
@@ -72,7 +74,6 @@ if kind == 1 and st == 0 then
       redis.call('hset', key, 'r' .. len, code, 'rl', len + 1, 'n', n, 'f', f, 's', s)
     else
       -- a full ring: the new outcome replaces the oldest, n stays
-      local idx = at(4)
       local old = tonumber(redis.call('hget', key, 'r' .. idx) or '0')
       f = f - old % 2 + failure
       s = s - math.floor(old / 2) % 2 + slow
