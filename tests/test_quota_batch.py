@@ -87,15 +87,17 @@ def test_three_limits_and_the_pause_read_take_one_round_trip(redis_store: RedisS
     quota_of(pipeline).state._pauses.clear()  # the pause is due for a read again
     with round_trips() as sent:
         guarded(max_tokens=100)
-    # One pipeline: the pause read and three hits. Reconciling the token reservation (usage known) is the
-    # settlement's own round trips, not the admission's: count it apart.
+    # Admission: one pipeline, the pause read and three hits. Then the token reservation moves to the real
+    # usage (a refund): its window read, then the move, two round trips whatever the number of token limits.
     one_by_one = build(redis_store.url, prefix + "seq:", batches=False, **limits)
     seq = one_by_one.guard(provider="anthropic")(reply)
     seq(max_tokens=100)
     quota_of(one_by_one).state._pauses.clear()
     with round_trips() as sent_seq:
         seq(max_tokens=100)
-    assert sent_seq[0] - sent[0] == 3  # pause read + 3 hits one by one = 4 round trips; batched = 1
+    assert sent[0] == 1 + 2
+    # One by one: the pause read, three hits, then the refund's expiry read, count read and move.
+    assert sent_seq[0] == 1 + 3 + 3
     assert remaining(pipeline, "anthropic") == remaining(one_by_one, "anthropic")
 
 

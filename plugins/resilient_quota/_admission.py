@@ -21,7 +21,7 @@ import limits
 from resilient import Call
 from resilient.storage import STORE_ERRORS
 
-from ._batch import Batch, BatchHit, Release
+from ._batch import Batch, BatchHit, Release, Settle
 from ._options import QuotaOptions
 from ._plan import Plan, needed_tokens
 from ._steps import Steps
@@ -286,13 +286,18 @@ def admission(state: QuotaState, call: Call, plan: Plan, failed: bool = False) -
 
 def settlement(state: QuotaState, plan: Plan, held: list[Held], actual: dict[str, int] | None) -> Ops[None]:
     """Move each reservation to the real usage (``None``: refund it all)."""
-    for h in held:
-        delta = (actual[h.kind] if actual is not None else 0) - h.cost
-        if delta:
-            try:
-                yield Adjust(plan.options.token_strategy, h.item, h.ids, delta, h.local, h.at)
-            except STORE_ERRORS as exc:  # a failing store never fails the call
-                state.store_failed(plan, exc)
+    moves: list[Adjust | Settle] = [
+        Adjust(plan.options.token_strategy, h.item, h.ids, delta, h.local, h.at)
+        for h in held
+        if (delta := (actual[h.kind] if actual is not None else 0) - h.cost)
+    ]
+    if state.batches and moves and not any(move.local for move in moves):
+        moves = [Settle(tuple(moves))]  # all of them in two round trips
+    for move in moves:
+        try:
+            yield move
+        except STORE_ERRORS as exc:  # a failing store never fails the call
+            state.store_failed(plan, exc)
 
 
 def share_pause(state: QuotaState, call: Call, seconds: float | None) -> Ops[None]:

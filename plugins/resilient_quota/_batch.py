@@ -31,6 +31,7 @@ from limits.errors import StorageError
 from redis.exceptions import NoScriptError
 
 from ._options import Strategy
+from ._steps import Steps, adrive, drive
 
 __all__ = [
     "AsyncRedisBatch",
@@ -38,6 +39,7 @@ __all__ = [
     "BatchHit",
     "RedisBatch",
     "Release",
+    "Settle",
     "async_batch_for",
     "batch_for",
     "single_hits",
@@ -68,6 +70,14 @@ class Batch:
 
 
 @dataclass(slots=True)
+class Settle:
+    """Move several token reservations (each an ``Adjust``) in two round trips: read their windows, move them."""
+
+    moves: tuple[Any, ...]
+    local: ClassVar[bool] = False
+
+
+@dataclass(slots=True)
 class Release:
     """Take back a counted moving-window hit (``stamp``: the time its entries were added at)."""
 
@@ -83,44 +93,47 @@ class Release:
 _SYNC_TYPES = (limits.storage.RedisStorage, limits.storage.RedisSentinelStorage)
 
 
+Commands = list[tuple[str, tuple[Any, ...]]]  # one pipeline: (redis-py method, arguments) per command
+Call = tuple[Any, str, tuple[Any, ...]]  # (the script run, or None), method, arguments
+
+
 class _Queue:
-    """What a batch queues, sync and async alike: (script, keys, args) per hit, and how to read its reply."""
+    """What batches send, sync and async alike, as steps yielding the pipelines to execute (see ._steps)."""
 
     def __init__(self, storage: Any, scripts: Any) -> None:
         self.storage = storage  # for the window key layout (``_current_window_key``...)
         self.scripts = scripts  # the object holding the registered ``lua_*`` scripts and ``prefixed_key``
         self.prefixed = scripts.prefixed_key
 
-    def command(self, hit: BatchHit, stamp: float) -> tuple[Any, list[str], list[Any]]:
+    def hit_call(self, hit: BatchHit, stamp: float) -> Call:
         item = hit.item
         key = item.key_for(*hit.ids)
         amount, expiry = item.amount, item.get_expiry()
         s = self.scripts
         if hit.strategy == "fixed-window":
-            return s.lua_incr_expire, [self.prefixed(key)], [expiry, hit.cost]
+            return _script(s.lua_incr_expire, [self.prefixed(key)], expiry, hit.cost)
         if hit.strategy == "moving-window":
-            return s.lua_acquire_moving_window, [self.prefixed(key)], [stamp, amount, expiry, hit.cost]
+            return _script(s.lua_acquire_moving_window, [self.prefixed(key)], stamp, amount, expiry, hit.cost)
         storage = self.storage
         previous = self.prefixed(storage._previous_window_key(key))
         current = self.prefixed(storage._current_window_key(key))
-        return s.lua_acquire_sliding_window, [previous, current], [amount, expiry, hit.cost]
+        return _script(s.lua_acquire_sliding_window, [previous, current], amount, expiry, hit.cost)
 
-    def queue(self, pipe: Any, batch: Batch, stamp: float) -> list[Any]:
-        """Queue ``batch`` on ``pipe``; return the scripts in the order of their replies."""
+    def steps(self, op: Batch | Release | Settle) -> Steps[Commands, Any]:
+        if isinstance(op, Batch):
+            return self._batch(op)
+        if isinstance(op, Release):
+            return _run(self._release(op))
+        return self._settle(op)
+
+    def _batch(self, batch: Batch) -> Steps[Commands, tuple[float | None, list[tuple[bool, float]]]]:
+        stamp = time.time()
+        calls: list[Call] = []
         if batch.pause_key is not None:
             key = self.prefixed(batch.pause_key)
-            pipe.get(key)
-            pipe.ttl(key)
-        scripts = []
-        for hit in batch.hits:
-            script, keys, args = self.command(hit, stamp)
-            # EVALSHA straight on the pipeline: a script registered with the pipeline makes
-            # redis-py ask SCRIPT EXISTS before every execute, a second round trip per batch.
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            scripts.append(script)
-        return scripts
-
-    def result(self, batch: Batch, replies: list[Any], stamp: float) -> tuple[float | None, list[tuple[bool, float]]]:
+            calls += [(None, "get", (key,)), (None, "ttl", (key,))]
+        calls += [self.hit_call(hit, stamp) for hit in batch.hits]
+        replies = yield from _run(calls)
         paused: float | None = None
         if batch.pause_key is not None:
             value, ttl = replies[0], replies[1]
@@ -132,25 +145,70 @@ class _Queue:
             hits.append((allowed, stamp))
         return paused, hits
 
-    def release(self, pipe: Any, op: Release) -> None:
+    def _release(self, op: Release) -> list[Call]:
         # limits' moving window is a list of entry timestamps per key (acquire_moving_window.lua pushes
         # ``amount`` copies of the stamp it is given): taking ours back removes that many of them. Lua
         # hands the number back to Redis as text, in 17 significant digits on Redis 7 and 14 before it:
         # only one of the two is ever stored by a server, so removing both removes ``cost`` entries at most.
         key = self.prefixed(op.item.key_for(*op.ids))
         texts = dict.fromkeys((f"{op.stamp:.17g}", f"{op.stamp:.14g}"))
-        for text in texts:
-            pipe.lrem(key, op.cost, text)
+        return [(None, "lrem", (key, op.cost, text)) for text in texts]
+
+    def _settle(self, op: Settle) -> Steps[Commands, None]:
+        """``Adjust`` each move, as its own steps would, in two round trips for them all: read, then move."""
+        from ._store import _TTL_RESOLUTION, window_key, window_start  # _store imports this module
+
+        moves = []
+        reads: list[Call] = []
+        for move in op.moves:
+            key, expiry = window_key(self.storage, move.strategy, move.item, move.item.key_for(*move.ids))
+            if key is None:
+                continue
+            moves.append((move, key, expiry))
+            if move.delta < 0:
+                reads += [(None, "get", (self.prefixed(key),)), (None, "ttl", (self.prefixed(key),))]
+        replies = iter((yield from _run(reads)) if reads else [])
+        now = time.time()
+        writes: list[Call] = []
+        for move, key, expiry in moves:
+            delta = move.delta
+            if delta < 0:
+                value, ttl = next(replies), next(replies)
+                if move.reserved_at is not None:
+                    start = window_start(self.storage, move.strategy, move.item, now, max(ttl, 0) + now)
+                    if move.reserved_at < start - _TTL_RESOLUTION:
+                        continue  # reserved in a window that has rolled over: nothing to refund there
+                delta = -min(-delta, max(int(value or 0), 0))
+                if delta == 0:
+                    continue
+            writes.append(_script(self.scripts.lua_incr_expire, [self.prefixed(key)], expiry, delta))
+        if writes:
+            yield from _run(writes)
 
 
-def _missing_scripts(scripts: list[Any], replies: list[Any], offset: int) -> list[int]:
-    return [i for i, reply in enumerate(replies[offset:]) if isinstance(reply, NoScriptError)]
+def _script(script: Any, keys: list[str], *args: Any) -> Call:
+    # EVALSHA straight on the pipeline: a script registered with the pipeline makes redis-py
+    # ask SCRIPT EXISTS before every execute, a second round trip per batch.
+    return script, "evalsha", (script.sha, len(keys), *keys, *args)
 
 
-def _check(replies: list[Any]) -> None:
+def _run(calls: list[Call]) -> Steps[Commands, list[Any]]:
+    """Send ``calls`` in one pipeline; scripts the server lost (restarted, SCRIPT FLUSH) are loaded, their calls
+    made again. An error reply is the store failing, as ``limits`` reports it."""
+    replies: list[Any] = yield [(name, args) for _, name, args in calls]
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        again: Commands = []
+        for i in missing:
+            script, name, args = calls[i]
+            again += [("script_load", (script.script,)), (name, args)]
+        more = yield again
+        for n, i in enumerate(missing):
+            replies[i] = more[2 * n + 1]
     for reply in replies:
         if isinstance(reply, Exception):
             raise StorageError(reply)
+    return replies
 
 
 class RedisBatch:
@@ -161,71 +219,38 @@ class RedisBatch:
         self._client = storage.get_connection()
         self._errors = storage.base_exceptions
 
-    def run(self, op: Batch | Release) -> Any:
+    def run(self, op: Batch | Release | Settle) -> Any:
         try:
-            return self._run(op)
+            return drive(self._queue.steps(op), self._execute)
         except self._errors as exc:  # as limits' own calls report them (wrap_exceptions)
             raise StorageError(exc) from exc
 
-    def _run(self, op: Batch | Release) -> Any:
+    def _execute(self, commands: Commands) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        if isinstance(op, Release):
-            self._queue.release(pipe, op)
-            pipe.execute()
-            return None
-        stamp = time.time()
-        scripts = self._queue.queue(pipe, op, stamp)
-        replies = pipe.execute(raise_on_error=False)
-        offset = 2 if op.pause_key is not None else 0
-        missing = _missing_scripts(scripts, replies, offset)
-        if missing:  # the server lost its scripts (restarted, SCRIPT FLUSH): load them, run those hits again
-            again = self._client.pipeline(transaction=False)
-            for i in missing:
-                self._client.script_load(scripts[i].script)
-                script, keys, args = self._queue.command(op.hits[i], stamp)
-                again.evalsha(script.sha, len(keys), *keys, *args)
-            for i, reply in zip(missing, again.execute(raise_on_error=False), strict=True):
-                replies[offset + i] = reply
-        _check(replies)
-        return self._queue.result(op, replies, stamp)
+        for name, args in commands:
+            getattr(pipe, name)(*args)
+        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
 
 class AsyncRedisBatch:
     """Batches on a ``limits.aio`` Redis storage (its redis-py bridge)."""
 
     def __init__(self, storage: Any) -> None:
-        bridge = storage.bridge
-        self._queue = _Queue(storage, bridge)
-        self._client = bridge.get_connection()
+        self._queue = _Queue(storage, storage.bridge)
+        self._client = storage.bridge.get_connection()
         self._errors = storage.base_exceptions
 
-    async def run(self, op: Batch | Release) -> Any:
+    async def run(self, op: Batch | Release | Settle) -> Any:
         try:
-            return await self._run(op)
+            return await adrive(self._queue.steps(op), self._execute)
         except self._errors as exc:
             raise StorageError(exc) from exc
 
-    async def _run(self, op: Batch | Release) -> Any:
+    async def _execute(self, commands: Commands) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
-        if isinstance(op, Release):
-            self._queue.release(pipe, op)
-            await pipe.execute()
-            return None
-        stamp = time.time()
-        scripts = self._queue.queue(pipe, op, stamp)
-        replies = await pipe.execute(raise_on_error=False)
-        offset = 2 if op.pause_key is not None else 0
-        missing = _missing_scripts(scripts, replies, offset)
-        if missing:
-            again = self._client.pipeline(transaction=False)
-            for i in missing:
-                await self._client.script_load(scripts[i].script)
-                script, keys, args = self._queue.command(op.hits[i], stamp)
-                again.evalsha(script.sha, len(keys), *keys, *args)
-            for i, reply in zip(missing, await again.execute(raise_on_error=False), strict=True):
-                replies[offset + i] = reply
-        _check(replies)
-        return self._queue.result(op, replies, stamp)
+        for name, args in commands:
+            getattr(pipe, name)(*args)
+        return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
 
 def single_hits(storage: Any) -> dict[str, Callable[[str, int, int, int], bool]]:

@@ -30,7 +30,7 @@ import limits.strategies
 
 from resilient.storage import LoopBoundStorage, close_sync, is_memory, sync_storage
 
-from ._batch import AsyncRedisBatch, Batch, RedisBatch, Release, async_batch_for, batch_for, single_hits
+from ._batch import AsyncRedisBatch, Batch, RedisBatch, Release, Settle, async_batch_for, batch_for, single_hits
 from ._options import Strategy
 from ._steps import Steps, adrive, drive
 
@@ -260,7 +260,7 @@ class PauseSet:
         yield _call("incr", key, max(int(self.seconds + 0.999), 1))
 
 
-StoreOp = Hit | Test | WindowStats | Adjust | PauseGet | PauseSet | Batch | Release
+StoreOp = Hit | Test | WindowStats | Adjust | PauseGet | PauseSet | Batch | Release | Settle
 
 
 # ------------------------------------------------------------ the limiters
@@ -292,7 +292,7 @@ class Limiters:
         """Perform ``op`` on the configured storage, or on the local fallback."""
         if isinstance(op, LimitOp):
             return op.on((self._local_by_strategy if op.local else self._by_strategy)[op.strategy])
-        if isinstance(op, Batch | Release):
+        if isinstance(op, Batch | Release | Settle):
             assert self.batch is not None  # yielded only when batches are there
             return self.batch.run(op)
         storage = self.local if op.local else self.storage
@@ -336,7 +336,7 @@ class AsyncLimiters:
         if isinstance(op, LimitOp):
             return await op.on(self._limiter(op.strategy))
         storage = self.storage
-        if isinstance(op, Batch | Release):
+        if isinstance(op, Batch | Release | Settle):
             if storage not in self._batches:
                 self._batches[storage] = async_batch_for(storage)
             batch = self._batches[storage]
