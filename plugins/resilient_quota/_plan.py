@@ -27,17 +27,15 @@ class Plan:
     label: str
     # (item, storage key, expiry) per request limit: the key limits would format on every hit.
     request_keys: tuple[tuple[limits.RateLimitItem, str, int], ...] = ()
+    # Read on every call, so computed once (see make_plan).
+    active: bool = True  # the quota has anything to do for this key
+    simple: bool = False  # request limits only and no wait mode: the policy's sync fast path
+    reports: bool = False  # the remaining of its limits is reported now and then
 
     @property
     def counts_input(self) -> bool:
         """Whether the input of a call is counted by the provider (when its target can) before admission."""
         return bool(self.tokens) and self.options.input_estimate == "count_tokens"
-
-    @property
-    def active(self) -> bool:
-        """Whether the quota has anything to do for this key."""
-        options = self.options
-        return options.enabled and bool(self.requests or self.tokens or options.provider_signals)
 
 
 def make_plan(options: QuotaOptions, provider: str, model: str | None, tenant: str | None) -> Plan:
@@ -55,6 +53,9 @@ def make_plan(options: QuotaOptions, provider: str, model: str | None, tenant: s
         pause_key="/".join(("pause", "quota", *(f"{name}={key_part(parts[name])}" for name in options.pause_key))),
         label=label,
         request_keys=tuple((item, item.key_for(*ids), item.get_expiry()) for item in requests),
+        active=options.enabled and bool(requests or tokens or options.provider_signals),
+        simple=not tokens and not options.wait,
+        reports=bool(options.report_remaining) and bool(requests or tokens),
     )
 
 

@@ -61,6 +61,7 @@ __all__ = ["QuotaPolicy", "QuotaSignals"]
 _log = logging.getLogger("resilient.quota")
 _PLAN_CACHE_MAX = 10_000
 _NOTHING_HELD: list[Held] = []  # shared and never mutated: no reservation to settle
+_NO_PAUSE = (0.0, 0.0)  # (paused until, next read of the store) of a key never paused nor read
 _COUNT_FAILED_LOG_EVERY = 60.0  # seconds: a count-tokens outage logs once a minute, not once a call
 
 T = TypeVar("T")
@@ -196,7 +197,7 @@ class QuotaState:
     def report_due(self, plan: Plan) -> bool:
         """Whether to read the remaining of the key's limits now (and, if so, when next)."""
         every = plan.options.report_remaining
-        if not every or not self.events.enabled or not (plan.requests or plan.tokens):
+        if not plan.reports or not self.events.enabled:
             return False
         now = self.clock.monotonic()
         if self._reports.get(plan.ids[0], 0.0) > now:
@@ -222,7 +223,7 @@ class QuotaState:
 
     def cached_pause(self, plan: Plan, now: float) -> tuple[float, bool]:
         """(seconds paused in the local view, whether the store must be read) at monotonic ``now``."""
-        until, next_read = self._pauses.get(plan.pause_key, (0.0, 0.0))
+        until, next_read = self._pauses.get(plan.pause_key, _NO_PAUSE)
         if until > now:
             return until - now, False
         return 0.0, now >= next_read
@@ -323,22 +324,25 @@ class QuotaPolicy(Policy):
     # ------------------------------------------------------------ sync
 
     def _admit(self, call: Call, plan: Plan) -> list[Held]:
-        state, options = self.state, plan.options
-        if not plan.tokens and not options.wait and not state.store_down():
+        state = self.state
+        now = state.clock.monotonic()
+        if plan.simple and state._store_down_until <= now:
             # Sync fast path for the common case, request limits only and no wait mode. Run
             # through `admission` an admitted call would cost about 2.5 µs more in memory,
             # nearly twice as much (~1.3 µs of generators and operation objects, ~1.1 µs for
             # limits formatting the key on every hit; here the plan formatted it once).
             # It is `admission` specialised and decides nothing of its own: a pause to read or
             # in force goes to `admission` before any hit; after a hit, a refusal (no wait
-            # mode: refused) or a store error ends as it does there.
+            # mode: refused) or a store error ends as it does there. The state's pause and
+            # report tables are read inline, on one clock reading: this runs on every call.
+            options = plan.options
             if state.batches and len(plan.request_keys) > 1:
                 return state.run(admission(state, call, plan))  # the limits in one round trip
             if options.provider_signals:
-                paused, stale = state.cached_pause(plan, state.clock.monotonic())
-                if paused or stale:
+                until, next_read = state._pauses.get(plan.pause_key, _NO_PAUSE)
+                if until > now or now >= next_read:  # paused, or the shared pause is due for a read
                     return state.run(admission(state, call, plan))
-            hit = state.limiters.hit_fn(options.strategy, False)
+            hit = state.limiters.hits[options.strategy]
             try:
                 for item, key, expiry in plan.request_keys:
                     if not hit(key, item.amount, expiry, 1):
@@ -349,7 +353,7 @@ class QuotaPolicy(Policy):
             except STORE_ERRORS as exc:
                 state.store_failed(plan, exc)
                 return state.run(admission(state, call, plan, failed=True))
-            if state.report_due(plan):
+            if plan.reports and state._reports.get(plan.ids[0], 0.0) <= now and state.report_due(plan):
                 state.run(remaining(state, call, plan, False))
             return _NOTHING_HELD
         return state.run(admission(state, call, plan))

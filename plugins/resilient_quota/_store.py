@@ -275,15 +275,15 @@ class Limiters:
         self.local = limits.storage.MemoryStorage()
         self._by_strategy = {name: cls(self.storage) for name, cls in _SYNC.items()}
         self._local_by_strategy = {name: cls(self.local) for name, cls in _SYNC.items()}
-        self._hits = {name: prepared_hit(self.storage, name) for name in _SYNC}  # type: ignore[arg-type]
+        self.hits = {name: prepared_hit(self.storage, name) for name in _SYNC}  # type: ignore[arg-type]
         self._local_hits = {name: prepared_hit(self.local, name) for name in _SYNC}  # type: ignore[arg-type]
         #: Several limits (and the pause) in one round trip, when the store is a Redis that can (see ._batch).
         self.batch: RedisBatch | None = batch_for(self.storage)
         if self.batch is not None:
-            self._hits.update(single_hits(self.storage))
+            self.hits.update(single_hits(self.storage))
 
     def hit_fn(self, strategy: Strategy, local: bool) -> HitFn:
-        return (self._local_hits if local else self._hits)[strategy]
+        return (self._local_hits if local else self.hits)[strategy]
 
     def limiter(self, strategy: Strategy, local: bool) -> limits.strategies.RateLimiter:
         return (self._local_by_strategy if local else self._by_strategy)[strategy]
