@@ -120,8 +120,8 @@ WORKER = textwrap.dedent(
     """
     import sys
     from resilient import Pipeline, QuotaExceeded
-    url, provider, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    config = {"store": url, "disable": ["retry", "breaker"], "quota": {"requests": "60/minute"}}
+    url, provider, n, requests, strategy = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    config = {"store": url, "disable": ["retry", "breaker"], "quota": {"requests": requests, "strategy": strategy}}
     pipeline = Pipeline(env={}, config=config)
     call = pipeline.guard(provider=provider)(lambda: 1)
     admitted = 0
@@ -135,10 +135,24 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_four_processes_never_admit_more_than_the_limit(redis_url: str) -> None:
+@pytest.mark.parametrize(
+    ("requests", "strategy"),
+    [
+        ("60/minute", "moving-window"),
+        # Two limits go in one round trip; refused calls give back the hour's hit, under contention too.
+        ("60/minute;1000/hour", "moving-window"),
+        ("60/minute;1000/hour", "fixed-window"),
+        ("60/minute;1000/hour", "sliding-window-counter"),
+    ],
+)
+def test_four_processes_never_admit_more_than_the_limit(redis_url: str, requests: str, strategy: str) -> None:
     provider = f"fleet-{uuid.uuid4().hex[:8]}"
     procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER, redis_url, provider, "40"], stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, redis_url, provider, "40", requests, strategy],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
     ]
     admitted = []
@@ -148,6 +162,12 @@ def test_four_processes_never_admit_more_than_the_limit(redis_url: str) -> None:
         admitted.append(int(out.strip()))
     # 160 attempts against 60/minute, all within a minute: exactly the limit gets through.
     assert sum(admitted) == 60
+    pipeline = build(redis_url, requests=requests, strategy=strategy)
+    policy = next(p for p in pipeline.policies if p.name == "quota")
+    rows = {r["limit"]: r["remaining"] for r in policy.status(provider)["limits"]}  # type: ignore[attr-defined]
+    assert rows["requests 60 per 1 minute"] == 0
+    if "hour" in requests:
+        assert rows["requests 1000 per 1 hour"] == 1000 - 60
 
 
 def test_async_calls_survive_a_new_event_loop(redis_url: str) -> None:
