@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import threading
 from importlib.resources import files
 from typing import Any
@@ -26,40 +28,72 @@ def _ttl(limits: Limits) -> int:
     return int(max(86_400, 10 * limits.wait, 10 * limits.window_size))
 
 
-def _acquire_args(limits: Limits, now: float, deferred: Deferred) -> list[Any]:
-    permit, count = deferred or (0, 0)
-    return [
-        repr(now),
-        repr(limits.wait),
-        limits.half_open_calls,
-        _ttl(limits),
-        repr(limits.trial_timeout),
-        limits.window_type,
-        limits.window_size,
-        permit,
-        count,
-    ]
+@functools.lru_cache(maxsize=256)
+def _acquire_limits(limits: Limits) -> bytes:
+    # The numbers a script decides with change only with the options: packed once, one argument.
+    return (
+        f"{limits.wait!r} {limits.half_open_calls} {_ttl(limits)} {limits.trial_timeout!r} "
+        f"{limits.window_type} {limits.window_size}"
+    ).encode()
 
 
-def _record_args(limits: Limits, token: int, code: int, now: float, deferred: Deferred) -> list[Any]:
+@functools.lru_cache(maxsize=256)
+def _record_limits(limits: Limits) -> bytes:
+    slow_rate = limits.slow_rate if limits.slow_rate is not None else -1.0
+    return (
+        f"{limits.failure_rate!r} {limits.window_type} {limits.window_size} {limits.minimum_calls} "
+        f"{slow_rate!r} {limits.half_open_calls} {_ttl(limits)}"
+    ).encode()
+
+
+def _acquire_args(limits: Limits, now: float, deferred: Deferred) -> tuple[Any, ...]:
     permit, count = deferred or (0, 0)
-    return [
-        repr(now),
-        token,
-        code,
-        repr(limits.failure_rate),
-        limits.window_type,
-        limits.window_size,
-        limits.minimum_calls,
-        repr(limits.slow_rate if limits.slow_rate is not None else -1.0),
-        limits.half_open_calls,
-        _ttl(limits),
-        permit,
-        count,
-    ]
+    return repr(now), _acquire_limits(limits), permit, count
+
+
+def _record_args(limits: Limits, token: int, code: int, now: float, deferred: Deferred) -> tuple[Any, ...]:
+    permit, count = deferred or (0, 0)
+    return repr(now), token, code, _record_limits(limits), permit, count
+
+
+class _Script:
+    """A Lua script run by its SHA1 (EVALSHA), loaded again when the server does not know it (a restart).
+
+    redis-py's own ``Script`` objects do the same with more work per call
+    (an import, tuple copies, a pipeline check): this runs on every call.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def __call__(self, client: Any, key: str, args: tuple[Any, ...]) -> Any:
+        try:
+            return client.evalsha(self.sha, 1, key, *args)
+        except _no_script():
+            client.script_load(self.source)
+            return client.evalsha(self.sha, 1, key, *args)
+
+    async def call_async(self, client: Any, key: str, args: tuple[Any, ...]) -> Any:
+        try:
+            return await client.evalsha(self.sha, 1, key, *args)
+        except _no_script():
+            await client.script_load(self.source)
+            return await client.evalsha(self.sha, 1, key, *args)
+
+
+def _no_script() -> type[Exception]:
+    import redis.exceptions
+
+    return redis.exceptions.NoScriptError
+
+
+_ACQUIRE_SCRIPT, _RECORD_SCRIPT, _FORCE_SCRIPT = _Script(_ACQUIRE), _Script(_RECORD), _Script(_FORCE)
 
 
 def _decision(raw: Any) -> Decision:
+    if raw.__class__ is int:  # a closed breaker answers its permit alone
+        return raw, None, None
     token, retry, transition = raw
     text = retry.decode() if isinstance(retry, bytes) else str(retry)
     name = transition.decode() if isinstance(transition, bytes) else str(transition)
@@ -148,22 +182,18 @@ class RedisBreakers:
 
     def __init__(self, uri: str) -> None:
         self.client = redis_client(uri)
-        self._acquire = self.client.register_script(_ACQUIRE)
-        self._record = self.client.register_script(_RECORD)
-        self._force = self.client.register_script(_FORCE)
 
     def acquire(self, key: str, limits: Limits, now: float, deferred: Deferred = None) -> Decision:
-        raw = self._acquire(keys=[key], args=_acquire_args(limits, now, deferred))
-        return _decision(raw)
+        return _decision(_ACQUIRE_SCRIPT(self.client, key, _acquire_args(limits, now, deferred)))
 
     def record(
         self, key: str, limits: Limits, token: int, code: int, now: float, deferred: Deferred = None
     ) -> str | None:
-        return _text(self._record(keys=[key], args=_record_args(limits, token, code, now, deferred)))
+        return _text(_RECORD_SCRIPT(self.client, key, _record_args(limits, token, code, now, deferred)))
 
     def force(self, key: str, state: int, now: float) -> str:
         ttl = 86_400 * 30 if state in (FORCED_OPEN, FORCED_CLOSED) else 86_400
-        self._force(keys=[key], args=[state, repr(now) if state == FORCED_OPEN else "0", ttl])
+        _FORCE_SCRIPT(self.client, key, (state, repr(now) if state == FORCED_OPEN else "0", ttl))
         return STATE_NAMES[state]
 
     def status(self, key: str) -> dict[str, Any]:
@@ -177,24 +207,19 @@ class AsyncRedisBreakers:
     """:class:`RedisBreakers` for async calls: an asyncio client per event loop."""
 
     def __init__(self, uri: str) -> None:
-        def make() -> tuple[Any, Any, Any]:
-            client = async_redis_client(uri)
-            return client, client.register_script(_ACQUIRE), client.register_script(_RECORD)
-
-        self._per_loop = PerLoop(make)
+        self._per_loop = PerLoop(lambda: async_redis_client(uri))
 
     async def acquire(self, key: str, limits: Limits, now: float, deferred: Deferred = None) -> Decision:
-        _, acquire, _ = self._per_loop.get()
-        raw = await acquire(keys=[key], args=_acquire_args(limits, now, deferred))
+        raw = await _ACQUIRE_SCRIPT.call_async(self._per_loop.get(), key, _acquire_args(limits, now, deferred))
         return _decision(raw)
 
     async def record(
         self, key: str, limits: Limits, token: int, code: int, now: float, deferred: Deferred = None
     ) -> str | None:
-        _, _, record = self._per_loop.get()
-        return _text(await record(keys=[key], args=_record_args(limits, token, code, now, deferred)))
+        args = _record_args(limits, token, code, now, deferred)
+        return _text(await _RECORD_SCRIPT.call_async(self._per_loop.get(), key, args))
 
     async def aclose(self) -> None:
         found = self._per_loop.pop()
         if found is not None:
-            await found[0].aclose()
+            await found.aclose()

@@ -1,8 +1,8 @@
 -- Breaker outcome, atomically: _machine.Machine.record, step for step.
 -- KEYS[1] breaker hash. ARGV: now, permit (kind + 4 x generation), code (-1 ignored; bit 1 failure,
--- bit 2 slow), failure_rate, window_type ("count"/"time"), window_size,
--- minimum_calls, slow_rate (-1: not judged), half_open_calls, ttl, and the successes this
--- worker held back: permit, count (recorded first, in the order they ended).
+-- bit 2 slow); "failure_rate window_type window_size minimum_calls slow_rate half_open_calls
+-- ttl" (one argument: it changes only with the options; slow_rate -1: not judged); and the
+-- successes this worker held back: permit, count (recorded first, in the order they ended).
 -- Timestamps are stored as the caller's own text (ARGV[1]): tostring() keeps
 -- only 14 digits, and a rounded opened_at would move the reopen boundary.
 -- Returns the transition taken ("open", "closed") or "".
@@ -12,13 +12,10 @@ local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local token = tonumber(ARGV[2])
 local code = tonumber(ARGV[3])
-local failure_rate = tonumber(ARGV[4])
-local window_type = ARGV[5]
-local size = tonumber(ARGV[6])
-local minimum = tonumber(ARGV[7])
-local slow_rate = tonumber(ARGV[8])
-local half_open_calls = tonumber(ARGV[9])
-local ttl = tonumber(ARGV[10])
+local failure_rate, window_type, size, minimum, slow_rate, half_open_calls, ttl =
+  string.match(ARGV[4], '^(%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+failure_rate, size, minimum = tonumber(failure_rate), tonumber(size), tonumber(minimum)
+slow_rate, half_open_calls, ttl = tonumber(slow_rate), tonumber(half_open_calls), tonumber(ttl)
 
 local v = redis.call('hmget', key, 'g', 'st', 'rl', 'idx', 'n', 'f', 's', 'old', 'pm', 'tr', 'tf', 'ts')
 local function at(i)
@@ -26,7 +23,7 @@ local function at(i)
 end
 
 local gen, st = at(1), at(2)
-local idx, f0, s0 = record_deferred(key, tonumber(ARGV[11]), tonumber(ARGV[12]), size, gen, st, at(3), at(4),
+local idx, f0, s0 = record_deferred(key, tonumber(ARGV[5]), tonumber(ARGV[6]), size, gen, st, at(3), at(4),
   at(6), at(7))
 -- A permit from an earlier generation: its state (or half-open round) is gone.
 if math.floor(token / 4) ~= gen then
