@@ -155,7 +155,7 @@ def quota_pipeline(
     config = {"store": store, "key_prefix": key_prefix, "quota": quota}
     # Registered explicitly: other installed plugins must not change the row.
     pipeline = Pipeline(plugins=[resilient_quota], discover=False, env={}, config=config)
-    return h.check_policies(pipeline, ["quota", "quota_signals"])
+    return h.check_policies(pipeline, ["quota", "quota_signals"] if provider_signals else ["quota"])
 
 
 def retry_pipeline(retry: Mapping[str, Any] | None = None) -> Pipeline:

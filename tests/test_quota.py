@@ -800,3 +800,18 @@ def test_pause_key_decides_which_tenants_a_provider_signal_stops(limits_on: Fake
                 assert ask() == "ok"
         with request_context(tenant="a"), pytest.raises(QuotaExceeded, match="provider asked to slow down"):
             ask()  # the refused tenant is paused either way
+
+
+def test_no_signal_watcher_when_no_key_can_have_provider_signals() -> None:
+    def names(quota: dict[str, object]) -> list[str]:
+        return [p.name for p in Pipeline(env={}, config={"quota": quota}).policies]
+
+    assert "quota_signals" not in names({"requests": "5/minute", "provider_signals": False})
+    # An override may turn them on for one provider: then the watcher is there for it.
+    on_for_one = {
+        "requests": "5/minute",
+        "provider_signals": False,
+        "providers": {"openai": {"provider_signals": True}},
+    }
+    assert "quota_signals" in names(on_for_one)
+    assert "quota_signals" in names({"requests": "5/minute"})

@@ -42,6 +42,8 @@ def resilient_policies(runtime: Runtime) -> Sequence[Policy]:
     if not section.varies and (not options.enabled or not (has_limits or options.provider_signals)):
         return ()
     state = QuotaState(section, runtime)
+    if not section.varies and not options.provider_signals:
+        return (QuotaPolicy(state),)  # no signal to watch for: one layer less on every call
     return (QuotaPolicy(state), QuotaSignals(state))
 
 
