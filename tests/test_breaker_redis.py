@@ -82,6 +82,26 @@ steps = st.lists(
     trials=1,
     minimum=2,
 )
+@example(  # a time window: successes in one second share its bucket, which later leaves whole
+    history=[
+        ("acquire", 0),
+        ("record", 0),
+        ("acquire", 0),
+        ("record", 0),
+        ("wait", 1.0),
+        ("acquire", 0),
+        ("record", 0),
+        ("wait", 1.0),
+        ("acquire", 0),
+        ("record", 1),
+    ],
+    window_type="time",
+    size=2,
+    rate=1.0,
+    slow=None,
+    trials=1,
+    minimum=1,
+)
 @given(
     history=steps,
     window_type=st.sampled_from(["count", "time"]),

@@ -97,11 +97,14 @@ class Machine:
     # Set False before any change that could dirty the window, True only once a change is done:
     # a reader that sees True sees a moment when skipping was right. False is always safe.
     clean: bool = False
+    # time window: the second of the newest bucket, up to which the window is swept (-1: none)
+    second: int = -1
 
     # ------------------------------------------------------------ window
 
     def _clear(self) -> None:
         self.clean = False
+        self.second = -1
         self.ring = []
         self.index = 0
         self.buckets = {}
@@ -141,7 +144,8 @@ class Machine:
                 self.index = (self.index + 1) % limits.window_size
         else:
             self._sweep(limits, now)
-            bucket = self.buckets.setdefault(int(now), [0, 0, 0])
+            self.second = int(now)
+            bucket = self.buckets.setdefault(self.second, [0, 0, 0])
             bucket[0] += 1
             bucket[1] += failure
             bucket[2] += slow
@@ -151,17 +155,28 @@ class Machine:
         if self.n == limits.window_size and not (self.f or self.s) and limits.window_type == "count":
             self.clean = self.state == CLOSED
 
-    def record_ok(self, limits: Limits, permit: int) -> bool:
+    def record_ok(self, limits: Limits, permit: int, now: float | None = None) -> bool:
         """Record a fast success while closed, if that is all there is to it; the hot path.
 
-        Done only for a full count window, where a success cannot raise a
-        rate. Returns False (and records nothing) otherwise: the caller takes
-        :meth:`record`, since while the window fills a success can bring it
-        to ``minimum_calls`` and trip it.
+        Done for a full count window, where a success cannot raise a rate,
+        and for a time window that already holds ``minimum_calls`` when the
+        success falls in the second of its newest bucket (given ``now``): the
+        window is swept up to that second already, and a success there only
+        counts. Returns False (and records nothing) otherwise: the caller
+        takes :meth:`record`, since while the window fills a success can
+        bring it to ``minimum_calls`` and trip it.
         """
-        ring = self.ring
+        if self.state != CLOSED or permit >> 2 != self.generation:
+            return False
         size = limits.window_size
-        if self.state != CLOSED or permit >> 2 != self.generation or limits.window_type != "count" or len(ring) < size:
+        if limits.window_type != "count":
+            if now is None or int(now) != self.second or self.n < limits.minimum_calls:
+                return False
+            self.buckets[self.second][0] += 1
+            self.n += 1
+            return True
+        ring = self.ring
+        if len(ring) < size:
             return False
         index = self.index
         old = ring[index]
@@ -242,7 +257,7 @@ class Machine:
             return None  # a late outcome from a state (or a half-open round) that is gone
         state, kind = self.state, permit & 3
         if kind in (TOKEN_CLOSED, TOKEN_FULL) and state == CLOSED:
-            if code == OK and self.record_ok(limits, permit):
+            if code == OK and self.record_ok(limits, permit, now):
                 return None
             if code == IGNORED:
                 return None

@@ -302,36 +302,56 @@ class BreakerPolicy(Policy):
 
         return self._by_model and static is None, found_by, bind
 
-    def _admit(self, call: Call, entry: Entry) -> int:
-        """A permit from a machine that is not closed, or CircuitOpen (memory store)."""
-        key, limits, machine = entry
-        assert machine is not None
-        with self._local.lock:
-            token, retry_after, transition = machine.acquire(limits, self._clock.time())
-        self._transition(call, key, transition)
-        if not token:
-            raise self._refuse(call, key, retry_after)
-        return token
+    def _fast_steps(
+        self,
+    ) -> tuple[
+        Callable[[Call, Entry], int],
+        Callable[[Call, Entry, int, int], None],
+        Callable[[Call, Entry, int, Exception], None],
+    ]:
+        """The fast path's slower steps (memory store), with what they use bound once.
 
-    def _settle(self, call: Call, entry: Entry, token: int, code: int) -> None:
-        """Record an outcome the fast path could not skip (memory store); the lock only for the bookkeeping."""
-        key, limits, machine = entry
-        assert machine is not None
-        with self._local.lock:
-            if code == OK and machine.record_ok(limits, token):
-                return
-            transition = machine.record(limits, token, code, self._clock.time())
-        self._transition(call, key, transition)
+        ``admit``: a permit from a machine that is not closed, or CircuitOpen.
+        ``settle``: record an outcome the fast path could not skip, under the
+        lock for the bookkeeping only. ``failed``: classify an error and settle it.
+        """
+        lock, clock_time, transition_of, refuse = self._local.lock, self._clock.time, self._transition, self._refuse
+        code_of, classify, base = self._code, self._runtime.classify, self._base
 
-    def _failed(self, call: Call, entry: Entry, token: int, exc: Exception) -> None:
-        self._settle(call, entry, token, self._code(self._runtime.classify(exc), self._base, None))
+        def admit(call: Call, entry: Entry) -> int:
+            key, limits, machine = entry
+            with lock:
+                token, retry_after, transition = machine.acquire(limits, clock_time())  # type: ignore[union-attr]
+            if transition is not None:
+                transition_of(call, key, transition)
+            if not token:
+                raise refuse(call, key, retry_after)
+            return token
+
+        def settle(call: Call, entry: Entry, token: int, code: int) -> None:
+            key, limits, machine = entry
+            assert machine is not None
+            with lock:
+                # (a time window's success needs the time; a count window's does not)
+                if code == OK and machine.record_ok(
+                    limits, token, None if limits.window_type == "count" else clock_time()
+                ):
+                    return
+                transition = machine.record(limits, token, code, clock_time())
+            if transition is not None:
+                transition_of(call, key, transition)
+
+        def failed(call: Call, entry: Entry, token: int, exc: Exception) -> None:
+            settle(call, entry, token, code_of(classify(exc), base, None))
+
+        return admit, settle, failed
 
     def _wrap_fast(self, nxt: Handler, target: Target) -> Handler | None:
         fast = self._fast(target)
         if fast is None:
             return None
         per_call, found_by, bind = fast
-        admit, settle, failed = self._admit, self._settle, self._failed
+        admit, settle, failed = self._fast_steps()
 
         def guarded(call: Call) -> Any:
             model = call.kwargs.get("model") if per_call else None
@@ -360,7 +380,7 @@ class BreakerPolicy(Policy):
         if fast is None:
             return None
         per_call, found_by, bind = fast
-        admit, settle, failed = self._admit, self._settle, self._failed
+        admit, settle, failed = self._fast_steps()
 
         async def guarded(call: Call) -> Any:
             model = call.kwargs.get("model") if per_call else None
