@@ -113,8 +113,14 @@ class Codec:
 
     def encode(self, entry: Entry) -> bytes:
         """An entry as bytes for the shared store (raises :class:`Unstorable`)."""
-        value = [self.dump(v) for v in entry.value] if entry.stream else self.dump(entry.value)
-        return self.encode_data(entry, value)
+        value = entry.value
+        if entry.stream:
+            data = [self.dump(v) for v in value]
+        elif isinstance(value, _PLAIN) and not isinstance(value, float):  # dump()'s first case, without its call
+            data = {"j": value}
+        else:
+            data = self.dump(value)
+        return self.encode_data(entry, data)
 
     @staticmethod
     def encode_data(entry: Entry, data: Any) -> bytes:
