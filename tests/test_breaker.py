@@ -426,3 +426,50 @@ def test_a_clean_window_is_exactly_one_a_success_cannot_change(
             # Nothing a later decision reads has moved (the ring's position is moot in an all-OK ring).
             for name in ("state", "generation", "n", "f", "s", "ring", "permits", "trials", "clean"):
                 assert getattr(machine, name) == getattr(before, name)
+
+
+def test_threads_through_the_lock_free_fast_path_leave_a_consistent_window() -> None:
+    """Successes skipped without the lock, outcomes recorded under it: the window's counts still add up."""
+    import random
+    import sys
+    import threading
+
+    from resilient_breaker._machine import CLOSED, FAILURE, SLOW
+
+    pipeline = build(FakeClock(), window_size=8, minimum_calls=8, failure_rate=1.0, wait_open=0)
+    rng = random.Random(7)
+    script = [rng.random() < 0.2 for _ in range(8000)]  # True: the provider fails this call
+
+    def provider(failed: bool) -> str:
+        if failed:
+            raise ProviderHTTPError(503)
+        return "ok"
+
+    guarded = pipeline.guard(provider="p")(provider)
+
+    def worker(part: list[bool]) -> None:
+        for failed in part:
+            try:
+                guarded(failed)
+            except (ProviderHTTPError, CircuitOpen):
+                pass
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    try:
+        threads = [threading.Thread(target=worker, args=(script[i::4],)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    policy = policy_of(pipeline)
+    machine = policy._local.machine(policy.key_for(policy._base, "p", None, None))
+    ring = machine.ring
+    assert (machine.n, machine.f, machine.s) == (
+        len(ring),
+        sum(code & FAILURE for code in ring),
+        sum((code & SLOW) >> 1 for code in ring),
+    )
+    assert machine.clean == (machine.state == CLOSED and len(ring) == 8 and not any(ring))
