@@ -114,6 +114,7 @@ class Codec:
     def encode(self, entry: Entry) -> bytes:
         """An entry as bytes for the shared store (raises :class:`Unstorable`)."""
         value = entry.value
+        data: Any
         if entry.stream:
             data = [self.dump(v) for v in value]
         elif isinstance(value, _PLAIN) and not isinstance(value, float):  # dump()'s first case, without its call
