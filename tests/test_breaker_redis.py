@@ -300,3 +300,55 @@ def test_held_back_successes_never_hide_an_open_breaker(redis_url: str) -> None:
     assert policy_of(a).status("anthropic", "m")["calls"] == 0
     a.close()
     b.close()
+
+
+def test_streams_hold_back_their_successes_too(redis_url: str) -> None:
+    clock = FakeClock(start_wall=1_800_000_400.0)
+    pipeline = build(redis_url, clock, minimum_calls=2, window_size=2)
+    policy = policy_of(pipeline)
+    assert policy._shared is not None
+    assert policy._ashared is not None
+    scripts = {"n": 0}
+
+    def counted(method: Any) -> Any:
+        if asyncio.iscoroutinefunction(method):
+
+            async def arun(*args: Any) -> Any:
+                scripts["n"] += 1
+                return await method(*args)
+
+            return arun
+
+        def run(*args: Any) -> Any:
+            scripts["n"] += 1
+            return method(*args)
+
+        return run
+
+    for store in (policy._shared, policy._ashared):
+        for name in ("acquire", "record"):
+            setattr(store, name, counted(getattr(store, name)))
+
+    def chunks() -> Any:
+        yield from "abc"
+
+    async def achunks() -> Any:
+        for chunk in "abc":
+            yield chunk
+
+    stream = pipeline.guard(provider="s", kind="stream")(chunks)
+    assert ["".join(stream()) for _ in range(4)] == ["abc"] * 4
+    assert scripts["n"] == 2 + 2 + 1 + 1  # the window fills (admission, outcome), then admissions alone
+
+    async def consume() -> list[str]:
+        astream = pipeline.guard(provider="s", kind="astream")(achunks)
+        out = []
+        for _ in range(2):
+            out.append("".join([c async for c in astream()]))
+        await pipeline.aclose()
+        return out
+
+    assert asyncio.run(consume()) == ["abc"] * 2
+    assert scripts["n"] == 6 + 2 + 1  # two admissions; aclose records the successes still held
+    assert policy.status("s")["calls"] == 2
+    pipeline.close()

@@ -248,6 +248,10 @@ class BreakerPolicy(Policy):
                 self._deferred[key] = (token, held[1] + 1, limits)
         return True
 
+    def _held_back(self, key: str, limits: Limits, token: int, code: int) -> bool:
+        """A success the shared store may take with the next script (see :meth:`_defer`), now held back."""
+        return code == OK and token & 3 == TOKEN_FULL and self._shared is not None and self._defer(key, limits, token)
+
     def _take_deferred(self, key: str) -> Deferred:
         if not self._deferred:  # (read without the lock: one held a moment ago goes with the next call)
             return None
@@ -486,7 +490,7 @@ class BreakerPolicy(Policy):
                     if code == OK and machine.record_ok(limits, token):
                         return result
                     transition = machine.record(limits, token, code, clock_time())
-            elif code == OK and token & 3 == TOKEN_FULL and self._defer(key, limits, token):
+            elif self._held_back(key, limits, token, code):
                 return result  # recorded with this worker's next script on the breaker
             else:
                 transition = self._record(key, limits, token, code, options)
@@ -512,7 +516,8 @@ class BreakerPolicy(Policy):
 
             def ended(c: Call, outcome: Outcome) -> None:
                 code = IGNORED if outcome.kind == "abandoned" else self._code(outcome, options, monotonic() - start)
-                self._transition(c, key, self._record(key, limits, token, code, options))
+                if not self._held_back(key, limits, token, code):
+                    self._transition(c, key, self._record(key, limits, token, code, options))
 
             try:
                 stream = nxt(call)
@@ -607,7 +612,7 @@ class BreakerPolicy(Policy):
                     if code == OK and machine.record_ok(limits, token):
                         return result
                     transition = machine.record(limits, token, code, clock_time())
-            elif code == OK and token & 3 == TOKEN_FULL and self._defer(key, limits, token):
+            elif self._held_back(key, limits, token, code):
                 return result  # recorded with this worker's next script on the breaker
             else:
                 transition = await self._arecord(key, limits, token, code, options)
@@ -645,7 +650,8 @@ class BreakerPolicy(Policy):
                 code = self._code(classify(exc), options, monotonic() - start)
                 raise
             finally:
-                self._transition(call, key, await self._arecord(key, limits, token, code, options))
+                if not self._held_back(key, limits, token, code):
+                    self._transition(call, key, await self._arecord(key, limits, token, code, options))
 
         return guarded
 
