@@ -238,3 +238,61 @@ def test_batched_and_one_by_one_decide_and_count_alike(
                 decisions[i].append(exc.limit or "")
     assert decisions[0] == decisions[1]
     assert remaining(pipelines[0], "p") == remaining(pipelines[1], "p")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_async_single_limit_is_one_round_trip_and_refuses_at_the_limit(redis_store: RedisServer, strategy: str) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    pipeline = build(redis_store.url, prefix, requests="3/minute", strategy=strategy, report_remaining=0)
+
+    async def call() -> int:
+        return 1
+
+    guarded = pipeline.guard(provider="p")(call)
+
+    async def main() -> list[int]:
+        await guarded()  # the pause read (with the hit), connection made
+        sent_per_call = []
+        for _ in range(2):
+            with round_trips() as sent:
+                await guarded()
+            sent_per_call.append(sent[0])
+        with pytest.raises(QuotaExceeded, match="3 per 1 minute") as info:
+            await guarded()
+        assert info.value.retry_after is not None
+        assert 0 < info.value.retry_after <= 60.1
+        await pipeline.aclose()
+        return sent_per_call
+
+    assert asyncio.run(main()) == [1, 1]
+    assert dict(remaining(pipeline, "p"))["requests 3 per 1 minute"] == 0
+
+
+def test_async_store_calls_are_bounded_by_the_socket_timeout_when_redis_hangs() -> None:
+    """The async client bounds its writes with asyncio.timeout (no task per command): a hung server still
+    fails a call within the timeout, and the client works again once the server is back."""
+    import time
+
+    from resilient.storage import async_redis_client
+    from resilient.testing import redis_server
+
+    with redis_server() as server:
+
+        async def main() -> float:
+            client = async_redis_client(server.url, timeout=0.3)
+            assert client.connection_pool.connection_class.__module__ == "resilient.storage"
+            assert await client.incr("k") == 1
+            server.pause()
+            started = time.monotonic()
+            try:
+                with pytest.raises(redis.exceptions.TimeoutError):
+                    await client.incr("k")
+                took = time.monotonic() - started
+            finally:
+                server.resume()
+            assert await client.incr("k") >= 2
+            await client.aclose()
+            return took
+
+        took = asyncio.run(main())
+    assert took < 1.5

@@ -21,7 +21,7 @@ what a batch counted beyond what hitting the limits in order would have.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,6 +41,7 @@ __all__ = [
     "Release",
     "Settle",
     "async_batch_for",
+    "async_single_hits",
     "batch_for",
     "single_hits",
 ]
@@ -287,6 +288,38 @@ def single_hits(storage: Any) -> dict[str, Callable[[str, int, int, int], bool]]
     def counter(key: str, amount: int, expiry: int, cost: int) -> bool:
         keys = [prefixed(storage._previous_window_key(key)), prefixed(storage._current_window_key(key))]
         return bool(run(sliding, keys, amount, expiry, cost))
+
+    return {"fixed-window": fixed, "moving-window": moving_window, "sliding-window-counter": counter}
+
+
+def async_single_hits(storage: Any) -> dict[str, Callable[[str, int, int, int], Awaitable[bool]]]:
+    """:func:`single_hits` on a ``limits.aio`` Redis storage (its redis-py bridge)."""
+    bridge = storage.bridge
+    evalsha, prefixed, errors = bridge.get_connection().evalsha, bridge.prefixed_key, storage.base_exceptions
+    incr, moving, sliding = (
+        bridge.lua_incr_expire,
+        bridge.lua_acquire_moving_window,
+        bridge.lua_acquire_sliding_window,
+    )
+
+    async def run(script: Any, keys: list[str], *args: Any) -> Any:
+        try:
+            try:
+                return await evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                return await script(keys, args)
+        except errors as exc:
+            raise StorageError(exc) from exc
+
+    async def fixed(key: str, amount: int, expiry: int, cost: int) -> bool:
+        return int(await run(incr, [prefixed(key)], expiry, cost)) <= amount
+
+    async def moving_window(key: str, amount: int, expiry: int, cost: int) -> bool:
+        return bool(await run(moving, [prefixed(key)], time.time(), amount, expiry, cost))
+
+    async def counter(key: str, amount: int, expiry: int, cost: int) -> bool:
+        keys = [prefixed(storage._previous_window_key(key)), prefixed(storage._current_window_key(key))]
+        return bool(await run(sliding, keys, amount, expiry, cost))
 
     return {"fixed-window": fixed, "moving-window": moving_window, "sliding-window-counter": counter}
 

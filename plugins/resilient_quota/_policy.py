@@ -415,7 +415,35 @@ class QuotaPolicy(Policy):
         state = self.state
         if state.in_memory and not plan.options.wait and not (plan.counts_input and call.target.count_tokens):
             return self._admit(call, plan)
+        if plan.simple and state.batches and len(plan.request_keys) == 1:
+            # Async fast path on Redis, as _admit's: one request limit, no pause in force or due to be read.
+            now = state.clock.monotonic()
+            until, next_read = state._pauses.get(plan.pause_key, _NO_PAUSE)
+            hits = state.alimiters.hits()
+            if (
+                hits is not None
+                and state._store_down_until <= now
+                and (not plan.options.provider_signals or until <= now < next_read)
+            ):
+                return await self._ahit(call, plan, hits, now)
         return await state.arun(admission(state, call, plan))
+
+    async def _ahit(self, call: Call, plan: Plan, hits: Any, now: float) -> list[Held]:
+        state, options = self.state, plan.options
+        item, key, expiry = plan.request_keys[0]
+        try:
+            admitted = await hits[options.strategy](key, item.amount, expiry, 1)
+        except STORE_ERRORS as exc:
+            state.store_failed(plan, exc)
+            return await state.arun(admission(state, call, plan, failed=True))
+        if not admitted:
+            refusal = await state.arun(request_refusal(state, options, item, plan.ids, False))
+            if state.report_due(plan):
+                await state.arun(remaining(state, call, plan, False))
+            raise state.refuse(call, refusal)
+        if plan.reports and state._reports.get(plan.ids[0], 0.0) <= now and state.report_due(plan):
+            await state.arun(remaining(state, call, plan, False))
+        return _NOTHING_HELD
 
     async def _asettle(self, plan: Plan, held: list[Held], actual: dict[str, int] | None) -> None:
         if not held:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from operator import methodcaller
 from typing import Any
@@ -30,7 +30,17 @@ import limits.strategies
 
 from resilient.storage import LoopBoundStorage, close_sync, is_memory, sync_storage
 
-from ._batch import AsyncRedisBatch, Batch, RedisBatch, Release, Settle, async_batch_for, batch_for, single_hits
+from ._batch import (
+    AsyncRedisBatch,
+    Batch,
+    RedisBatch,
+    Release,
+    Settle,
+    async_batch_for,
+    async_single_hits,
+    batch_for,
+    single_hits,
+)
 from ._options import Strategy
 from ._steps import Steps, adrive, drive
 
@@ -260,6 +270,8 @@ class PauseSet:
         yield _call("incr", key, max(int(self.seconds + 0.999), 1))
 
 
+_UNKNOWN: Any = object()  # not looked up yet
+
 StoreOp = Hit | Test | WindowStats | Adjust | PauseGet | PauseSet | Batch | Release | Settle
 
 
@@ -316,6 +328,7 @@ class AsyncLimiters:
         # Limiters per async storage (one storage per event loop), forgotten with it.
         self._limiters: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
         self._batches: weakref.WeakKeyDictionary[Any, AsyncRedisBatch | None] = weakref.WeakKeyDictionary()
+        self._hits: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
     @property
     def storage(self) -> Any:
@@ -328,6 +341,14 @@ class AsyncLimiters:
         if limiters is None:
             limiters = self._limiters[storage] = {name: cls(storage) for name, cls in _ASYNC.items()}
         return limiters[strategy]
+
+    def hits(self) -> dict[str, Callable[[str, int, int, int], Awaitable[bool]]] | None:
+        """One limit's hit, per strategy, on the running loop's Redis storage (``None``: a store with no batch)."""
+        storage = self._storage.get()
+        hits = self._hits.get(storage, _UNKNOWN)
+        if hits is _UNKNOWN:
+            hits = self._hits[storage] = async_single_hits(storage) if async_batch_for(storage) else None
+        return hits  # type: ignore[no-any-return]
 
     async def run(self, op: StoreOp) -> Any:
         """:meth:`Limiters.run` on the running event loop's storage (in memory, on the sync one)."""

@@ -242,11 +242,53 @@ def _client_options(timeout: float, *, aio: bool) -> dict[str, Any]:
         from redis.asyncio.retry import Retry as AsyncRetry
 
         retry: Any = AsyncRetry(redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
-    else:
-        from redis.retry import Retry
+        options = {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": retry}
+        connection = _async_connection_class()
+        if connection is not None:  # a rediss:// URL still picks redis-py's SSL connection (URL options win)
+            options["connection_class"] = connection
+        return options
+    from redis.retry import Retry
 
-        retry = Retry(redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
+    retry = Retry(redis.backoff.NoBackoff(), 1, supported_errors=(redis.exceptions.ConnectionError,))
     return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": retry}
+
+
+@functools.cache
+def _async_connection_class() -> Any:
+    """redis-py's asyncio connection, its writes bounded by ``asyncio.timeout`` instead of ``asyncio.wait_for``.
+
+    With a socket timeout, redis-py runs every write under ``asyncio.wait_for``,
+    which (before Python 3.12) wraps it in a new task: measured here, a
+    one-command round trip cost 464 k client instructions against 309 k with
+    no timeout, every Redis command of every async call. ``asyncio.timeout``
+    (Python 3.11+) bounds the same write with a timer and no task. The write
+    itself is redis-py's: its timeout is lifted for the duration and the
+    whole send (connecting, the health check, the write) is bounded instead.
+    ``None`` before 3.11: redis-py's own connection.
+    """
+    bounded: Any = getattr(asyncio, "timeout", None)  # Python 3.11+
+    if bounded is None:
+        return None
+    import redis.asyncio.connection
+    import redis.exceptions
+
+    class Connection(redis.asyncio.connection.Connection):
+        async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            timeout = self.socket_timeout
+            if not timeout:
+                await super().send_packed_command(command, check_health)
+                return
+            self.socket_timeout = None  # one connection sends one command at a time: restored below
+            try:
+                async with bounded(timeout):
+                    await super().send_packed_command(command, check_health)
+            except TimeoutError:  # the timer cancelled the write: redis-py's error for it, as wait_for gives
+                await self.disconnect(nowait=True)
+                raise redis.exceptions.TimeoutError("Timeout writing to socket") from None
+            finally:
+                self.socket_timeout = timeout
+
+    return Connection
 
 
 def sync_storage(
