@@ -206,11 +206,11 @@ class MetricsPolicy(Policy):
         stream = target.kind in ("stream", "astream")
         return _Children(self._metrics, labels, tenant_label, self.prices.lookup(model), stream)
 
-    def _binder(self, target: Target) -> Callable[[Call], _Children]:
-        """What finds a call's children: one bound set when the labels are static, else a cache per model."""
+    def _binder(self, target: Target) -> tuple[Callable[[Call], _Children], _Children | None]:
+        """What finds a call's children, and the one bound set when the labels are static (else a cache per model)."""
         if target.model is not None and self._tenants is None:
             static = self._children(target, target.model, ())
-            return lambda call: static
+            return (lambda call: static), static
         cache: dict[Any, _Children] = {}
         tenants = self._tenants
 
@@ -225,7 +225,7 @@ class MetricsPolicy(Policy):
                     cache[key] = found
             return found
 
-        return children_of
+        return children_of, None
 
     @staticmethod
     def account(children: _Children, call: Call, usage: Usage) -> float | None:
@@ -263,13 +263,29 @@ class MetricsPolicy(Policy):
         Recording never raises into the call: a bug here (or in a tenant key
         function) is logged, and the call's own result or error goes on.
         """
-        children_of = self._binder(target)
+        children_of, static = self._binder(target)
         account, ended, outcome_of, log = self.account, self._ended, self._outcome_of, self._runtime.log
+        # The children of a call found without a call to children_of: bound once when the labels are
+        # static, else by the call's model argument when no tenant label applies (what children_of does).
+        by_model: dict[str | None, _Children] | None = {} if static is None and self._tenants is None else None
 
         def succeeded(call: Call, result: Any, start: float, end: float) -> None:
             call.ended = end
             try:
-                children = children_of(call)
+                children: _Children | None = static
+                if children is None:
+                    if by_model is not None:
+                        model = call.kwargs.get("model")  # Call.model, the target having no static model
+                        if model.__class__ is str:
+                            children = by_model.get(model)
+                            if children is None:
+                                children = children_of(call)
+                                if len(by_model) < 4096:
+                                    by_model[model] = children
+                        else:
+                            children = children_of(call)
+                    else:
+                        children = children_of(call)
                 outcome = call.outcome
                 metadata = call._metadata
                 cells = children.cells
@@ -285,10 +301,36 @@ class MetricsPolicy(Policy):
                     if usage is None:
                         children.tally(cells, end - start, call.attempt, None, None)
                         return
+                    # _Children.tally, Price.cost and _note written out: this runs on every successful call.
                     price = children.price
-                    cost = None if price is None else price.cost(usage)
-                    children.tally(cells, end - start, call.attempt, usage, cost)
-                    _note(call, usage, cost)
+                    cost = (
+                        None
+                        if price is None
+                        else (
+                            usage.input_tokens * price.input
+                            + usage.output_tokens * price.output
+                            + usage.cache_read_tokens * price.cache_read
+                            + usage.cache_write_tokens * price.cache_write
+                        )
+                        / 1_000_000
+                    )
+                    elapsed = end - start
+                    bucket = cells[7 + bisect_left(children.bounds, elapsed)]
+                    with children.lock:
+                        cells[0]._value += 1.0
+                        cells[1]._value += call.attempt
+                        bucket._value += 1.0
+                        cells[-1]._value += elapsed
+                        cells[2]._value += usage.input_tokens
+                        cells[3]._value += usage.output_tokens
+                        cells[4]._value += usage.cache_read_tokens
+                        cells[5]._value += usage.cache_write_tokens
+                        cells[6]._value += 1.0 if cost is None else cost
+                    if metadata is None:
+                        metadata = call._metadata = {}
+                    metadata["cost_usd"] = cost
+                    if current_context() is not None:
+                        _note(call, usage, cost)
                     return
                 (children.ok if outcome is None or not outcome.ok else children.outcome(outcome.kind)).inc()
                 children.duration.observe(end - start)
@@ -365,7 +407,7 @@ class MetricsPolicy(Policy):
         self, target: Target
     ) -> tuple[Callable[[Call, Any], None], Callable[[Call, Outcome], None], Callable[[], float]]:
         monotonic = self._clock.monotonic
-        children_of = self._binder(target)
+        children_of = self._binder(target)[0]
         ended = self._ended
 
         def on_chunk(call: Call, chunk: Any) -> None:
