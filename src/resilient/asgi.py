@@ -30,18 +30,22 @@ from ._http import (
     RequestInfo,
     ResponseCache,
     Strategy,
+    TenantCache,
     TenantKey,
     body_too_large,
-    clean_tenant,
     internal_error,
+    new_context,
+    new_finished,
+    new_request_id,
+    new_started,
     problem_body,
     problem_headers,
-    request_id_of,
+    safe_request_id,
     tenant_from_api_key_hash,
     tenant_from_client,
     tenant_from_header,
 )
-from .context import RequestContext, _current
+from .context import _current
 from .errors import ResilientError
 
 __all__ = [
@@ -190,6 +194,7 @@ class ResilientMiddleware:
         self._close_pipeline = close_pipeline
         self._rid_key = core.request_id_header.encode("latin-1") if core.request_id_header else None
         self._tenant_key = core.tenant_header.encode("latin-1") if core.tenant_header else None
+        self._tenants = TenantCache()
         self._has_limits = bool(core.limits)
         self._endpoints: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
         if core.health_path:
@@ -229,7 +234,6 @@ class ResilientMiddleware:
             return
 
         core = self.core
-        request = _Request(scope)
         rid_key = self._rid_key
         tenant_key = self._tenant_key
         rid = raw_tenant = None
@@ -241,18 +245,26 @@ class ResilientMiddleware:
                         rid = v
                 elif k == tenant_key and raw_tenant is None:
                     raw_tenant = v
-        request_id = request_id_of(rid.decode("latin-1") if rid is not None else None)
-        if tenant_key is not None:
-            tenant = clean_tenant(raw_tenant.decode("latin-1")) if raw_tenant is not None else None
+        if rid is not None and safe_request_id(rid):
+            request_id = rid.decode("ascii")
         else:
-            tenant = core.tenant_of(request) if core.tenant is not None else None
+            request_id = new_request_id()
+            rid = request_id.encode("ascii")
+        request: _Request | None = None
+        if tenant_key is not None:
+            tenant = self._tenants(bytes(raw_tenant)) if raw_tenant is not None else None
+        elif core.tenant is not None:
+            request = _Request(scope)
+            tenant = core.tenant_of(request)
+        else:
+            tenant = None
         route = self._route(scope)
         method = scope["method"]
         emitter = self._emitter
         if emitter.enabled:
-            emitter.emit(HttpRequestStarted(route=route, method=method, tenant=tenant, request_id=request_id))
+            emitter.emit(new_started(route, method, tenant, request_id))
             started = self._monotonic()
-        echo = [(rid_key, request_id.encode("latin-1"))] if rid_key is not None else []
+        echo = (rid_key, rid) if rid_key is not None else None
         # status: the response's once started; [1]: the client has gone.
         state: list[Any] = [0, False]
         if self._outer:
@@ -261,8 +273,10 @@ class ResilientMiddleware:
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state[0] = message["status"]
-                if echo:
-                    message = {**message, "headers": [*message.get("headers", ()), *echo]}
+                if echo is not None:
+                    # A copy: the message (and its header list) belong to the app, which may reuse them.
+                    message = dict(message)
+                    message["headers"] = [*message.get("headers", ()), echo]
             try:
                 await send(message)
             except OSError:
@@ -292,6 +306,8 @@ class ResilientMiddleware:
             if limit is not None:
                 refusal = self._check_length(scope, limit)
             if refusal is None and self._has_limits:
+                if request is None and core.needs_request(tenant):
+                    request = _Request(scope)
                 denied = (
                     core.check_sync(route, request, tenant)
                     if core.in_process
@@ -306,7 +322,7 @@ class ResilientMiddleware:
             downstream: Send = send_wrapper
             cache = core.cache
             if cache is not None and method == "GET":
-                key = cache.key(request, scope.get("query_string", b"").decode("latin-1"), tenant)
+                key = cache.key(request or _Request(scope), scope.get("query_string", b"").decode("latin-1"), tenant)
                 if key is not None:
                     hit = cache.get(key)
                     if hit is not None:
@@ -315,7 +331,7 @@ class ResilientMiddleware:
                         await send_wrapper({"type": "http.response.body", "body": body})
                         return
                     downstream = _caching_send(send_wrapper, cache, key)
-            token = _current.set(RequestContext(request_id=request_id, tenant=tenant, route=route))
+            token = _current.set(new_context(request_id, tenant, route))
             try:
                 await self.app(scope, downstream_receive, downstream)
             finally:
@@ -342,15 +358,14 @@ class ResilientMiddleware:
             await self._problem(send_wrapper, internal_error(), request_id)
         finally:
             if emitter.enabled:
-                status = state[0] or (499 if state[1] else 500)
                 emitter.emit(
-                    HttpRequestFinished(
-                        route=route,
-                        method=method,
-                        status=status,
-                        duration=self._monotonic() - started,
-                        tenant=tenant,
-                        request_id=request_id,
+                    new_finished(
+                        route,
+                        method,
+                        state[0] or (499 if state[1] else 500),
+                        self._monotonic() - started,
+                        tenant,
+                        request_id,
                     )
                 )
 
