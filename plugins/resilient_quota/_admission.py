@@ -8,7 +8,10 @@ the async limiters. Nothing here touches a store or sleeps.
 
 Per call: the shared pause of the key (a provider said stop), one hit per
 request limit, then one hit per token limit with the call's estimate as cost.
-After the call the token reservation is moved to the real usage.
+After the call the token reservation is moved to the real usage. On a store
+that can (Redis, see ._batch) the pause read and every hit go in one round
+trip, and the moves in two; the decisions and the counts left in the store
+are the same as one by one.
 """
 
 from __future__ import annotations
