@@ -14,6 +14,8 @@ from typing import Any
 
 __all__ = ["AsyncFlights", "Flight", "Flights", "Shared"]
 
+_ident = threading.get_ident
+
 
 @dataclass(slots=True)
 class Shared:
@@ -42,19 +44,24 @@ class Flights:
 
     def begin(self, key: str) -> tuple[Flight, bool]:
         """The key's flight and whether the caller leads it (a new flight) or follows."""
-        with self._lock:
-            flight = self._flights.get(key)
-            if flight is not None:
-                return flight, False
-            flight = self._flights[key] = Flight(threading.get_ident())
-            return flight, True
+        # No lock: setdefault on a str key is one atomic step, so exactly one caller's flight is
+        # installed, and only its leader removes it (end). Every miss runs this.
+        mine = Flight(_ident())
+        flight = self._flights.setdefault(key, mine)
+        return flight, flight is mine
 
     def end(self, key: str, flight: Flight, shared: Shared) -> None:
-        with self._lock:
+        # The lock pairs with wait(): a follower either sees ``shared`` or leaves an event that is set
+        # here. acquire/release rather than ``with``: half the cost, on every miss.
+        lock = self._lock
+        lock.acquire()
+        try:
             if self._flights.get(key) is flight:
                 del self._flights[key]
             flight.shared = shared
             done = flight.done
+        finally:
+            lock.release()
         if done is not None:
             done.set()
 
