@@ -715,18 +715,29 @@ class BreakerPolicy(Policy):
             self._flush_deferred(self._shared)
             self._shared.close()
 
-    def _flush_deferred(self, store: RedisBreakers) -> None:
-        """Record the successes still held back (best effort: the store may be gone)."""
+    def _take_all_deferred(self) -> dict[str, tuple[int, int, Limits]]:
         with self._deferred_lock:
             held, self._deferred = self._deferred, {}
+        return held
+
+    def _flush_deferred(self, store: RedisBreakers) -> None:
+        """Record the successes still held back (best effort: the store may be gone)."""
         now = self._clock.time()
-        for key, (token, count, limits) in held.items():
+        for key, (token, count, limits) in self._take_all_deferred().items():
             try:
                 store.record(key, limits, token, IGNORED, now, (token, count))
             except (*STORE_ERRORS, _redis_error()):
                 return
 
     async def aclose(self) -> None:
+        if self._ashared is not None:
+            # In an event loop, what is still held goes through this loop's client, not the sync one.
+            now = self._clock.time()
+            for key, (token, count, limits) in self._take_all_deferred().items():
+                try:
+                    await self._ashared.record(key, limits, token, IGNORED, now, (token, count))
+                except (*STORE_ERRORS, _redis_error()):
+                    break
         self.close()
         if self._ashared is not None:
             await self._ashared.aclose()
