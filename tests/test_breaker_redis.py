@@ -352,3 +352,19 @@ def test_streams_hold_back_their_successes_too(redis_url: str) -> None:
     assert scripts["n"] == 6 + 2 + 1  # two admissions; aclose records the successes still held
     assert policy.status("s")["calls"] == 2
     pipeline.close()
+
+
+def test_scripts_are_loaded_again_when_the_server_forgot_them(redis_url: str) -> None:
+    clock = FakeClock(start_wall=1_800_000_500.0)
+    pipeline = build(redis_url, clock, minimum_calls=1, window_size=1)
+    guarded = pipeline.guard(provider="flushed")(ScriptedProvider([HTTPStatus(500)], default="ok", clock=clock))
+    client = redis.Redis.from_url(redis_url)
+    client.script_flush()  # as after a restart or a failover: EVALSHA answers NOSCRIPT
+    with pytest.raises(ProviderHTTPError):
+        guarded()
+    client.script_flush()
+    with pytest.raises(CircuitOpen):  # the failure was recorded in Redis, and read back from it
+        guarded()
+    assert policy_of(pipeline).status("flushed")["state"] == "open"
+    client.close()
+    pipeline.close()
