@@ -44,15 +44,13 @@ __all__ = ["BreakerPolicy"]
 
 _log = logging.getLogger("resilient.breaker")
 
+#: A breaker's key, limits and machine (the machine on the memory store only).
 Entry = tuple[str, Limits, Machine | None]
 
 _DEFER_MAX = 256  # successes held back per breaker before one is recorded on its own
 _LOCAL, _STORE, _PROBE = 0, 1, 2  # where a store operation goes (BreakerPolicy._route)
-_ALLOWED: Decision = (
-    TOKEN_CLOSED,
-    None,
-    None,
-)  # on_store_error = "allow": a permit nothing will count  # a breaker's key, limits and machine (memory store)
+#: on_store_error = "allow": a permit nothing will count.
+_ALLOWED: Decision = (TOKEN_CLOSED, None, None)
 
 
 class BreakerPolicy(Policy):
