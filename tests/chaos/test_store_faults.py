@@ -33,9 +33,10 @@ STORE_DEADLINE = 4 * SOCKET_TIMEOUT + 4.0
 RECOVERY = STORE_RETRY + 10.0
 #: Connection attempts per second to a store that is down, for the whole fleet of 2 workers. Before
 #: the storage pause, 92 (one per request). Now each worker's ``limits`` storages (rate limits, quota,
-#: retry budget) send one probe per ``STORE_PAUSE`` (1 s), and the cache and breaker, which keep their own
-#: redis-py clients, let every request in flight try once per ``store_retry`` (5 s); a failed command is
-#: retried once on a new connection. Measured 6 to 12 a second under this load: bounded, not a storm.
+#: retry budget) send one probe per ``STORE_PAUSE`` (1 s); the breaker, which keeps its own redis-py
+#: clients, sends one probe at a time after ``store_retry`` (5 s), and the cache lets every request in flight
+#: try once per ``store_retry``; a failed command is retried once on a new connection. Measured 6 to 12 a
+#: second under this load: bounded, not a storm.
 MAX_ATTEMPTS_PER_SECOND = 16.0
 #: Per-tenant quotas the load (16 clients over 200 tenants) stays within.
 QUOTA_FOR_LOAD = {"RESILIENT_QUOTA__REQUESTS": "1000/minute", "RESILIENT_QUOTA__TOTAL_TOKENS": "1000000/minute"}
