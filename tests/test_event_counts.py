@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -211,3 +212,26 @@ def test_an_observer_next_to_the_metrics_gets_every_field() -> None:
     assert len(miss.key) == 64
     assert (stored.ttl, stored.stream) == (10.0, False)
     assert stored.size > len(b'{"j":{"a":1}}')  # the encoded entry: the value and its times
+
+
+def test_bound_counts_and_emitted_events_from_threads_lose_no_update() -> None:
+    registry = CollectorRegistry()
+    observer = _observer(registry)
+    count = observer.bind_count(CacheMiss, "anthropic", "messages.create", "m")
+    assert count is not None
+    event = CacheMiss(provider="anthropic", operation="messages.create", model="m", key="k", stale=False)
+
+    def work() -> None:
+        for _ in range(2000):
+            count()
+            observer(event)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    samples = exposed(registry)
+    labels = (("model", "m"), ("operation", "messages.create"), ("provider", "anthropic"), ("result", "miss"))
+    assert samples["resilient_cache_requests_total", labels] == 16_000
+    assert samples["resilient_events_total", (("event", "cache.miss"),)] == 16_000

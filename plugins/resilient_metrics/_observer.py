@@ -11,13 +11,14 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from resilient import Event
 from resilient.events import Count
 
-from ._metrics import BREAKER_STATES, HTTP_METHODS, NONE, OTHER, Bounded, Metrics
+from ._metrics import BREAKER_STATES, HTTP_METHODS, NONE, OTHER, Bounded, Metrics, shared_cells
 
 __all__ = ["MetricsObserver"]
 
@@ -108,6 +109,7 @@ class MetricsObserver:
         ] = {}
         self._status_children: dict[tuple[tuple[str, str], Any], Callable[[float], None]] = {}
         self._counts: dict[tuple[str, str, str, str | None], Count] = {}
+        self._count_lock = threading.Lock()
         self._handlers: dict[str, Callable[[Event], None]] = {
             "retry.scheduled": self._retry_scheduled,
             "retry.gave_up": self._retry_gave_up,
@@ -163,24 +165,56 @@ class MetricsObserver:
             name in self._handlers or name[:6] == "quota." or name.endswith((".store_unavailable", ".store_error"))
         ):
             return None
-        count_event = _adder(self.metrics.events.labels(self._names(name)))
-        if result is None:
-
-            def count() -> None:
-                count_event(1)
-
-        else:
+        children = [self.metrics.events.labels(self._names(name))]
+        if result is not None:
             labels = (_text(provider), _text(operation), self.models(model))
-            count_result = _adder(self.metrics.cache.labels(*labels, result))
-
-            def count() -> None:
-                count_event(1)
-                count_result(1)
+            children.append(self.metrics.cache.labels(*labels, result))
+        count = self._counter(children)
 
         if len(self._counts) >= _CHILDREN_CAP:
             self._counts.clear()
         self._counts[key] = count
         return count
+
+    def _counter(self, children: list[Any]) -> Count:
+        """One increment of each child, as one call taking one lock where the values allow it.
+
+        Every value cell a bound count touches is guarded by the observer's
+        one lock (:func:`shared_cells`); any other writer takes that same lock
+        through ``inc``, so nothing is lost. Otherwise, the public increments.
+        """
+        lock = self._count_lock
+        cells = shared_cells(lock, children)
+        if cells is None:
+            adders = [_adder(child) for child in children]
+
+            def count_each() -> None:
+                for add in adders:
+                    add(1)
+
+            return count_each
+        if len(cells) == 1:
+            (only,) = cells
+
+            def count_one() -> None:
+                lock.acquire()
+                try:
+                    only._value += 1.0
+                finally:
+                    lock.release()
+
+            return count_one
+        first, second = cells  # an event and its cache result
+
+        def count_two() -> None:
+            lock.acquire()
+            try:
+                first._value += 1.0
+                second._value += 1.0
+            finally:
+                lock.release()
+
+        return count_two
 
     def _call(self, event: Event) -> tuple[str, str, str]:
         return _text(event.provider), _text(event.operation), self.models(event.model)
