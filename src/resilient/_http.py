@@ -38,6 +38,8 @@ __all__ = [
     "UNMATCHED",
     "AdapterOptions",
     "HttpCore",
+    "HttpCounts",
+    "HttpRecorder",
     "HttpRequestFinished",
     "HttpRequestStarted",
     "RequestInfo",
@@ -98,6 +100,30 @@ class HttpRequestFinished(Event):
     status: int
     duration: float
     request_id: str | None = None
+
+
+#: What :meth:`HttpRecorder.bind_http` returns: ``start()`` and ``finish(status, duration)``.
+HttpCounts = tuple[Callable[[], None], Callable[[int, float], None]]
+
+
+class HttpRecorder(Protocol):
+    """An observer that can bind, per route and method, the whole effect of the two HTTP events.
+
+    ``bind_http(route, method)`` returns ``(start, finish)``: ``start()`` has
+    exactly the effect of ``observer(HttpRequestStarted(route=route,
+    method=method, tenant=t, request_id=r))`` for any tenant and request id,
+    and ``finish(status, duration)`` that of the matching
+    ``HttpRequestFinished`` for a request begun with that ``start``; or
+    ``None`` when the observer needs the events themselves. Neither callable
+    may raise. When every observer of the pipeline binds a route and method,
+    the adapters call the pair instead of building and emitting two events
+    per request (see :meth:`HttpCore.http_counts`); any other observer (a
+    user's log, an audit) gets the events as before.
+    """
+
+    def __call__(self, event: Event, /) -> None: ...
+
+    def bind_http(self, route: str, method: str, /) -> HttpCounts | None: ...
 
 
 # --------------------------------------------------------------------------- request view and tenant keys
@@ -262,7 +288,7 @@ safe_request_id = _REQUEST_ID_BYTES_RE.fullmatch
 
 
 class TenantCache:
-    """:func:`clean_tenant` of a raw header value, remembered: tenants repeat, requests do not.
+    """:func:`clean_tenant` of a raw header value (ASGI bytes, WSGI text), remembered: tenants repeat, requests do not.
 
     At most ``size`` values; cleared when full, so a client sending a new
     value per request costs a clear per ``size`` requests, never memory.
@@ -271,15 +297,15 @@ class TenantCache:
     __slots__ = ("_found", "_size")
 
     def __init__(self, size: int = 4096) -> None:
-        self._found: dict[bytes, str | None] = {}
+        self._found: dict[bytes | str, str | None] = {}
         self._size = size
 
-    def __call__(self, raw: bytes) -> str | None:
+    def __call__(self, raw: bytes | str) -> str | None:
         try:
             return self._found[raw]
         except KeyError:
             pass
-        tenant = clean_tenant(raw.decode("latin-1"))
+        tenant = clean_tenant(raw.decode("latin-1") if isinstance(raw, bytes) else raw)
         if len(self._found) >= self._size:
             self._found.clear()
         self._found[raw] = tenant
@@ -623,6 +649,9 @@ class AdapterOptions(TypedDict, total=False):
     mask_logs: bool
 
 
+#: Most (route, method) pairs whose bound HTTP counts an adapter keeps.
+_BOUND_ROUTES = 4096
+
 #: Routes are few and clients repeat: quoting each once is worth a small bounded cache.
 _key_part = functools.lru_cache(maxsize=4096)(key_part)
 
@@ -730,6 +759,58 @@ class HttpCore:
         self._lock = threading.Lock()
         self._async_storage = LoopBoundStorage(self.store_uri, self.key_prefix)
         self._async_limiters = PerLoop(self._new_async_limiter)
+        self._http_counts: dict[tuple[str, str], HttpCounts | None] = {}
+
+    # ------------------------------------------------------------------ events
+
+    def http_counts(self, route: str, method: str) -> HttpCounts | None:
+        """The bound effect of the HTTP events of ``route`` and ``method``, or ``None``: emit the events.
+
+        Not ``None`` only when every observer is an :class:`HttpRecorder` that
+        binds them. Remembered per route and method (routes are templates;
+        methods come from clients, so the memory is cleared when full).
+        """
+        key = (route, method)
+        try:
+            return self._http_counts[key]
+        except KeyError:
+            pass
+        found = self._bind_http(route, method)
+        if len(self._http_counts) >= _BOUND_ROUTES:
+            self._http_counts.clear()
+        self._http_counts[key] = found
+        return found
+
+    def _bind_http(self, route: str, method: str) -> HttpCounts | None:
+        bound: list[HttpCounts] = []
+        for observer in self.emitter.observers:
+            bind = getattr(observer, "bind_http", None)
+            if bind is None:
+                return None
+            try:
+                found = bind(route, method)
+            except Exception:
+                _log.exception("observer %r failed to bind the HTTP events", observer)
+                return None
+            if found is None:
+                return None
+            bound.append(found)
+        if not bound:
+            return None
+        if len(bound) == 1:
+            return bound[0]
+        starts = tuple(start for start, _ in bound)
+        finishes = tuple(finish for _, finish in bound)
+
+        def start_all() -> None:
+            for start in starts:
+                start()
+
+        def finish_all(status: int, duration: float) -> None:
+            for finish in finishes:
+                finish(status, duration)
+
+        return start_all, finish_all
 
     # ------------------------------------------------------------------ rate limits
 

@@ -27,14 +27,18 @@ from ._http import (
     AdapterOptions,
     BadRequest,
     HttpCore,
+    HttpCounts,
     HttpRequestFinished,
     HttpRequestStarted,
     RequestInfo,
     Strategy,
+    TenantCache,
     TenantKey,
     body_too_large,
-    clean_tenant,
     internal_error,
+    new_context,
+    new_finished,
+    new_started,
     problem_body,
     problem_headers,
     request_id_of,
@@ -192,6 +196,7 @@ class ResilientWSGIMiddleware:
         theader = core.tenant_header
         plain = theader and theader not in ("content-type", "content-length")  # those two have no HTTP_ prefix
         self._tenant_environ = ("HTTP_" + theader.upper().replace("-", "_")) if plain and theader else None
+        self._tenants = TenantCache()
         self._endpoints: dict[str, Callable[[Environ, StartResponse], Iterable[bytes]]] = {}
         if core.health_path:
             self._endpoints[core.health_path] = self._health
@@ -209,18 +214,31 @@ class ResilientWSGIMiddleware:
             return endpoint(environ, start_response)
 
         core = self.core
-        request = _Request(environ)
+        request: _Request | None = None
         request_id = request_id_of(environ.get(self._rid_environ) if self._rid_environ else None)
         if self._tenant_environ is not None:
-            tenant = clean_tenant(environ.get(self._tenant_environ))
+            raw_tenant = environ.get(self._tenant_environ)
+            tenant = self._tenants(raw_tenant) if raw_tenant is not None else None
+        elif core.tenant is not None:
+            request = _Request(environ)
+            tenant = core.tenant_of(request)
         else:
-            tenant = core.tenant_of(request) if core.tenant is not None else None
+            tenant = None
         route = self._route(environ)
         emitter = self._emitter
+        counts: HttpCounts | None = None
         if emitter.enabled:
-            emitter.emit(HttpRequestStarted(route=route, method=method, tenant=tenant, request_id=request_id))
-        body = _Body(self, route, method, tenant, request_id, start_response)
-        ctx = RequestContext(request_id=request_id, tenant=tenant, route=route)
+            # Bound by every observer (the metrics plugin's): two calls instead of two events.
+            counts = core.http_counts(route, method)
+            if counts is None:
+                emitter.emit(new_started(route, method, tenant, request_id))
+            else:
+                try:
+                    counts[0]()
+                except Exception:  # bound counts must not raise; if they do, as an observer's error
+                    _log.exception("recording http.request_started failed")
+        body = _Body(self, route, method, tenant, request_id, start_response, counts)
+        ctx = new_context(request_id, tenant, route)
         body.ctx = ctx
         token = _current.set(ctx)
         try:
@@ -231,12 +249,14 @@ class ResilientWSGIMiddleware:
                     return body.problem(refusal)
                 environ["wsgi.input"] = _LimitedInput(environ["wsgi.input"], limit)
             if core.limits:
+                if request is None and core.needs_request(tenant):
+                    request = _Request(environ)
                 denied = core.check_sync(route, request, tenant)
                 if denied is not None:
                     return body.problem(denied[0], denied[1])
             cache = core.cache
             if cache is not None and method == "GET":
-                key = cache.key(request, environ.get("QUERY_STRING", ""), tenant)
+                key = cache.key(request or _Request(environ), environ.get("QUERY_STRING", ""), tenant)
                 if key is not None:
                     hit = cache.get(key)
                     if hit is not None:
@@ -312,6 +332,7 @@ class _Body:
         "_mw",
         "_start_response",
         "cache_key",
+        "counts",
         "ctx",
         "inner",
         "iterator",
@@ -335,8 +356,10 @@ class _Body:
         tenant: str | None,
         request_id: str,
         start_response: StartResponse,
+        counts: HttpCounts | None = None,
     ) -> None:
         self._mw = mw
+        self.counts = counts
         self.route = route
         self.method = method
         self.tenant = tenant
@@ -447,16 +470,18 @@ class _Body:
                 self._finished = True
                 emitter = self._mw._emitter
                 if emitter.enabled:
-                    emitter.emit(
-                        HttpRequestFinished(
-                            route=self.route,
-                            method=self.method,
-                            status=self.status or 500,
-                            duration=self._mw._monotonic() - self.started,
-                            tenant=self.tenant,
-                            request_id=self.request_id,
+                    status = self.status or 500
+                    duration = self._mw._monotonic() - self.started
+                    counts = self.counts
+                    if counts is None:
+                        emitter.emit(
+                            new_finished(self.route, self.method, status, duration, self.tenant, self.request_id)
                         )
-                    )
+                    else:
+                        try:
+                            counts[1](status, duration)
+                        except Exception:
+                            _log.exception("recording http.request_finished failed")
 
 
 def _respond(
