@@ -759,7 +759,8 @@ class HttpCore:
         self._lock = threading.Lock()
         self._async_storage = LoopBoundStorage(self.store_uri, self.key_prefix)
         self._async_limiters = PerLoop(self._new_async_limiter)
-        self._http_counts: dict[tuple[str, str], HttpCounts | None] = {}
+        #: :meth:`http_counts` remembered by (route, method), for an adapter to look up before calling it.
+        self.bound_http: dict[tuple[str, str], HttpCounts | None] = {}
 
     # ------------------------------------------------------------------ events
 
@@ -772,13 +773,13 @@ class HttpCore:
         """
         key = (route, method)
         try:
-            return self._http_counts[key]
+            return self.bound_http[key]
         except KeyError:
             pass
         found = self._bind_http(route, method)
-        if len(self._http_counts) >= _BOUND_ROUTES:
-            self._http_counts.clear()
-        self._http_counts[key] = found
+        if len(self.bound_http) >= _BOUND_ROUTES:
+            self.bound_http.clear()
+        self.bound_http[key] = found
         return found
 
     def _bind_http(self, route: str, method: str) -> HttpCounts | None:
@@ -887,7 +888,8 @@ class HttpCore:
             return None
         windows = self._windows
         if windows is not None:
-            client = self._client(request, tenant)
+            # The tenant's own case inline: it is the common one (see _client).
+            client = tenant if tenant is not None and self.limit_client is self.tenant else self._client(request)
             for i, item in enumerate(items):
                 allowed, remaining, reset = windows.hit(item, (route, client, i))
                 if not allowed:

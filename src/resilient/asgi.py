@@ -207,6 +207,7 @@ class ResilientMiddleware:
         self._monotonic = core.clock.monotonic
         self._router: Any = getattr(app, "router", None)
         self._routes: dict[str, str] = {}
+        self._counts = core.bound_http
         self._outer = hasattr(app, "add_exception_handler") and hasattr(app, "exception_handlers")
         if self._outer:
             # Wrapping a Starlette app from outside: its ServerErrorMiddleware would answer 500 before
@@ -258,12 +259,16 @@ class ResilientMiddleware:
             tenant = core.tenant_of(request)
         else:
             tenant = None
-        route = self._route(scope)
+        # The remembered template first (a route function leaves that memory empty).
+        route = self._routes.get(scope["path"]) or self._route(scope)
         method = scope["method"]
         emitter = self._emitter
         if emitter.enabled:
             # Bound by every observer (the metrics plugin's): two calls instead of two events.
-            counts = core.http_counts(route, method)
+            try:
+                counts = self._counts[route, method]
+            except KeyError:
+                counts = core.http_counts(route, method)
             if counts is None:
                 emitter.emit(new_started(route, method, tenant, request_id))
             else:
