@@ -174,3 +174,37 @@ def test_two_binding_observers_both_count() -> None:
         ("started", "/quota", "GET"),
         ("finished", "/quota", "GET", 429),
     ]
+
+
+def _http_samples(with_listener: bool, calls: list[tuple[str, str]]) -> dict[tuple[str, tuple[Any, ...]], float]:
+    import prometheus_client
+
+    import resilient_metrics
+
+    registry = prometheus_client.CollectorRegistry()
+    plugins: list[Any] = [resilient_metrics]
+    if with_listener:
+        plugins.append(Events())  # an observer that needs the events: the metrics observer gets them too
+    with resilient_metrics.use_registry(registry):
+        p = Pipeline(plugins=plugins, discover=False, env={}, clock=FakeClock())
+    app = ResilientMiddleware(starlette_app(), pipeline=p, rate_limits={"*": "3/hour"})
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            for method, path in calls:
+                await client.request(method, path)
+
+    asyncio.run(run())
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in registry.collect()
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+@given(calls=st.lists(st.sampled_from(BEHAVIOURS[:7]), max_size=8))
+@settings(max_examples=15, deadline=None)
+def test_the_metrics_plugin_records_the_same_whether_it_binds_or_gets_events(calls: list[tuple[str, str]]) -> None:
+    assert _http_samples(False, calls) == _http_samples(True, calls)
