@@ -38,9 +38,9 @@ DEADLINE_KEY = "deadline"
 
 
 def accepts_timeout(target: Target) -> bool:
-    """Whether the target's calls take ``timeout=`` (a wrapped SDK method says so): the limit is then passed
-    to every attempt, as with ``pass_timeout``, whatever that option says."""
-    return getattr(target, "accepts_timeout", False) is True
+    """Whether the target's calls take ``timeout=`` (``Target.accepts_timeout``; a wrapped SDK method's do): the
+    limit is then passed to every attempt, as with ``pass_timeout``, whatever that option says."""
+    return target.accepts_timeout
 
 
 def remaining(call: Call, now: float) -> float | None:

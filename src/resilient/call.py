@@ -35,6 +35,9 @@ class Target:
     provider's own count of a call's input tokens (an ``int``, or an awaitable
     of one for async targets), set by :meth:`Pipeline.wrap` where the SDK has
     such a call; the quota plugin uses it when configured to.
+    ``accepts_timeout`` says the callable takes ``timeout=`` (seconds), as the
+    SDK methods :meth:`Pipeline.wrap` guards do: the timeout plugin then hands
+    each attempt's limit to it, whatever its ``pass_timeout`` option says.
     """
 
     provider: str
@@ -44,6 +47,7 @@ class Target:
     name: str = ""
     tenant: Callable[[Call], str | None] | None = None
     count_tokens: Callable[[Call], Any] | None = None
+    accepts_timeout: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ import copy
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .._streams import drive_astream, drive_stream
 from ..call import Call, Kind, Target
@@ -30,7 +30,7 @@ from ._usage import merge_usage, usage_from, usage_from_chunk
 if TYPE_CHECKING:
     from ..pipeline import Pipeline
 
-__all__ = ["AsyncWrappedStream", "SdkTarget", "WrappedStream", "wrap_client"]
+__all__ = ["AsyncWrappedStream", "WrappedStream", "wrap_client"]
 
 T = TypeVar("T")
 _log = logging.getLogger("resilient")
@@ -184,26 +184,16 @@ async def _astart(call: Call, events: AsyncIterator[Any]) -> AsyncWrappedStream:
     return AsyncWrappedStream(call, events, first, True)
 
 
-class SdkTarget(Target):
-    """A wrapped SDK method's target: its calls accept ``timeout=`` (seconds), as both SDKs' methods do.
-
-    The timeout plugin reads ``accepts_timeout`` to hand each attempt's limit
-    to the SDK, so the SDK's HTTP client enforces it; without it a sync call
-    could only be measured after the fact.
-    """
-
-    __slots__ = ()
-    accepts_timeout: ClassVar[bool] = True
-
-
 def _targets(
     provider: str, operation: str, sdk: str, count_tokens: Callable[[Call], Any] | None, is_async: bool
 ) -> tuple[Target, Target]:
     name = f"{sdk}.{operation}"
     kind: tuple[Kind, Kind] = ("async", "astream") if is_async else ("sync", "stream")
     return (
-        SdkTarget(provider, operation, kind[0], name=name, count_tokens=count_tokens),
-        SdkTarget(provider, operation, kind[1], name=name, count_tokens=count_tokens),
+        # Both SDKs' methods take timeout= (seconds): the timeout plugin hands them each attempt's limit,
+        # so the SDK's HTTP client enforces it (a sync call could otherwise only be measured after the fact).
+        Target(provider, operation, kind[0], name=name, count_tokens=count_tokens, accepts_timeout=True),
+        Target(provider, operation, kind[1], name=name, count_tokens=count_tokens, accepts_timeout=True),
     )
 
 
