@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from resilient import Event
 from resilient.events import Count
@@ -21,6 +21,19 @@ from resilient.events import Count
 from ._metrics import BREAKER_STATES, HTTP_METHODS, NONE, OTHER, Bounded, Metrics, shared_cells
 
 __all__ = ["MetricsObserver"]
+
+
+#: ``(start, finish)`` of one route and method (the adapters' ``HttpRecorder.bind_http``; not imported:
+#: this module imports no adapter).
+HttpCounts = tuple[Callable[[], None], Callable[[int, float], None]]
+
+
+class _RouteMethod(NamedTuple):
+    """The fields of an HTTP event :meth:`MetricsObserver._request` reads, for binding without an event."""
+
+    route: str
+    method: str
+
 
 _log = logging.getLogger("resilient.metrics")
 
@@ -109,6 +122,7 @@ class MetricsObserver:
         ] = {}
         self._status_children: dict[tuple[tuple[str, str], Any], Callable[[float], None]] = {}
         self._counts: dict[tuple[str, str, str, str | None], Count] = {}
+        self._http_bound: dict[tuple[str, str], HttpCounts] = {}
         self._count_lock = threading.Lock()
         self._handlers: dict[str, Callable[[Event], None]] = {
             "retry.scheduled": self._retry_scheduled,
@@ -288,6 +302,59 @@ class MetricsObserver:
                 self._request_children.clear()
             self._request_children[route, method] = found
         return found
+
+    def bind_http(self, route: str, method: str) -> HttpCounts | None:
+        """What ``self`` does with the HTTP events of ``route`` and ``method``, bound once.
+
+        ``(start, finish)`` as :class:`resilient._http.HttpRecorder` asks: the
+        events' count by name, the in-progress gauge up and down, the request
+        count by status and the duration, on children found once per route and
+        method, so a request costs no event objects and no dispatch. A request
+        begun with ``start`` finishes on the same labels (the events need the
+        request id to know that).
+        """
+        key = (route, method)
+        found = self._http_bound.get(key)
+        if found is not None:
+            return found
+        labels, in_progress, duration_child = self._request(_RouteMethod(route, method))  # type: ignore[arg-type]
+        started, finished = self._event_count("http.request_started"), self._event_count("http.request_finished")
+        by_status: dict[int, Callable[[float], None]] = {}
+        http_requests = self.metrics.http_requests
+
+        def start() -> None:
+            try:
+                started(1)
+                in_progress(1)
+            except Exception:  # as __call__: a metric never fails a request
+                _log.debug("metrics could not record a request start", exc_info=True)
+
+        def finish(status: int, duration: float) -> None:
+            try:
+                finished(1)
+                in_progress(-1)
+                requests = by_status.get(status)
+                if requests is None:
+                    label = str(status) if 100 <= status <= 599 else "unknown"
+                    requests = by_status.setdefault(status, _adder(http_requests.labels(*labels, label)))
+                requests(1)
+                if duration >= 0:
+                    duration_child(duration)
+            except Exception:
+                _log.debug("metrics could not record a request end", exc_info=True)
+
+        if len(self._http_bound) >= _CHILDREN_CAP:
+            self._http_bound.clear()
+        found = self._http_bound[key] = (start, finish)
+        return found
+
+    def _event_count(self, name: str) -> Callable[[float], None]:
+        count = self._event_children.get(name)
+        if count is None:
+            if len(self._event_children) >= _CHILDREN_CAP:
+                self._event_children.clear()
+            count = self._event_children[name] = _adder(self.metrics.events.labels(self._names(name)))
+        return count
 
     def _http_started(self, event: Event) -> None:
         labels, in_progress, _ = self._request(event)
