@@ -336,6 +336,8 @@ class MetricsObserver:
                 requests = by_status.get(status)
                 if requests is None:
                     label = str(status) if 100 <= status <= 599 else "unknown"
+                    if len(by_status) >= 64:  # an app answering ever new codes: stay bounded
+                        by_status.clear()
                     requests = by_status.setdefault(status, _adder(http_requests.labels(*labels, label)))
                 requests(1)
                 if duration >= 0:
