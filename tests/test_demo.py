@@ -1,4 +1,4 @@
-"""`make demo` runs examples/terminal_demo.py: its story must add up."""
+"""`make demo-terminal` runs examples/terminal_demo.py: its story must add up."""
 
 from __future__ import annotations
 
