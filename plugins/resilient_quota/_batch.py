@@ -30,7 +30,7 @@ import limits.storage
 from limits.errors import StorageError
 from redis.exceptions import NoScriptError
 
-from ._options import Strategy
+from ._options import STRATEGIES, Strategy
 from ._steps import Steps, adrive, drive
 
 __all__ = [
@@ -108,17 +108,19 @@ class _Queue:
 
     def hit_call(self, hit: BatchHit, stamp: float) -> Call:
         item = hit.item
-        key = item.key_for(*hit.ids)
-        amount, expiry = item.amount, item.get_expiry()
+        return self.command(hit.strategy, item.key_for(*hit.ids), item.amount, item.get_expiry(), hit.cost, stamp)
+
+    def command(self, strategy: str, key: str, amount: int, expiry: int, cost: int, stamp: float) -> Call:
+        """The script ``limits``' storage runs for one hit of ``strategy``, with its keys and arguments."""
         s = self.scripts
-        if hit.strategy == "fixed-window":
-            return _script(s.lua_incr_expire, [self.prefixed(key)], expiry, hit.cost)
-        if hit.strategy == "moving-window":
-            return _script(s.lua_acquire_moving_window, [self.prefixed(key)], stamp, amount, expiry, hit.cost)
+        if strategy == "fixed-window":
+            return _script(s.lua_incr_expire, [self.prefixed(key)], expiry, cost)
+        if strategy == "moving-window":
+            return _script(s.lua_acquire_moving_window, [self.prefixed(key)], stamp, amount, expiry, cost)
         storage = self.storage
         previous = self.prefixed(storage._previous_window_key(key))
         current = self.prefixed(storage._current_window_key(key))
-        return _script(s.lua_acquire_sliding_window, [previous, current], amount, expiry, hit.cost)
+        return _script(s.lua_acquire_sliding_window, [previous, current], amount, expiry, cost)
 
     def steps(self, op: Batch | Release | Settle) -> Steps[Commands, Any]:
         if isinstance(op, Batch):
@@ -140,11 +142,9 @@ class _Queue:
             value, ttl = replies[0], replies[1]
             replies = replies[2:]
             paused = float(max(ttl, 0)) if value is not None and int(value) > 0 else 0.0
-        hits = []
-        for hit, reply in zip(batch.hits, replies, strict=True):
-            allowed = int(reply) <= hit.item.amount if hit.strategy == "fixed-window" else bool(reply)
-            hits.append((allowed, stamp))
-        return paused, hits
+        return paused, [
+            (_allowed(h.strategy, r, h.item.amount), stamp) for h, r in zip(batch.hits, replies, strict=True)
+        ]
 
     def _release(self, op: Release) -> list[Call]:
         # limits' moving window is a list of entry timestamps per key (acquire_moving_window.lua pushes
@@ -185,6 +185,11 @@ class _Queue:
             writes.append(_script(self.scripts.lua_incr_expire, [self.prefixed(key)], expiry, delta))
         if writes:
             yield from _run(writes)
+
+
+def _allowed(strategy: str, reply: Any, amount: int) -> bool:
+    """A hit script's reply read as ``limits`` reads it: a fixed window's count, the others' yes or no."""
+    return int(reply) <= amount if strategy == "fixed-window" else bool(reply)
 
 
 def _script(script: Any, keys: list[str], *args: Any) -> Call:
@@ -260,68 +265,50 @@ def single_hits(storage: Any) -> dict[str, Callable[[str, int, int, int], bool]]
     The very command ``limits``' storage sends for a hit, without the layers
     around it (its error wrapper, the script object's argument tuples and
     per-call import): a few microseconds of client time on a call that is
-    one round trip. A script the server lost is run through the script
-    object once, which loads it again.
+    one round trip. A script the server lost is loaded again.
     """
-    evalsha, prefixed, errors = storage.get_connection().evalsha, storage.prefixed_key, storage.base_exceptions
-    incr, moving, sliding = (
-        storage.lua_incr_expire,
-        storage.lua_acquire_moving_window,
-        storage.lua_acquire_sliding_window,
-    )
+    queue, client, errors = _Queue(storage, storage), storage.get_connection(), storage.base_exceptions
 
-    def run(script: Any, keys: list[str], *args: Any) -> Any:
-        try:
+    def hit_of(strategy: str) -> Callable[[str, int, int, int], bool]:
+        def hit(key: str, amount: int, expiry: int, cost: int) -> bool:
+            script, _, args = queue.command(strategy, key, amount, expiry, cost, time.time())
             try:
-                return evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                return script(keys, args)
-        except errors as exc:  # as limits' own calls report them (wrap_exceptions)
-            raise StorageError(exc) from exc
+                try:
+                    reply = client.evalsha(*args)
+                except NoScriptError:
+                    client.script_load(script.script)
+                    reply = client.evalsha(*args)
+            except errors as exc:  # as limits' own calls report them (wrap_exceptions)
+                raise StorageError(exc) from exc
+            return _allowed(strategy, reply, amount)
 
-    def fixed(key: str, amount: int, expiry: int, cost: int) -> bool:
-        return int(run(incr, [prefixed(key)], expiry, cost)) <= amount
+        return hit
 
-    def moving_window(key: str, amount: int, expiry: int, cost: int) -> bool:
-        return bool(run(moving, [prefixed(key)], time.time(), amount, expiry, cost))
-
-    def counter(key: str, amount: int, expiry: int, cost: int) -> bool:
-        keys = [prefixed(storage._previous_window_key(key)), prefixed(storage._current_window_key(key))]
-        return bool(run(sliding, keys, amount, expiry, cost))
-
-    return {"fixed-window": fixed, "moving-window": moving_window, "sliding-window-counter": counter}
+    return {strategy: hit_of(strategy) for strategy in STRATEGIES}
 
 
-def async_single_hits(storage: Any) -> dict[str, Callable[[str, int, int, int], Awaitable[bool]]]:
-    """:func:`single_hits` on a ``limits.aio`` Redis storage (its redis-py bridge)."""
-    bridge = storage.bridge
-    evalsha, prefixed, errors = bridge.get_connection().evalsha, bridge.prefixed_key, storage.base_exceptions
-    incr, moving, sliding = (
-        bridge.lua_incr_expire,
-        bridge.lua_acquire_moving_window,
-        bridge.lua_acquire_sliding_window,
-    )
+def async_single_hits(storage: Any) -> dict[str, Callable[[str, int, int, int], Awaitable[bool]]] | None:
+    """:func:`single_hits` on a ``limits.aio`` Redis storage (its redis-py bridge); ``None`` on another."""
+    if not _redispy_bridged(storage):
+        return None
+    queue, client, errors = _Queue(storage, storage.bridge), storage.bridge.get_connection(), storage.base_exceptions
 
-    async def run(script: Any, keys: list[str], *args: Any) -> Any:
-        try:
+    def hit_of(strategy: str) -> Callable[[str, int, int, int], Awaitable[bool]]:
+        async def hit(key: str, amount: int, expiry: int, cost: int) -> bool:
+            script, _, args = queue.command(strategy, key, amount, expiry, cost, time.time())
             try:
-                return await evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                return await script(keys, args)
-        except errors as exc:
-            raise StorageError(exc) from exc
+                try:
+                    reply = await client.evalsha(*args)
+                except NoScriptError:
+                    await client.script_load(script.script)
+                    reply = await client.evalsha(*args)
+            except errors as exc:
+                raise StorageError(exc) from exc
+            return _allowed(strategy, reply, amount)
 
-    async def fixed(key: str, amount: int, expiry: int, cost: int) -> bool:
-        return int(await run(incr, [prefixed(key)], expiry, cost)) <= amount
+        return hit
 
-    async def moving_window(key: str, amount: int, expiry: int, cost: int) -> bool:
-        return bool(await run(moving, [prefixed(key)], time.time(), amount, expiry, cost))
-
-    async def counter(key: str, amount: int, expiry: int, cost: int) -> bool:
-        keys = [prefixed(storage._previous_window_key(key)), prefixed(storage._current_window_key(key))]
-        return bool(await run(sliding, keys, amount, expiry, cost))
-
-    return {"fixed-window": fixed, "moving-window": moving_window, "sliding-window-counter": counter}
+    return {strategy: hit_of(strategy) for strategy in STRATEGIES}
 
 
 def batch_for(storage: Any) -> RedisBatch | None:
@@ -333,11 +320,12 @@ def batch_for(storage: Any) -> RedisBatch | None:
 
 def async_batch_for(storage: Any) -> AsyncRedisBatch | None:
     """The batch of a ``limits.aio`` storage, or ``None`` (only its redis-py bridge is known here)."""
+    return AsyncRedisBatch(storage) if _redispy_bridged(storage) else None
+
+
+def _redispy_bridged(storage: Any) -> bool:
     import limits.aio.storage
 
-    bridge = getattr(storage, "bridge", None)
     if type(storage) not in (limits.aio.storage.RedisStorage, limits.aio.storage.RedisSentinelStorage):
-        return None
-    if type(bridge).__name__ != "RedispyBridge":
-        return None
-    return AsyncRedisBatch(storage)
+        return False
+    return type(getattr(storage, "bridge", None)).__name__ == "RedispyBridge"

@@ -298,14 +298,10 @@ class Limiters:
         self._by_strategy = {name: cls(self.storage) for name, cls in _SYNC.items()}
         self._local_by_strategy = {name: cls(self.local) for name, cls in _SYNC.items()}
         self.hits = {name: prepared_hit(self.storage, name) for name in _SYNC}  # type: ignore[arg-type]
-        self._local_hits = {name: prepared_hit(self.local, name) for name in _SYNC}  # type: ignore[arg-type]
         #: Several limits (and the pause) in one round trip, when the store is a Redis that can (see ._batch).
         self.batch: RedisBatch | None = batch_for(self.storage)
         if self.batch is not None:
             self.hits.update(single_hits(self.storage))
-
-    def hit_fn(self, strategy: Strategy, local: bool) -> HitFn:
-        return (self._local_hits if local else self.hits)[strategy]
 
     def limiter(self, strategy: Strategy, local: bool) -> limits.strategies.RateLimiter:
         return (self._local_by_strategy if local else self._by_strategy)[strategy]
@@ -357,7 +353,7 @@ class AsyncLimiters:
         storage = self._storage.get()
         hits = self._hits.get(storage, _UNKNOWN)
         if hits is _UNKNOWN:
-            hits = self._hits[storage] = async_single_hits(storage) if async_batch_for(storage) else None
+            hits = self._hits[storage] = async_single_hits(storage)
         return hits  # type: ignore[no-any-return]
 
     async def run(self, op: StoreOp) -> Any:
