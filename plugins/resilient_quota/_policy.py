@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from resilient import (
@@ -136,19 +136,39 @@ class QuotaState:
 
     def plan(self, call: Call) -> Plan | None:
         """The plan of a call, or ``None`` when the quota has nothing to do for it."""
-        target = call.target
-        model = (target.model or call.model) if self._by_model else None
-        tenant: str | None = None
-        if self._by_tenant:
-            if target.tenant is not None:
-                tenant = target.tenant(call)
-            else:
-                ctx = current_context()
-                tenant = ctx.tenant if ctx is not None else None
-        plan = self._plans.get((target.provider, model, tenant))
-        if plan is None:
-            plan = self.plan_for(target.provider, model, tenant)
-        return plan if plan.active else None
+        return self.planner(call.target)(call)
+
+    def planner(self, target: Target) -> Callable[[Call], Plan | None]:
+        """:meth:`plan` for the calls of one target, with what the target fixes looked up once.
+
+        The same lookups in the same order (the target's static model, else the
+        call's ``model`` argument; its tenant function, else the request
+        context's), written out per target: every call of it runs this.
+        """
+        plans, plan_for = self._plans, self.plan_for
+        provider, static_model, tenant_of = target.provider, target.model, target.tenant
+        by_model, by_tenant = self._by_model, self._by_tenant
+
+        def plan_of(call: Call) -> Plan | None:
+            model = None
+            if by_model:
+                model = static_model
+                if model is None:
+                    value = call.kwargs.get("model")
+                    model = value if isinstance(value, str) else None
+            tenant = None
+            if by_tenant:
+                if tenant_of is not None:
+                    tenant = tenant_of(call)
+                else:
+                    ctx = current_context()
+                    tenant = ctx.tenant if ctx is not None else None
+            plan = plans.get((provider, model, tenant))
+            if plan is None:
+                plan = plan_for(provider, model, tenant)
+            return plan if plan.active else None
+
+        return plan_of
 
     def plans_seen(self) -> list[tuple[str, str | None, str | None]]:
         """(provider, model, tenant) of the keys this process has planned calls for."""
@@ -353,7 +373,12 @@ class QuotaPolicy(Policy):
             except STORE_ERRORS as exc:
                 state.store_failed(plan, exc)
                 return state.run(admission(state, call, plan, failed=True))
-            if plan.reports and state._reports.get(plan.ids[0], 0.0) <= now and state.report_due(plan):
+            if (
+                plan.reports
+                and state._reports.get(plan.ids[0], 0.0) <= now
+                and state.events.enabled
+                and state.report_due(plan)
+            ):
                 state.run(remaining(state, call, plan, False))
             return _NOTHING_HELD
         return state.run(admission(state, call, plan))
@@ -363,8 +388,10 @@ class QuotaPolicy(Policy):
             self.state.run(settlement(self.state, plan, held, actual))
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:
+        plan_of = self.state.planner(target)
+
         def admitted(call: Call) -> Any:
-            plan = self.state.plan(call)
+            plan = plan_of(call)
             if plan is None:
                 return nxt(call)
             held = self._admit(call, plan)
@@ -382,8 +409,10 @@ class QuotaPolicy(Policy):
         return admitted
 
     def wrap_stream(self, nxt: StreamHandler, target: Target) -> StreamHandler:
+        plan_of = self.state.planner(target)
+
         def admitted(call: Call) -> Iterator[Any]:
-            plan = self.state.plan(call)
+            plan = plan_of(call)
             if plan is None:
                 return nxt(call)
             held = self._admit(call, plan)
@@ -441,7 +470,12 @@ class QuotaPolicy(Policy):
             if state.report_due(plan):
                 await state.arun(remaining(state, call, plan, False))
             raise state.refuse(call, refusal)
-        if plan.reports and state._reports.get(plan.ids[0], 0.0) <= now and state.report_due(plan):
+        if (
+            plan.reports
+            and state._reports.get(plan.ids[0], 0.0) <= now
+            and state.events.enabled
+            and state.report_due(plan)
+        ):
             await state.arun(remaining(state, call, plan, False))
         return _NOTHING_HELD
 
@@ -454,13 +488,15 @@ class QuotaPolicy(Policy):
             await self.state.arun(settlement(self.state, plan, held, actual))
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
-        state = self.state
+        plan_of = self.state.planner(target)
+        admit, in_memory = self._admit, self.state.in_memory
 
         async def admitted(call: Call) -> Any:
-            plan = state.plan(call)
+            plan = plan_of(call)
             if plan is None:
                 return await nxt(call)
-            held = await self._aadmit(call, plan)
+            # In memory, request limits only: nothing to await (what _aadmit decides, without its coroutine).
+            held = admit(call, plan) if in_memory and plan.simple else await self._aadmit(call, plan)
             try:
                 result = await nxt(call)
             except BaseException:
@@ -475,10 +511,10 @@ class QuotaPolicy(Policy):
         return admitted
 
     def wrap_astream(self, nxt: AsyncStreamHandler, target: Target) -> AsyncStreamHandler:
-        state = self.state
+        plan_of = self.state.planner(target)
 
         async def start(call: Call) -> tuple[Plan | None, list[Held]]:
-            plan = state.plan(call)
+            plan = plan_of(call)
             if plan is None:
                 return None, []
             return plan, await self._aadmit(call, plan)
@@ -598,9 +634,11 @@ class QuotaSignals(Policy):
             except Exception as exc:
                 self.state.run(self._share(call, exc))
                 raise
-            headers = call.peek("response_headers")
-            if headers is not None:
-                self.state.run(self._share_headers(call, headers))
+            metadata = call._metadata  # Call.peek written out: every attempt's success reads it
+            if metadata is not None:
+                headers = metadata.get("response_headers")
+                if headers is not None:
+                    self.state.run(self._share_headers(call, headers))
             return result
 
         return watched
@@ -612,9 +650,11 @@ class QuotaSignals(Policy):
             except Exception as exc:
                 await self.state.arun(self._share(call, exc))
                 raise
-            headers = call.peek("response_headers")
-            if headers is not None:
-                await self.state.arun(self._share_headers(call, headers))
+            metadata = call._metadata  # Call.peek written out: every attempt's success reads it
+            if metadata is not None:
+                headers = metadata.get("response_headers")
+                if headers is not None:
+                    await self.state.arun(self._share_headers(call, headers))
             return result
 
         return watched
