@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-__all__ = ["ALLOWED_PREFIXES", "Codec", "Entry", "Unstorable"]
+__all__ = ["ALLOWED_PREFIXES", "Codec", "Entry", "Unstorable", "fits"]
 
 ALLOWED_PREFIXES = ("anthropic.", "openai.")
 FORMAT = 1
@@ -151,6 +151,37 @@ class Codec:
             raise ValueError(f"unreadable entry: {type(exc).__name__}") from None
         except ValueError:  # includes orjson.JSONDecodeError and pydantic.ValidationError
             raise
+
+
+#: The bytes of an encoded value entry besides its value: the envelope, and three floats of at most 24
+#: characters each in orjson's shortest form ("-2.2250738585072014e-308"; infinity and NaN are "null").
+_ENVELOPE = len(orjson.dumps({"v": FORMAT, "s": False, "at": 0, "f": 0, "x": 0, "d": {"j": None}})) - 3 - 4 + 3 * 24
+_FLOAT = float
+
+
+def fits(entry: Entry, limit: int) -> bool:
+    """True only if :meth:`Codec.encode` surely takes ``entry`` and gives at most ``limit`` bytes.
+
+    Without encoding, for what a memory-only store needs to know: a plain
+    value (None, a bool, an int orjson takes, an ASCII str) under float
+    times. False means "encode and see", never "unstorable". Bounds, not
+    exact sizes: an ASCII character is at most 6 bytes in JSON (``\u001f``),
+    an int of at most 63 bits at most 20. The methods of ``int`` and ``str``
+    are called on the class, so a subclass cannot make them lie.
+    """
+    if (
+        entry.stream
+        or entry.stored_at.__class__ is not _FLOAT
+        or entry.fresh_until.__class__ is not _FLOAT
+        or entry.stale_until.__class__ is not _FLOAT
+    ):
+        return False
+    value = entry.value
+    if isinstance(value, str):
+        return str.isascii(value) and _ENVELOPE + 2 + 6 * str.__len__(value) <= limit
+    if isinstance(value, int):  # bool too
+        return int.bit_length(value) < 64 and limit >= _ENVELOPE + 20
+    return value is None and limit >= _ENVELOPE + 4
 
 
 def _same_shape(a: Any, b: Any) -> bool:

@@ -3,22 +3,25 @@
 Threads wait on an event; tasks await a future of their own event loop. A
 waiter that is the leader's own thread or task (two streams interleaved by
 one consumer) never waits: it would wait for itself. Waits are bounded.
+
+A flight carries its leader's result itself, and the leader takes no lock
+and allocates no event or future: those are made by the first follower, so
+a miss nobody waits for (nearly every miss) pays only for the flight
+object and one dict step at each end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["AsyncFlights", "Flight", "Flights", "Shared"]
+__all__ = ["AsyncFlight", "AsyncFlights", "Flight", "Flights", "NOTHING", "Result", "Shared", "aend", "end"]
 
 _ident = threading.get_ident
 
 
-@dataclass(slots=True)
-class Shared:
+class Shared(NamedTuple):
     """What a leader hands its followers: a value (or a stream's chunks) and how it was got
     ('miss' or 'stale'), or an error; ``value`` is None with ``ok`` false when there is nothing to share."""
 
@@ -28,93 +31,148 @@ class Shared:
     error: BaseException | None = None
 
 
-@dataclass(slots=True)
+#: What a flight holds once its leader is done: the fields of a :class:`Shared`, as a plain tuple (the
+#: leader builds one on every miss, five times cheaper than a named tuple; only followers make it a Shared).
+Result = tuple[bool, Any, str, BaseException | None]
+NOTHING: Result = (False, None, "miss", None)
+
+
 class Flight:
-    owner: int  # thread id
-    shared: Shared | None = None
-    done: threading.Event | None = None  # made by the first follower: a flight nobody waits for costs no Event
+    """One sync miss in progress: its leader's thread, then its result."""
+
+    __slots__ = ("done", "owner", "result")
+
+    def __init__(self, owner: int) -> None:
+        self.owner = owner
+        self.result: Result | None = None
+        self.done: threading.Event | None = None  # made by the first follower
 
 
 class Flights:
-    """Flights of sync calls, by key."""
+    """Flights of sync calls, by key.
+
+    Lock-free for the leader, under the GIL. ``begin``: ``setdefault`` on a
+    str key is one atomic step, so exactly one caller's flight is installed,
+    and only its leader removes it. ``end`` and ``wait`` are a Dekker
+    handshake: the leader writes ``result``, then reads ``done``; a follower
+    writes ``done``, then reads ``result`` again. Each of those reads and
+    writes is one bytecode, and the GIL runs bytecodes in one order, so at
+    least one side sees the other's write: either the leader sees the event
+    and sets it, or the follower sees the result and does not wait. The lock
+    is only among followers, so that they share one event.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._flights: dict[str, Flight] = {}
+        self.flights: dict[str, Flight] = {}
 
     def begin(self, key: str) -> tuple[Flight, bool]:
         """The key's flight and whether the caller leads it (a new flight) or follows."""
-        # No lock: setdefault on a str key is one atomic step, so exactly one caller's flight is
-        # installed, and only its leader removes it (end). Every miss runs this.
         mine = Flight(_ident())
-        flight = self._flights.setdefault(key, mine)
+        flight = self.flights.setdefault(key, mine)
         return flight, flight is mine
 
-    def end(self, key: str, flight: Flight, shared: Shared) -> None:
-        # The lock pairs with wait(): a follower either sees ``shared`` or leaves an event that is set
-        # here. acquire/release rather than ``with``: half the cost, on every miss.
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-            flight.shared = shared
-            done = flight.done
-        finally:
-            lock.release()
-        if done is not None:
-            done.set()
+    def end(self, key: str, flight: Flight, result: Result) -> None:
+        """The leader's last step: hand ``result`` to the followers (see :func:`end` for why in this order)."""
+        end(self.flights, key, flight, result)
 
     def wait(self, flight: Flight, timeout: float) -> Shared | None:
         """The leader's result, or None (it is our own thread, or it took longer than ``timeout``)."""
-        if flight.owner == threading.get_ident():
+        if flight.owner == _ident():
             return None
-        with self._lock:
-            if flight.shared is not None:
-                return flight.shared
-            if flight.done is None:
-                flight.done = threading.Event()
+        result = flight.result
+        if result is not None:
+            return Shared(*result)
+        with self._lock:  # followers among themselves: one event per flight
             done = flight.done
-        if not done.wait(timeout):
-            return None
-        return flight.shared
+            if done is None:
+                done = flight.done = threading.Event()
+        # Dekker, the follower's half: ``done`` is written, now read the result again.
+        result = flight.result
+        if result is None:
+            if not done.wait(timeout):
+                return None
+            result = flight.result
+        return Shared(*result) if result is not None else None
 
 
-@dataclass(slots=True)
+def end(flights: dict[str, Flight], key: str, flight: Flight, result: Result) -> None:
+    """End a sync flight: the result first, then the event (the leader's half of the handshake in :class:`Flights`).
+
+    The flight leaves the dict after its result is written, so a caller that
+    no longer finds it finds the value in the local layer (stored before
+    this) or is a new flight.
+    """
+    flight.result = result
+    if flights.get(key) is flight:  # only its leader removes a flight: nobody can replace it meanwhile
+        del flights[key]
+    done = flight.done
+    if done is not None:
+        done.set()
+
+
 class AsyncFlight:
-    loop: asyncio.AbstractEventLoop
-    task: asyncio.Task[Any] | None
-    future: asyncio.Future[Shared]
+    """One async miss in progress: its leader's task, then its result."""
+
+    __slots__ = ("future", "result", "task")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.task = task
+        self.result: Result | None = None
+        self.future: asyncio.Future[None] | None = None  # made by the first follower
 
 
 class AsyncFlights:
-    """Flights of async calls, by key, each within its event loop."""
+    """Flights of async calls, by key and event loop.
+
+    Keyed by ``(key, loop)``: a flight is only ever touched from its loop's
+    thread (loops in several threads may share the policy), so nothing here
+    needs a lock, and within a loop nothing runs between two awaits. Tasks of
+    different loops never wait for each other (a future belongs to one loop).
+    """
 
     def __init__(self) -> None:
-        self._flights: dict[str, AsyncFlight] = {}
-        self._lock = threading.Lock()  # loops in several threads may share the policy
+        self.flights: dict[tuple[str, asyncio.AbstractEventLoop], AsyncFlight] = {}
 
     def begin(self, key: str) -> tuple[AsyncFlight, bool]:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            flight = self._flights.get(key)
-            if flight is not None and flight.loop is loop and not flight.future.done():
-                return flight, False
-            flight = self._flights[key] = AsyncFlight(loop, asyncio.current_task(), loop.create_future())
-            return flight, True
+        at = (key, asyncio.get_running_loop())
+        flight = self.flights.get(at)
+        if flight is not None:
+            return flight, False
+        flight = self.flights[at] = AsyncFlight(asyncio.current_task())
+        return flight, True
 
-    def end(self, key: str, flight: AsyncFlight, shared: Shared) -> None:
-        with self._lock:
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-        if not flight.future.done():
-            flight.future.set_result(shared)
+    def end(self, key: str, flight: AsyncFlight, result: Result) -> None:
+        aend(self.flights, (key, asyncio.get_running_loop()), flight, result)
 
     @staticmethod
     async def wait(flight: AsyncFlight, timeout: float) -> Shared | None:
         if flight.task is not None and flight.task is asyncio.current_task():
             return None
+        result = flight.result
+        if result is not None:
+            return Shared(*result)
+        future = flight.future
+        if future is None:
+            future = flight.future = asyncio.get_running_loop().create_future()
         try:
-            return await asyncio.wait_for(asyncio.shield(flight.future), timeout)
+            await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
             return None
+        result = flight.result
+        return Shared(*result) if result is not None else None
+
+
+def aend(
+    flights: dict[tuple[str, asyncio.AbstractEventLoop], AsyncFlight],
+    at: tuple[str, asyncio.AbstractEventLoop],
+    flight: AsyncFlight,
+    result: Result,
+) -> None:
+    """End an async flight (in its loop): the result, out of the dict, then wake the followers, if any."""
+    flight.result = result
+    if flights.get(at) is flight:
+        del flights[at]
+    future = flight.future
+    if future is not None and not future.done():
+        future.set_result(None)

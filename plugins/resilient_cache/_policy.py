@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from hashlib import sha256  # _key.digest, called inline on the miss paths (one call less per miss)
 from typing import Any
@@ -24,7 +26,7 @@ from resilient import (
 from resilient.events import Count, Event
 from resilient.storage import STORE_ERRORS, is_memory
 
-from ._codec import Codec, Entry, Unstorable
+from ._codec import Codec, Entry, Unstorable, fits
 from ._events import (
     CacheBypassed,
     CacheHit,
@@ -35,7 +37,7 @@ from ._events import (
     CacheStored,
     CacheStoreError,
 )
-from ._flight import AsyncFlights, Flights, Shared
+from ._flight import NOTHING, AsyncFlight, AsyncFlights, Flight, Flights, Result, Shared
 from ._flow import Lookup, Missed, Op, Put, Release, Sleep, Steps, adrive, drive, stale_reason
 from ._key import KeyFunction, KeyMaker, digest, import_function, key_maker
 from ._local import LocalLayer
@@ -91,6 +93,8 @@ class CachePolicy(Policy):
 
     name = "cache"
     order = Order.CACHE
+    #: Misses with no shared store run :meth:`_flat_miss` (False: the general path, for the tests comparing them).
+    flat_misses = True
 
     def __init__(
         self,
@@ -331,81 +335,6 @@ class CachePolicy(Policy):
             )
         return Missed(stale=stale, token=token)
 
-    def _begin_here(self, call: Call, key: str, local: Entry | None) -> Entry | None:
-        """A miss with no shared store, told; the stale entry held to answer a failure, if any.
-
-        What :meth:`_find` and :meth:`_missed` do when there is nothing to
-        look up, written out as one function: with ``memory://`` every miss
-        runs this and :meth:`_end_here`, and the cost of a miss was mostly
-        the frames of small steps.
-        """
-        if local is not None and not self._clock.time() < local.stale_until:
-            local = None
-        metadata = call._metadata
-        if metadata is None:
-            metadata = call._metadata = {}
-        metadata["cache"] = "miss"
-        metadata["cache_key"] = key
-        events = self._events
-        if events.enabled:
-            target = call.target
-            model = call.model
-            count = self._bound.get((CacheMiss, target.provider, target.operation, model), _UNBOUND)
-            if count is _UNBOUND:
-                count = self._count(CacheMiss, target, model)
-            if count is not None:
-                count()
-            else:
-                events.emit(
-                    CacheMiss(
-                        provider=target.provider,
-                        operation=target.operation,
-                        model=model,
-                        tenant=call.tenant,
-                        key=key,
-                        stale=local is not None,
-                    )
-                )
-        return local
-
-    def _end_here(self, call: Call, plan: Plan, ck: bytes, key: str, value: Any) -> None:
-        """:meth:`_fill` with no shared store: keep a response in the local layer and tell it, or say why not."""
-        options = plan.options
-        now = self._clock.time()
-        ttl = plan.ttl
-        entry = Entry(value, False, now, now + ttl, now + ttl + options.max_stale)
-        try:
-            raw = self._codec.encode(entry)
-        except Unstorable:
-            self._not_stored(call, key, "unserializable")
-            return
-        if len(raw) > options.max_value_bytes:
-            self._not_stored(call, key, "too_large")
-            return
-        self._local.put(ck, key, entry, entry.stale_until, plan.tags(call) if plan.tags is not None else ())
-        events = self._events
-        if events.enabled:
-            target = call.target
-            model = call.model
-            count = self._bound.get((CacheStored, target.provider, target.operation, model), _UNBOUND)
-            if count is _UNBOUND:
-                count = self._count(CacheStored, target, model)
-            if count is not None:
-                count()
-            else:
-                events.emit(
-                    CacheStored(
-                        provider=target.provider,
-                        operation=target.operation,
-                        model=model,
-                        tenant=call.tenant,
-                        key=key,
-                        size=len(raw),
-                        ttl=ttl,
-                        stream=False,
-                    )
-                )
-
     def _fill(
         self, call: Call, plan: Plan, ck: bytes, key: str, value: Any, stream: bool, token: str
     ) -> Steps[Op, None]:
@@ -523,6 +452,7 @@ class CachePolicy(Policy):
         local, time = self._local, self._clock.time
         held, move = local.data.get, local.data.move_to_end
         events = self._events
+        miss = self._flat_miss() if self._shared is None and self.flat_misses else self._miss
 
         def cached(call: Call) -> Any:
             plan = fixed if fixed is not None else self._plan_for(call, False)
@@ -561,13 +491,146 @@ class CachePolicy(Policy):
                     )
                 return found[0].value
             if found is None:
-                return self._miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
+                return miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
             kept = local.get(ck, now)  # held but no longer fresh here: past its local deadline, or stale
             if kept is not None:
-                return self._miss(call, nxt, plan, ck, kept[2], kept[0])
-            return self._miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
+                return miss(call, nxt, plan, ck, kept[2], kept[0])
+            return miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
 
         return cached
+
+    def _flat_miss(self) -> Callable[[Call, Handler, Plan, bytes, str, Entry | None], Any]:
+        """:meth:`_miss` when there is no shared store, as one function: what it does, step for step.
+
+        A miss on ``memory://`` (every call of a workload that rarely repeats)
+        ran ``_miss``, ``Flights.begin``/``end``, ``_fetch``, the lookup and
+        store steps and their telling, each a frame; this is them written
+        out, with what they read bound here. The single flight's leader takes
+        no lock and allocates nothing but its flight (see :class:`Flights`);
+        a follower goes the general way. tests/test_cache_flat.py drives this
+        and the general path through random histories and compares them.
+        """
+        flights = self._flights.flights
+        lead, held_flight = flights.setdefault, flights.get
+        ident = threading.get_ident
+        time = self._clock.time
+        events, bound = self._events, self._bound
+        put, encode = self._local.put, self._codec.encode
+        classify = self._classify
+
+        def miss(call: Call, nxt: Handler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
+            options = plan.options
+            flight: Flight | None = None
+            if options.single_flight:
+                mine = Flight(ident())
+                flight = lead(key, mine)
+                if flight is not mine:
+                    return self._miss_behind(call, nxt, plan, ck, key, local, flight)
+            result: Result = NOTHING
+            try:
+                # _find and _missed, with no store to look in
+                if local is not None and not time() < local.stale_until:
+                    local = None
+                metadata = call._metadata
+                if metadata is None:
+                    metadata = call._metadata = {}
+                metadata["cache"] = "miss"
+                metadata["cache_key"] = key
+                enabled = events.enabled
+                if enabled:
+                    target = call.target
+                    model = call.model
+                    count = bound.get((CacheMiss, target.provider, target.operation, model), _UNBOUND)
+                    if count is _UNBOUND:
+                        count = self._count(CacheMiss, target, model)
+                    if count is not None:
+                        count()
+                    else:
+                        events.emit(
+                            CacheMiss(
+                                provider=target.provider,
+                                operation=target.operation,
+                                model=model,
+                                tenant=call.tenant,
+                                key=key,
+                                stale=local is not None,
+                            )
+                        )
+                try:
+                    value = nxt(call)
+                except Exception as exc:
+                    if local is None:
+                        raise
+                    reason = stale_reason(exc, classify)
+                    if reason is None or not local.usable(time()):
+                        raise
+                    value = self._stale(call, key, local, reason)
+                else:
+                    # _fill: _keep and _stored, with no store to put in
+                    now = time()
+                    ttl = plan.ttl
+                    fresh_until = now + ttl
+                    entry = Entry(value, False, now, fresh_until, fresh_until + options.max_stale)
+                    stored = _UNBOUND
+                    if enabled:
+                        stored = bound.get((CacheStored, target.provider, target.operation, model), _UNBOUND)
+                    size = 0
+                    # The size is needed for an event, else only whether it is within the limit.
+                    if (stored is _UNBOUND and enabled) or stored is None or not fits(entry, options.max_value_bytes):
+                        try:
+                            size = len(encode(entry))
+                        except Unstorable:
+                            size = -1
+                            self._not_stored(call, key, "unserializable")
+                        else:
+                            if size > options.max_value_bytes:
+                                size = -1
+                                self._not_stored(call, key, "too_large")
+                    if size >= 0:
+                        put(ck, key, entry, entry.stale_until, plan.tags(call) if plan.tags is not None else ())
+                        if enabled:
+                            if stored is _UNBOUND:
+                                stored = self._count(CacheStored, target, model)
+                            if stored is not None:
+                                stored()
+                            else:
+                                events.emit(
+                                    CacheStored(
+                                        provider=target.provider,
+                                        operation=target.operation,
+                                        model=model,
+                                        tenant=call.tenant,
+                                        key=key,
+                                        size=size,
+                                        ttl=ttl,
+                                        stream=False,
+                                    )
+                                )
+                metadata = call._metadata
+                result = (True, value, metadata.get("cache", "miss") if metadata is not None else "miss", None)
+                return value
+            except Exception as exc:
+                result = (False, None, "miss", exc)
+                raise
+            finally:
+                if flight is not None:  # Flights.end, the leader's half of its handshake
+                    flight.result = result
+                    if held_flight(key) is flight:
+                        del flights[key]
+                    done = flight.done
+                    if done is not None:
+                        done.set()
+
+        return miss
+
+    def _miss_behind(
+        self, call: Call, nxt: Handler, plan: Plan, ck: bytes, key: str, local: Entry | None, flight: Flight
+    ) -> Any:
+        """A miss that found an identical one in flight: its result, or (none in time) a call of its own."""
+        shared = self._flights.wait(flight, plan.options.flight_wait)
+        if shared is not None and (shared.ok or shared.error is not None):
+            return self._follow(call, key, shared)
+        return self._fetch(call, nxt, plan, ck, key, local)
 
     def _miss(self, call: Call, nxt: Handler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
         options = plan.options
@@ -575,17 +638,14 @@ class CachePolicy(Policy):
             return self._fetch(call, nxt, plan, ck, key, local)
         flight, leader = self._flights.begin(key)
         if not leader:
-            shared = self._flights.wait(flight, options.flight_wait)
-            if shared is not None and (shared.ok or shared.error is not None):
-                return self._follow(call, key, shared)
-            return self._fetch(call, nxt, plan, ck, key, local)
-        result = Shared(False)
+            return self._miss_behind(call, nxt, plan, ck, key, local, flight)
+        result: Result = NOTHING
         try:
             value = self._fetch(call, nxt, plan, ck, key, local)
-            result = Shared(True, value, call.metadata.get("cache", "miss"))
+            result = (True, value, call.metadata.get("cache", "miss"), None)
             return value
         except Exception as exc:
-            result = Shared(False, error=exc)
+            result = (False, None, "miss", exc)
             raise
         finally:
             self._flights.end(key, flight, result)
@@ -602,19 +662,6 @@ class CachePolicy(Policy):
         return shared.value
 
     def _fetch(self, call: Call, nxt: Handler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
-        if self._shared is None:
-            stale = self._begin_here(call, key, local)
-            try:
-                value = nxt(call)
-            except Exception as exc:
-                if stale is None:
-                    raise
-                reason = stale_reason(exc, self._classify)
-                if reason is None or not stale.usable(self._clock.time()):
-                    raise
-                return self._stale(call, key, stale, reason)
-            self._end_here(call, plan, ck, key, value)
-            return value
         found = drive(self._find(call, plan, ck, key, local), self._perform)
         if found.entry is not None:
             return found.entry.value
@@ -718,6 +765,7 @@ class CachePolicy(Policy):
         local, time = self._local, self._clock.time
         held, move = local.data.get, local.data.move_to_end
         events = self._events
+        miss = self._aflat_miss() if self._shared is None and self.flat_misses else self._amiss
 
         async def cached(call: Call) -> Any:
             plan = fixed if fixed is not None else self._plan_for(call, False)
@@ -756,13 +804,142 @@ class CachePolicy(Policy):
                     )
                 return found[0].value
             if found is None:
-                return await self._amiss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
+                return await miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
             kept = local.get(ck, now)  # held but no longer fresh here: past its local deadline, or stale
             if kept is not None:
-                return await self._amiss(call, nxt, plan, ck, kept[2], kept[0])
-            return await self._amiss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
+                return await miss(call, nxt, plan, ck, kept[2], kept[0])
+            return await miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
 
         return cached
+
+    def _aflat_miss(self) -> Callable[[Call, AsyncHandler, Plan, bytes, str, Entry | None], Awaitable[Any]]:
+        """:meth:`_flat_miss` for async calls: :meth:`_amiss` with no shared store, as one function.
+
+        The same code but for ``await nxt(call)`` and the flight, which is
+        the loop's (see :class:`AsyncFlights`): keep the two in step.
+        """
+        flights = self._aflights.flights
+        held_flight = flights.get
+        running_loop, current_task = asyncio.get_running_loop, asyncio.current_task
+        time = self._clock.time
+        events, bound = self._events, self._bound
+        put, encode = self._local.put, self._codec.encode
+        classify = self._classify
+
+        async def miss(call: Call, nxt: AsyncHandler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
+            options = plan.options
+            flight: AsyncFlight | None = None
+            if options.single_flight:
+                at = (key, running_loop())
+                flight = held_flight(at)
+                if flight is not None:
+                    return await self._amiss_behind(call, nxt, plan, ck, key, local, flight)
+                flight = flights[at] = AsyncFlight(current_task())
+            result: Result = NOTHING
+            try:
+                # _find and _missed, with no store to look in
+                if local is not None and not time() < local.stale_until:
+                    local = None
+                metadata = call._metadata
+                if metadata is None:
+                    metadata = call._metadata = {}
+                metadata["cache"] = "miss"
+                metadata["cache_key"] = key
+                enabled = events.enabled
+                if enabled:
+                    target = call.target
+                    model = call.model
+                    count = bound.get((CacheMiss, target.provider, target.operation, model), _UNBOUND)
+                    if count is _UNBOUND:
+                        count = self._count(CacheMiss, target, model)
+                    if count is not None:
+                        count()
+                    else:
+                        events.emit(
+                            CacheMiss(
+                                provider=target.provider,
+                                operation=target.operation,
+                                model=model,
+                                tenant=call.tenant,
+                                key=key,
+                                stale=local is not None,
+                            )
+                        )
+                try:
+                    value = await nxt(call)
+                except Exception as exc:
+                    if local is None:
+                        raise
+                    reason = stale_reason(exc, classify)
+                    if reason is None or not local.usable(time()):
+                        raise
+                    value = self._stale(call, key, local, reason)
+                else:
+                    # _fill: _keep and _stored, with no store to put in
+                    now = time()
+                    ttl = plan.ttl
+                    fresh_until = now + ttl
+                    entry = Entry(value, False, now, fresh_until, fresh_until + options.max_stale)
+                    stored = _UNBOUND
+                    if enabled:
+                        stored = bound.get((CacheStored, target.provider, target.operation, model), _UNBOUND)
+                    size = 0
+                    # The size is needed for an event, else only whether it is within the limit.
+                    if (stored is _UNBOUND and enabled) or stored is None or not fits(entry, options.max_value_bytes):
+                        try:
+                            size = len(encode(entry))
+                        except Unstorable:
+                            size = -1
+                            self._not_stored(call, key, "unserializable")
+                        else:
+                            if size > options.max_value_bytes:
+                                size = -1
+                                self._not_stored(call, key, "too_large")
+                    if size >= 0:
+                        put(ck, key, entry, entry.stale_until, plan.tags(call) if plan.tags is not None else ())
+                        if enabled:
+                            if stored is _UNBOUND:
+                                stored = self._count(CacheStored, target, model)
+                            if stored is not None:
+                                stored()
+                            else:
+                                events.emit(
+                                    CacheStored(
+                                        provider=target.provider,
+                                        operation=target.operation,
+                                        model=model,
+                                        tenant=call.tenant,
+                                        key=key,
+                                        size=size,
+                                        ttl=ttl,
+                                        stream=False,
+                                    )
+                                )
+                metadata = call._metadata
+                result = (True, value, metadata.get("cache", "miss") if metadata is not None else "miss", None)
+                return value
+            except Exception as exc:
+                result = (False, None, "miss", exc)
+                raise
+            finally:
+                if flight is not None:  # AsyncFlights.end: in this loop, so nothing runs in between
+                    flight.result = result
+                    if held_flight(at) is flight:
+                        del flights[at]
+                    future = flight.future
+                    if future is not None and not future.done():
+                        future.set_result(None)
+
+        return miss
+
+    async def _amiss_behind(
+        self, call: Call, nxt: AsyncHandler, plan: Plan, ck: bytes, key: str, local: Entry | None, flight: AsyncFlight
+    ) -> Any:
+        """A miss that found an identical one in flight in its loop: its result, or a call of its own."""
+        shared = await AsyncFlights.wait(flight, plan.options.flight_wait)
+        if shared is not None and (shared.ok or shared.error is not None):
+            return self._follow(call, key, shared)
+        return await self._afetch(call, nxt, plan, ck, key, local)
 
     async def _amiss(self, call: Call, nxt: AsyncHandler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
         options = plan.options
@@ -770,35 +947,19 @@ class CachePolicy(Policy):
             return await self._afetch(call, nxt, plan, ck, key, local)
         flight, leader = self._aflights.begin(key)
         if not leader:
-            shared = await AsyncFlights.wait(flight, options.flight_wait)
-            if shared is not None and (shared.ok or shared.error is not None):
-                return self._follow(call, key, shared)
-            return await self._afetch(call, nxt, plan, ck, key, local)
-        result = Shared(False)
+            return await self._amiss_behind(call, nxt, plan, ck, key, local, flight)
+        result: Result = NOTHING
         try:
             value = await self._afetch(call, nxt, plan, ck, key, local)
-            result = Shared(True, value, call.metadata.get("cache", "miss"))
+            result = (True, value, call.metadata.get("cache", "miss"), None)
             return value
         except Exception as exc:
-            result = Shared(False, error=exc)
+            result = (False, None, "miss", exc)
             raise
         finally:
             self._aflights.end(key, flight, result)
 
     async def _afetch(self, call: Call, nxt: AsyncHandler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
-        if self._shared is None:
-            stale = self._begin_here(call, key, local)
-            try:
-                value = await nxt(call)
-            except Exception as exc:
-                if stale is None:
-                    raise
-                reason = stale_reason(exc, self._classify)
-                if reason is None or not stale.usable(self._clock.time()):
-                    raise
-                return self._stale(call, key, stale, reason)
-            self._end_here(call, plan, ck, key, value)
-            return value
         found = await adrive(self._find(call, plan, ck, key, local), self._aperform)
         if found.entry is not None:
             return found.entry.value
