@@ -8,6 +8,7 @@ produced: these tests compare the two, call for call.
 from __future__ import annotations
 
 import threading
+import types
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,10 +56,20 @@ def usage(n: int) -> Mapping[str, Any]:
     }
 
 
-# A call: ok with some tokens, ok with no usage, or a failure; its latency; its model.
+def sdk_reply(n: int) -> Any:
+    """An anthropic-SDK-shaped answer (objects, not dicts): the policy reads it by attribute."""
+    return types.SimpleNamespace(
+        usage=types.SimpleNamespace(
+            input_tokens=n, output_tokens=n // 3, cache_read_input_tokens=2 * n, cache_creation_input_tokens=n % 7
+        )
+    )
+
+
+# A call: ok with some tokens (a dict or an SDK object), ok with no usage, or a failure; its latency; its model.
 plays = st.tuples(
     st.one_of(
         st.integers(0, 10_000).map(lambda n: ("ok", usage(n))),
+        st.integers(0, 10_000).map(lambda n: ("ok", sdk_reply(n))),
         st.just(("ok", "plain text")),
         st.sampled_from([("fail", HTTPStatus(503)), ("fail", ValueError("no"))]),
     ),
@@ -77,7 +88,7 @@ def run(pipeline: Pipeline, clock: FakeClock, script: list[tuple[tuple[str, Any]
             else:
                 with pytest.raises((ProviderHTTPError, ValueError)):
                     ask(model=model)
-    return [c.metadata.get("cost_usd") for c in calls]
+    return [(c.metadata.get("cost_usd"), c.usage) for c in calls]
 
 
 @settings(max_examples=60, deadline=None)

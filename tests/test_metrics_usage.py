@@ -100,7 +100,7 @@ def usages(draw: st.DrawFn) -> Any:
     )
     for details in details_names:
         if draw(st.sampled_from([True, True, True, False])):
-            inner = draw(st.one_of(st.none(), st.just("text"), st.builds(dict, cached_tokens=counts)))
+            inner: Any = draw(st.one_of(st.none(), st.just("text"), st.builds(dict, cached_tokens=counts)))
             if isinstance(inner, dict) and draw(st.booleans()):
                 inner = as_shape(inner, "object")
             fields[details] = inner
@@ -155,7 +155,7 @@ def sdk_responses(draw: st.DrawFn) -> Any:
     fields: dict[str, Any] = {name: draw(counts) for name in names}
     if shape != "anthropic":
         details = "prompt_tokens_details" if shape == "openai" else "input_tokens_details"
-        inner = draw(st.one_of(st.none(), st.just("text"), st.builds(dict, cached_tokens=counts)))
+        inner: Any = draw(st.one_of(st.none(), st.just("text"), st.builds(dict, cached_tokens=counts)))
         fields[details] = (
             as_shape(inner, draw(st.sampled_from(["object", "dict"]))) if isinstance(inner, dict) else inner
         )
@@ -184,13 +184,12 @@ def test_the_sdk_shapes_take_the_attribute_path_and_give_a_real_usage(monkeypatc
             prompt_tokens=100, completion_tokens=20, prompt_tokens_details=types.SimpleNamespace(cached_tokens=30)
         )
     )
-    general = policy_module.usage_from
     monkeypatch.setattr(policy_module, "usage_from", None)  # the attribute path must not need it
     found = usage_of(anthropic)
     assert type(found) is Usage
     assert found == Usage(1200, 300, 5000, 0)
     assert found.total_tokens == 6500
     assert usage_of(openai) == Usage(70, 20, 30, 0)
-    monkeypatch.setattr(policy_module, "usage_from", general)
+    monkeypatch.setattr(policy_module, "usage_from", usage_from)
     assert usage_of({"usage": {"prompt_tokens": 5, "completion_tokens": 1}}) == Usage(5, 1, 0, 0)  # a dict
     assert usage_of("a str is never read") is None
