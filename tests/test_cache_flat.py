@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Callable
 from typing import Any
+from unittest.mock import Mock
 
 import pytest
 from hypothesis import given, settings
@@ -82,6 +83,7 @@ values = st.one_of(
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=3),
     st.tuples(st.integers()),  # not data: not stored
     st.builds(object),
+    st.builds(Mock, spec=st.sampled_from([str, int])),  # passes isinstance(): not data all the same
 )
 steps = st.one_of(
     st.tuples(
@@ -130,7 +132,7 @@ class Side:
         self.policy = next(p for p in self.pipeline.policies if isinstance(p, CachePolicy))
         self.policy.flat_misses = flat
         if flat:  # the flat path must not fall back to the general one (no follower in a sequential history)
-            self.policy._fetch = _never_sync  # type: ignore[method-assign]
+            self.policy._fetch = _never_sync  # type: ignore[method-assign,assignment]
             self.policy._afetch = _never  # type: ignore[method-assign,assignment]
         self.outcome: list[Any] = []
         self.made = 0
@@ -156,7 +158,8 @@ class Side:
 
     def held(self) -> Any:
         local = self.policy._local
-        return list(local.data.items()), dict(local._by_key), {t: set(m) for t, m in local._tags.items()}
+        by_key = None if local._by_key is None else dict(local._by_key)
+        return list(local.data.items()), by_key, {t: set(m) for t, m in local._tags.items()}
 
     async def play(self, step: tuple[Any, ...]) -> None:
         kind = step[0]
@@ -236,15 +239,13 @@ plain = st.one_of(
     at=times,
     fresh=times,
     stale=times,
-    stream=st.booleans(),
     limit=st.integers(1, 400) | st.just(1_000_000),
 )
 def test_fits_never_passes_what_encoding_refuses_or_finds_too_large(
-    value: Any, at: float, fresh: float, stale: float, stream: bool, limit: int
+    value: Any, at: float, fresh: float, stale: float, limit: int
 ) -> None:
-    entry = Entry([value] if stream else value, stream, at, fresh, stale)
-    if fits(entry, limit):
-        assert len(Codec().encode(entry)) <= limit
+    if fits(value, at, fresh, stale, limit):
+        assert len(Codec().encode(Entry(value, False, at, fresh, stale))) <= limit
 
 
 @pytest.mark.parametrize(
@@ -252,7 +253,7 @@ def test_fits_never_passes_what_encoding_refuses_or_finds_too_large(
     [(None, 120), ("a" * 10, 116 + 2 + 60), (2**63 - 1, 136), (True, 200), (Counted(7), 136)],
 )
 def test_fits_passes_plain_values_within_the_limit(value: Any, limit: int) -> None:
-    assert fits(Entry(value, False, 1.5, 2.5, 3.5), limit)
+    assert fits(value, 1.5, 2.5, 3.5, limit)
 
 
 @pytest.mark.parametrize(
@@ -260,7 +261,15 @@ def test_fits_passes_plain_values_within_the_limit(value: Any, limit: int) -> No
     [2**64, -(2**64), "\ud800", "caf\xe9", Text("x" * 200), 1.5, [1], {"a": 1}, (1,)],
 )
 def test_fits_leaves_everything_else_to_encoding(value: Any) -> None:
-    assert not fits(Entry(value, False, 1.5, 2.5, 3.5), 135)
+    assert not fits(value, 1.5, 2.5, 3.5, 135)
+
+
+@pytest.mark.parametrize("spec", [str, int, float])
+def test_fits_is_not_fooled_by_a_mock(spec: type) -> None:
+    mock = Mock(spec=spec)
+    assert isinstance(mock, spec)
+    assert not fits(mock, 1.5, 2.5, 3.5, 1_000_000)
+    assert not fits(1, 1.5, Mock(spec=float), 3.5, 1_000_000)
 
 
 def test_too_large_and_unstorable_plain_values_are_told_as_before() -> None:

@@ -159,27 +159,26 @@ _ENVELOPE = len(orjson.dumps({"v": FORMAT, "s": False, "at": 0, "f": 0, "x": 0, 
 _FLOAT = float
 
 
-def fits(entry: Entry, limit: int) -> bool:
-    """True only if :meth:`Codec.encode` surely takes ``entry`` and gives at most ``limit`` bytes.
+def fits(value: Any, stored_at: float, fresh_until: float, stale_until: float, limit: int) -> bool:
+    """True only if :meth:`Codec.encode` surely takes the value entry with these fields and gives at most
+    ``limit`` bytes.
 
     Without encoding, for what a memory-only store needs to know: a plain
     value (None, a bool, an int orjson takes, an ASCII str) under float
     times. False means "encode and see", never "unstorable". Bounds, not
-    exact sizes: an ASCII character is at most 6 bytes in JSON (``\u001f``),
-    an int of at most 63 bits at most 20. The methods of ``int`` and ``str``
-    are called on the class, so a subclass cannot make them lie.
+    exact sizes: an ASCII character is at most 6 bytes in JSON (``\\u001f``),
+    an int of at most 63 bits at most 20. Types are read with ``type()`` and
+    the methods of ``int`` and ``str`` are called on the class, so neither a
+    subclass nor a fake ``__class__`` (a mock) can make them lie. The fields
+    are passed one by one: reading them from an :class:`Entry` cost more than
+    the rest of the check.
     """
-    if (
-        entry.stream
-        or entry.stored_at.__class__ is not _FLOAT
-        or entry.fresh_until.__class__ is not _FLOAT
-        or entry.stale_until.__class__ is not _FLOAT
-    ):
+    if type(stored_at) is not _FLOAT or type(fresh_until) is not _FLOAT or type(stale_until) is not _FLOAT:
         return False
-    value = entry.value
-    if isinstance(value, str):
-        return str.isascii(value) and _ENVELOPE + 2 + 6 * str.__len__(value) <= limit
-    if isinstance(value, int):  # bool too
+    cls = type(value)
+    if issubclass(cls, str):
+        return str.isascii(value) and limit >= _ENVELOPE + 2 + 6 * str.__len__(value)
+    if issubclass(cls, int):  # bool too
         return int.bit_length(value) < 64 and limit >= _ENVELOPE + 20
     return value is None and limit >= _ENVELOPE + 4
 

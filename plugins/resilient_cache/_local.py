@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
 
 from ._codec import Entry
 
@@ -20,7 +19,10 @@ class LocalLayer:
 
     Reads take no lock (one dict lookup, one ``move_to_end``); writes and
     evictions take a short one. Tags are remembered here too, so an
-    invalidation by tag reaches this process's entries.
+    invalidation by tag reaches this process's entries. The index from key
+    to canonical request that invalidation needs is built by the first
+    invalidation or tagged entry, and kept from then on: until then a store
+    is one dict write (and an eviction one pop).
     """
 
     def __init__(self, max_entries: int) -> None:
@@ -28,7 +30,7 @@ class LocalLayer:
         #: canonical request -> (entry, local deadline, key, fresh here until): the hit path reads it directly.
         self.data: OrderedDict[bytes, tuple[Entry, float, str, float]] = OrderedDict()
         self._data = self.data
-        self._by_key: dict[str, bytes] = {}
+        self._by_key: dict[str, bytes] | None = None
         self._tags: dict[str, set[str]] = {}
         self._lock = threading.Lock()
 
@@ -38,7 +40,7 @@ class LocalLayer:
         if found is None:
             return None
         if now >= found[1]:
-            self.delete(found[2])
+            self._drop(canonical, found[2])
             return None
         try:
             self._data.move_to_end(canonical)
@@ -46,18 +48,30 @@ class LocalLayer:
             pass
         return found
 
-    def put(self, canonical: bytes, key: str, entry: Entry, until: float, tags: Iterable[str] = ()) -> None:
+    def put(self, canonical: bytes, key: str, entry: Entry, until: float, tags: tuple[str, ...] = ()) -> None:
         """Keep ``entry`` until wall time ``until`` (at most its stale deadline)."""
         stale_until, fresh_until = entry.stale_until, entry.fresh_until
         deadline = until if until < stale_until else stale_until
-        held = (entry, deadline, key, deadline if deadline < fresh_until else fresh_until)
-        data, by_key, most = self._data, self._by_key, self.max_entries
+        self.hold(canonical, (entry, deadline, key, deadline if deadline < fresh_until else fresh_until), tags)
+
+    def hold(self, canonical: bytes, held: tuple[Entry, float, str, float], tags: tuple[str, ...] = ()) -> None:
+        """Keep ``held``, a row as :meth:`put` makes it: (entry, local deadline, key, fresh here until)."""
+        data, most = self._data, self.max_entries
         lock = self._lock
         lock.acquire()  # not ``with``: half the cost, and every miss stores
         try:
             if canonical in data:  # a new key goes to the end by itself
                 data.move_to_end(canonical)
             data[canonical] = held
+            by_key = self._by_key
+            if by_key is None:
+                if tags:
+                    by_key = self._index()
+                else:
+                    while len(data) > most:
+                        data.popitem(last=False)
+                    return
+            key = held[2]
             by_key[key] = canonical
             while len(data) > most:
                 by_key.pop(data.popitem(last=False)[1][2], None)
@@ -69,23 +83,38 @@ class LocalLayer:
         finally:
             lock.release()
 
+    def _index(self) -> dict[str, bytes]:
+        """The key -> canonical index, built from what is held (under the lock)."""
+        by_key = self._by_key
+        if by_key is None:
+            by_key = self._by_key = {held[2]: canonical for canonical, held in self._data.items()}
+        return by_key
+
+    def _drop(self, canonical: bytes, key: str) -> None:
+        """:meth:`delete` of ``key`` when its canonical request is known: the index is not needed."""
+        with self._lock:
+            self._data.pop(canonical, None)
+            if self._by_key is not None:
+                self._by_key.pop(key, None)
+
     def delete(self, key: str) -> bool:
         with self._lock:
-            canonical = self._by_key.pop(key, None)
+            canonical = self._index().pop(key, None)
             return canonical is not None and self._data.pop(canonical, None) is not None
 
     def delete_tag(self, tag: str) -> int:
         with self._lock:
             removed = 0
+            by_key = self._index()
             for key in self._tags.pop(tag, set()):
-                canonical = self._by_key.pop(key, None)
+                canonical = by_key.pop(key, None)
                 removed += canonical is not None and self._data.pop(canonical, None) is not None
             return removed
 
     def clear(self) -> None:
         with self._lock:
             self._data.clear()
-            self._by_key.clear()
+            self._by_key = None
             self._tags.clear()
 
     def __len__(self) -> int:

@@ -50,6 +50,7 @@ __all__ = ["CachePolicy", "TagFunction"]
 _log = logging.getLogger("resilient.cache")
 _PLANS_MAX = 10_000
 _UNBOUND: Any = object()  # not bound yet (None is bound: emit the event)
+new_entry = tuple.__new__  # new_entry(Entry, fields): an Entry without the Python frame of its __new__
 
 #: A user's tag function: more tags for a call's entry.
 TagFunction = Callable[[Call], Iterable[str]]
@@ -515,7 +516,7 @@ class CachePolicy(Policy):
         ident = threading.get_ident
         time = self._clock.time
         events, bound = self._events, self._bound
-        put, encode = self._local.put, self._codec.encode
+        hold, encode = self._local.hold, self._codec.encode
         classify = self._classify
 
         def miss(call: Call, nxt: Handler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
@@ -533,9 +534,10 @@ class CachePolicy(Policy):
                     local = None
                 metadata = call._metadata
                 if metadata is None:
-                    metadata = call._metadata = {}
-                metadata["cache"] = "miss"
-                metadata["cache_key"] = key
+                    call._metadata = {"cache": "miss", "cache_key": key}
+                else:
+                    metadata["cache"] = "miss"
+                    metadata["cache_key"] = key
                 enabled = events.enabled
                 if enabled:
                     target = call.target
@@ -570,13 +572,18 @@ class CachePolicy(Policy):
                     now = time()
                     ttl = plan.ttl
                     fresh_until = now + ttl
-                    entry = Entry(value, False, now, fresh_until, fresh_until + options.max_stale)
+                    stale_until = fresh_until + options.max_stale
+                    entry = new_entry(Entry, (value, False, now, fresh_until, stale_until))
                     stored = _UNBOUND
                     if enabled:
                         stored = bound.get((CacheStored, target.provider, target.operation, model), _UNBOUND)
                     size = 0
                     # The size is needed for an event, else only whether it is within the limit.
-                    if (stored is _UNBOUND and enabled) or stored is None or not fits(entry, options.max_value_bytes):
+                    if (
+                        (stored is _UNBOUND and enabled)
+                        or stored is None
+                        or not fits(value, now, fresh_until, stale_until, options.max_value_bytes)
+                    ):
                         try:
                             size = len(encode(entry))
                         except Unstorable:
@@ -587,7 +594,8 @@ class CachePolicy(Policy):
                                 size = -1
                                 self._not_stored(call, key, "too_large")
                     if size >= 0:
-                        put(ck, key, entry, entry.stale_until, plan.tags(call) if plan.tags is not None else ())
+                        # LocalLayer.put's row with no store: kept until stale, fresh until fresh (max_stale >= 0)
+                        hold(ck, (entry, stale_until, key, fresh_until), plan.tags(call) if plan.tags else ())
                         if enabled:
                             if stored is _UNBOUND:
                                 stored = self._count(CacheStored, target, model)
@@ -823,18 +831,19 @@ class CachePolicy(Policy):
         running_loop, current_task = asyncio.get_running_loop, asyncio.current_task
         time = self._clock.time
         events, bound = self._events, self._bound
-        put, encode = self._local.put, self._codec.encode
+        hold, encode = self._local.hold, self._codec.encode
         classify = self._classify
 
         async def miss(call: Call, nxt: AsyncHandler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
             options = plan.options
             flight: AsyncFlight | None = None
             if options.single_flight:
-                at = (key, running_loop())
+                loop = running_loop()
+                at = (key, loop)
                 flight = held_flight(at)
                 if flight is not None:
                     return await self._amiss_behind(call, nxt, plan, ck, key, local, flight)
-                flight = flights[at] = AsyncFlight(current_task())
+                flight = flights[at] = AsyncFlight(current_task(loop))
             result: Result = NOTHING
             try:
                 # _find and _missed, with no store to look in
@@ -842,9 +851,10 @@ class CachePolicy(Policy):
                     local = None
                 metadata = call._metadata
                 if metadata is None:
-                    metadata = call._metadata = {}
-                metadata["cache"] = "miss"
-                metadata["cache_key"] = key
+                    call._metadata = {"cache": "miss", "cache_key": key}
+                else:
+                    metadata["cache"] = "miss"
+                    metadata["cache_key"] = key
                 enabled = events.enabled
                 if enabled:
                     target = call.target
@@ -879,13 +889,18 @@ class CachePolicy(Policy):
                     now = time()
                     ttl = plan.ttl
                     fresh_until = now + ttl
-                    entry = Entry(value, False, now, fresh_until, fresh_until + options.max_stale)
+                    stale_until = fresh_until + options.max_stale
+                    entry = new_entry(Entry, (value, False, now, fresh_until, stale_until))
                     stored = _UNBOUND
                     if enabled:
                         stored = bound.get((CacheStored, target.provider, target.operation, model), _UNBOUND)
                     size = 0
                     # The size is needed for an event, else only whether it is within the limit.
-                    if (stored is _UNBOUND and enabled) or stored is None or not fits(entry, options.max_value_bytes):
+                    if (
+                        (stored is _UNBOUND and enabled)
+                        or stored is None
+                        or not fits(value, now, fresh_until, stale_until, options.max_value_bytes)
+                    ):
                         try:
                             size = len(encode(entry))
                         except Unstorable:
@@ -896,7 +911,8 @@ class CachePolicy(Policy):
                                 size = -1
                                 self._not_stored(call, key, "too_large")
                     if size >= 0:
-                        put(ck, key, entry, entry.stale_until, plan.tags(call) if plan.tags is not None else ())
+                        # LocalLayer.put's row with no store: kept until stale, fresh until fresh (max_stale >= 0)
+                        hold(ck, (entry, stale_until, key, fresh_until), plan.tags(call) if plan.tags else ())
                         if enabled:
                             if stored is _UNBOUND:
                                 stored = self._count(CacheStored, target, model)
