@@ -1,4 +1,4 @@
-"""The memory-only miss path (``CachePolicy._flat_miss``/``_aflat_miss``) against the general one.
+"""The memory-only handlers (``CachePolicy._here``/``_ahere``: hit and miss written out flat) against the general path.
 
 With no shared store a miss runs one flat function instead of ``_miss`` ->
 ``_fetch`` -> the lookup and store steps of ``_flow.py``. These tests drive

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import secrets
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from hashlib import sha256  # _key.digest, called inline on the miss paths (one call less per miss)
 from typing import Any
@@ -94,7 +94,7 @@ class CachePolicy(Policy):
 
     name = "cache"
     order = Order.CACHE
-    #: Misses with no shared store run :meth:`_flat_miss` (False: the general path, for the tests comparing them).
+    #: With no shared store, calls run :meth:`_here`/:meth:`_ahere` (False: the general path, for the tests).
     flat_misses = True
 
     def __init__(
@@ -452,8 +452,9 @@ class CachePolicy(Policy):
             return nxt
         local, time = self._local, self._clock.time
         held, move = local.data.get, local.data.move_to_end
+        if self._shared is None and self.flat_misses:
+            return self._here(nxt, fixed)
         events = self._events
-        miss = self._flat_miss() if self._shared is None and self.flat_misses else self._miss
 
         def cached(call: Call) -> Any:
             plan = fixed if fixed is not None else self._plan_for(call, False)
@@ -492,34 +493,78 @@ class CachePolicy(Policy):
                     )
                 return found[0].value
             if found is None:
-                return miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
+                return self._miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
             kept = local.get(ck, now)  # held but no longer fresh here: past its local deadline, or stale
             if kept is not None:
-                return miss(call, nxt, plan, ck, kept[2], kept[0])
-            return miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
+                return self._miss(call, nxt, plan, ck, kept[2], kept[0])
+            return self._miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
 
         return cached
 
-    def _flat_miss(self) -> Callable[[Call, Handler, Plan, bytes, str, Entry | None], Any]:
-        """:meth:`_miss` when there is no shared store, as one function: what it does, step for step.
+    def _here(self, nxt: Handler, fixed: Plan | None) -> Handler:
+        """:meth:`wrap`'s handler when there is no shared store: the hit path, then :meth:`_miss` as one flat
+        piece of code, what it does step for step.
 
         A miss on ``memory://`` (every call of a workload that rarely repeats)
         ran ``_miss``, ``Flights.begin``/``end``, ``_fetch``, the lookup and
-        store steps and their telling, each a frame; this is them written
-        out, with what they read bound here. The single flight's leader takes
-        no lock and allocates nothing but its flight (see :class:`Flights`);
-        a follower goes the general way. tests/test_cache_flat.py drives this
-        and the general path through random histories and compares them.
+        store steps and their telling, each a frame; here they are written
+        out in the handler itself, with what they read bound once. The single
+        flight's leader takes no lock and allocates nothing but its flight
+        (see :class:`Flights`); a follower goes the general way. The async twin
+        is :meth:`_ahere`: keep the two in step. tests/test_cache_flat.py drives
+        these and the general path through random histories and compares them.
         """
+        layer, time = self._local, self._clock.time
+        held, move = layer.data.get, layer.data.move_to_end
         flights = self._flights.flights
         lead, held_flight = flights.setdefault, flights.get
         ident = threading.get_ident
-        time = self._clock.time
         events, bound = self._events, self._bound
-        hold, encode = self._local.hold, self._codec.encode
+        hold, encode, local_get = layer.hold, self._codec.encode, layer.get
         classify = self._classify
 
-        def miss(call: Call, nxt: Handler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
+        def cached(call: Call) -> Any:
+            plan = fixed if fixed is not None else self._plan_for(call, False)
+            if not plan.enabled:
+                return nxt(call)
+            if plan.temperature_zero:
+                temperature = call.kwargs.get("temperature")
+                if temperature.__class__ not in _NUMBERS or temperature != 0:
+                    self._bypass(call, "not_cacheable")
+                    return nxt(call)
+            ck = plan.key(call)
+            if ck is None:
+                self._bypass(call, "unkeyable")
+                return nxt(call)
+            now = time()
+            found = held(ck)
+            if found is None:
+                key, local = sha256(ck).hexdigest(), None
+            elif now < found[3]:  # the hit path: one dict lookup, no lock, no digest
+                try:
+                    move(ck)
+                except KeyError:  # evicted meanwhile by another thread; what was read is still valid
+                    pass
+                metadata = call.metadata
+                metadata["cache"] = "hit"
+                metadata["cache_key"] = found[2]
+                if events.enabled:
+                    events.emit(
+                        CacheHit(
+                            provider=call.target.provider,
+                            operation=call.target.operation,
+                            model=call.model,
+                            tenant=call.tenant,
+                            key=found[2],
+                            layer="local",
+                            age=now - found[0].stored_at,
+                        )
+                    )
+                return found[0].value
+            else:
+                kept = local_get(ck, now)  # held but no longer fresh here: past its local deadline, or stale
+                key, local = (kept[2], kept[0]) if kept is not None else (sha256(ck).hexdigest(), None)
+            # The miss: _miss, written out.
             options = plan.options
             flight: Flight | None = None
             if options.single_flight:
@@ -532,12 +577,12 @@ class CachePolicy(Policy):
                 # _find and _missed, with no store to look in
                 if local is not None and not time() < local.stale_until:
                     local = None
-                metadata = call._metadata
-                if metadata is None:
+                meta = call._metadata
+                if meta is None:
                     call._metadata = {"cache": "miss", "cache_key": key}
                 else:
-                    metadata["cache"] = "miss"
-                    metadata["cache_key"] = key
+                    meta["cache"] = "miss"
+                    meta["cache_key"] = key
                 enabled = events.enabled
                 if enabled:
                     target = call.target
@@ -614,8 +659,8 @@ class CachePolicy(Policy):
                                         stream=False,
                                     )
                                 )
-                metadata = call._metadata
-                result = (True, value, metadata.get("cache", "miss") if metadata is not None else "miss", None)
+                meta = call._metadata
+                result = (True, value, meta.get("cache", "miss") if meta is not None else "miss", None)
                 return value
             except Exception as exc:
                 result = (False, None, "miss", exc)
@@ -629,7 +674,7 @@ class CachePolicy(Policy):
                     if done is not None:
                         done.set()
 
-        return miss
+        return cached
 
     def _miss_behind(
         self, call: Call, nxt: Handler, plan: Plan, ck: bytes, key: str, local: Entry | None, flight: Flight
@@ -772,8 +817,9 @@ class CachePolicy(Policy):
             return nxt
         local, time = self._local, self._clock.time
         held, move = local.data.get, local.data.move_to_end
+        if self._shared is None and self.flat_misses:
+            return self._ahere(nxt, fixed)
         events = self._events
-        miss = self._aflat_miss() if self._shared is None and self.flat_misses else self._amiss
 
         async def cached(call: Call) -> Any:
             plan = fixed if fixed is not None else self._plan_for(call, False)
@@ -812,29 +858,69 @@ class CachePolicy(Policy):
                     )
                 return found[0].value
             if found is None:
-                return await miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
+                return await self._amiss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
             kept = local.get(ck, now)  # held but no longer fresh here: past its local deadline, or stale
             if kept is not None:
-                return await miss(call, nxt, plan, ck, kept[2], kept[0])
-            return await miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
+                return await self._amiss(call, nxt, plan, ck, kept[2], kept[0])
+            return await self._amiss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
 
         return cached
 
-    def _aflat_miss(self) -> Callable[[Call, AsyncHandler, Plan, bytes, str, Entry | None], Awaitable[Any]]:
-        """:meth:`_flat_miss` for async calls: :meth:`_amiss` with no shared store, as one function.
-
-        The same code but for ``await nxt(call)`` and the flight, which is
-        the loop's (see :class:`AsyncFlights`): keep the two in step.
-        """
+    def _ahere(self, nxt: AsyncHandler, fixed: Plan | None) -> AsyncHandler:
+        """:meth:`_here` for async calls: the same code but for ``await nxt(call)`` and the flight, which is
+        the loop's (see :class:`AsyncFlights`). One coroutine: a second one per miss cost as much as the
+        rest of the single flight."""
+        layer, time = self._local, self._clock.time
+        held, move = layer.data.get, layer.data.move_to_end
         flights = self._aflights.flights
         held_flight = flights.get
         running_loop, current_task = asyncio.get_running_loop, asyncio.current_task
-        time = self._clock.time
         events, bound = self._events, self._bound
-        hold, encode = self._local.hold, self._codec.encode
+        hold, encode, local_get = layer.hold, self._codec.encode, layer.get
         classify = self._classify
 
-        async def miss(call: Call, nxt: AsyncHandler, plan: Plan, ck: bytes, key: str, local: Entry | None) -> Any:
+        async def cached(call: Call) -> Any:
+            plan = fixed if fixed is not None else self._plan_for(call, False)
+            if not plan.enabled:
+                return await nxt(call)
+            if plan.temperature_zero:
+                temperature = call.kwargs.get("temperature")
+                if temperature.__class__ not in _NUMBERS or temperature != 0:
+                    self._bypass(call, "not_cacheable")
+                    return await nxt(call)
+            ck = plan.key(call)
+            if ck is None:
+                self._bypass(call, "unkeyable")
+                return await nxt(call)
+            now = time()
+            found = held(ck)
+            if found is None:
+                key, local = sha256(ck).hexdigest(), None
+            elif now < found[3]:  # the hit path: one dict lookup, no lock, no digest
+                try:
+                    move(ck)
+                except KeyError:  # evicted meanwhile by another thread; what was read is still valid
+                    pass
+                metadata = call.metadata
+                metadata["cache"] = "hit"
+                metadata["cache_key"] = found[2]
+                if events.enabled:
+                    events.emit(
+                        CacheHit(
+                            provider=call.target.provider,
+                            operation=call.target.operation,
+                            model=call.model,
+                            tenant=call.tenant,
+                            key=found[2],
+                            layer="local",
+                            age=now - found[0].stored_at,
+                        )
+                    )
+                return found[0].value
+            else:
+                kept = local_get(ck, now)  # held but no longer fresh here: past its local deadline, or stale
+                key, local = (kept[2], kept[0]) if kept is not None else (sha256(ck).hexdigest(), None)
+            # The miss: _amiss, written out.
             options = plan.options
             flight: AsyncFlight | None = None
             if options.single_flight:
@@ -849,12 +935,12 @@ class CachePolicy(Policy):
                 # _find and _missed, with no store to look in
                 if local is not None and not time() < local.stale_until:
                     local = None
-                metadata = call._metadata
-                if metadata is None:
+                meta = call._metadata
+                if meta is None:
                     call._metadata = {"cache": "miss", "cache_key": key}
                 else:
-                    metadata["cache"] = "miss"
-                    metadata["cache_key"] = key
+                    meta["cache"] = "miss"
+                    meta["cache_key"] = key
                 enabled = events.enabled
                 if enabled:
                     target = call.target
@@ -931,8 +1017,8 @@ class CachePolicy(Policy):
                                         stream=False,
                                     )
                                 )
-                metadata = call._metadata
-                result = (True, value, metadata.get("cache", "miss") if metadata is not None else "miss", None)
+                meta = call._metadata
+                result = (True, value, meta.get("cache", "miss") if meta is not None else "miss", None)
                 return value
             except Exception as exc:
                 result = (False, None, "miss", exc)
@@ -946,7 +1032,7 @@ class CachePolicy(Policy):
                     if future is not None and not future.done():
                         future.set_result(None)
 
-        return miss
+        return cached
 
     async def _amiss_behind(
         self, call: Call, nxt: AsyncHandler, plan: Plan, ck: bytes, key: str, local: Entry | None, flight: AsyncFlight
