@@ -394,3 +394,41 @@ def _race(pipeline: Pipeline, q: int) -> tuple[list[str], list[int]]:
     for t in [leader, *followers]:
         t.join(30)
     return results, made
+
+
+def test_tasks_of_two_event_loops_never_wait_for_each_other() -> None:
+    # Flights are per loop: a task cannot await another loop's future. Two loops in two threads, the same
+    # request at the same time: each leads its own flight, and a second task in each loop follows its own.
+    clock = FakeClock()
+    pipeline = Pipeline(
+        discover=False,
+        plugins=[resilient_cache],
+        env={},
+        config={"cache": {"enabled": True, "cacheable": "always", "flight_wait": 10}},
+        clock=clock,
+    )
+    both_in = threading.Barrier(2, timeout=10)
+    made: list[str] = []
+
+    async def provider(q: int) -> str:
+        made.append(threading.current_thread().name)
+        await asyncio.to_thread(both_in.wait)  # both leaders are in flight at once
+        return "answer"
+
+    ask = pipeline.guard(provider="p")(provider)
+
+    async def two() -> list[Any]:
+        return list(await asyncio.gather(ask(q=1), ask(q=1)))
+
+    results: dict[str, list[Any]] = {}
+    threads = [
+        threading.Thread(target=lambda: results.update({threading.current_thread().name: asyncio.run(two())}))
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == sorted(t.name for t in threads)
+    assert all(r == ["answer", "answer"] for r in results.values())
+    assert sorted(made) == sorted(t.name for t in threads)  # one call per loop
