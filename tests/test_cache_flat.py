@@ -105,6 +105,8 @@ options = st.fixed_dictionaries(
         "max_value_bytes": st.sampled_from([1, 120, 121, 136, 137, 200, 1_000_000]),
         "tags": st.sampled_from([[], ["model"]]),
         "single_flight": st.booleans(),
+        # an override table: the plan is then looked up per call (no fixed plan)
+        "models": st.sampled_from([{}, {"m": {"ttl": 7, "max_value_bytes": 137}}]),
     }
 )
 
