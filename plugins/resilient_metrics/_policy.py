@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
@@ -137,6 +138,65 @@ def _note(call: Call, usage: Usage, cost: float | None) -> None:
             ctx.add("cost.unknown_calls", 1)
         else:
             ctx.add("cost.usd", cost)
+
+
+# ``sys.getrefcount(call)`` inside ``succeeded`` when nothing but the pipeline's wrapper (``return
+# handler(Call(...))``), ``metered`` and ``succeeded`` holds the call, per kind: measured once on
+# frames of the same shape, so it is this interpreter's count. Anyone else holding the call (a
+# policy outside this one, ``capture_calls``, a caller of ``Pipeline.compile`` with its own Call, an
+# inner policy that kept it) adds a reference, and the call's usage is then built as always. Only
+# where a frame's arguments are references it owns: CPython 3.10-3.13 with the GIL (3.14 may
+# borrow them, and free-threaded counts are not exact); elsewhere 0, and every call builds it.
+_refcount: Callable[[object], int] = getattr(sys, "getrefcount", lambda obj: 0)
+
+
+class _Probe:
+    __slots__ = ()
+
+
+def _probe_succeeded(call: object, result: object, start: float, end: float) -> int:
+    return _refcount(call)
+
+
+def _probe_metered(call: object) -> int:
+    result = None
+    return _probe_succeeded(call, result, 0.0, 0.0)
+
+
+def _probe_wrapper() -> int:
+    return _probe_metered(_Probe())
+
+
+async def _aprobe_nxt(call: object) -> object:
+    return None
+
+
+async def _aprobe_metered(call: object) -> int:
+    result = await _aprobe_nxt(call)
+    return _probe_succeeded(call, result, 0.0, 0.0)
+
+
+async def _aprobe_wrapper() -> int:
+    return await _aprobe_metered(_Probe())
+
+
+def _unseen_counts() -> dict[str, int]:
+    gil = getattr(sys, "_is_gil_enabled", lambda: True)()
+    if sys.implementation.name != "cpython" or not (3, 10) <= sys.version_info[:2] < (3, 14) or not gil:
+        return {}
+    coro = _aprobe_wrapper()
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        counts = {"sync": _probe_wrapper(), "async": stop.value}
+    else:  # the probe never suspends; if it did, keep building the usage
+        coro.close()
+        return {}
+    # A count that low would mean the frames do not own their arguments: trust none of it.
+    return counts if min(counts.values()) >= 2 else {}
+
+
+_UNSEEN = _unseen_counts()
 
 
 class _Children:
@@ -343,6 +403,7 @@ class MetricsPolicy(Policy):
         # The children of a call found without a call to children_of: bound once when the labels are
         # static, else by the call's model argument when no tenant label applies (what children_of does).
         by_model: dict[str | None, _Children] | None = {} if static is None and self._tenants is None else None
+        unseen = _UNSEEN.get(target.kind, 0)
 
         def succeeded(call: Call, result: Any, start: float, end: float) -> None:
             call.ended = end
@@ -371,14 +432,45 @@ class MetricsPolicy(Policy):
                         metadata["cost_usd"] = 0.0
                         return
                     usage = call.usage
+                    seen = True
                     if usage is None:
-                        usage = call.usage = usage_of(result)
-                        if usage is None:
-                            children.tally(cells, end - start, call.attempt, None, None)
-                            return
+                        if unseen and current_context() is None and _refcount(call) == unseen:
+                            # Nobody but the pipeline's wrapper and these frames holds the call: its
+                            # usage and cost_usd can never be read, so an anthropic-shaped answer is
+                            # counted without building them (usage_of's anthropic branch, no Usage).
+                            try:
+                                if _by_attribute.get(type(result)):
+                                    found = result.usage
+                                    if (
+                                        _by_attribute.get(type(found))
+                                        and getattr(found, "prompt_tokens", None) is None
+                                        and getattr(found, "completion_tokens", None) is None
+                                    ):
+                                        cache_read = found.cache_read_input_tokens
+                                        cache_write = found.cache_creation_input_tokens
+                                        if cache_read is not None or cache_write is not None:
+                                            input_tokens = found.input_tokens
+                                            output_tokens = found.output_tokens
+                                            if type(input_tokens) is not int or input_tokens < 0:
+                                                input_tokens = 0
+                                            if type(output_tokens) is not int or output_tokens < 0:
+                                                output_tokens = 0
+                                            if type(cache_read) is not int or cache_read < 0:
+                                                cache_read = 0
+                                            if type(cache_write) is not int or cache_write < 0:
+                                                cache_write = 0
+                                            seen = False
+                            except AttributeError:
+                                pass
+                        if seen:
+                            usage = call.usage = usage_of(result)
+                            if usage is None:
+                                children.tally(cells, end - start, call.attempt, None, None)
+                                return
+                    if usage is not None:
+                        input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
+                        cache_read, cache_write = usage.cache_read_tokens, usage.cache_write_tokens
                     # _Children.tally, Price.cost and _note written out: this runs on every successful call.
-                    input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
-                    cache_read, cache_write = usage.cache_read_tokens, usage.cache_write_tokens
                     price = children.price
                     cost = (
                         None
@@ -407,12 +499,13 @@ class MetricsPolicy(Policy):
                         cells[6]._value += 1.0 if cost is None else cost
                     finally:
                         lock.release()
-                    if metadata is None:
-                        call._metadata = {"cost_usd": cost}
-                    else:
-                        metadata["cost_usd"] = cost
-                    if current_context() is not None:
-                        _note(call, usage, cost)
+                    if usage is not None:  # else unseen: nothing reads the call's cost
+                        if metadata is None:
+                            call._metadata = {"cost_usd": cost}
+                        else:
+                            metadata["cost_usd"] = cost
+                        if current_context() is not None:
+                            _note(call, usage, cost)
                     return
                 (children.ok if outcome is None or not outcome.ok else children.outcome(outcome.kind)).inc()
                 children.duration.observe(end - start)
