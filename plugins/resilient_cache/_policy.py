@@ -50,7 +50,7 @@ __all__ = ["CachePolicy", "TagFunction"]
 _log = logging.getLogger("resilient.cache")
 _PLANS_MAX = 10_000
 _UNBOUND: Any = object()  # not bound yet (None is bound: emit the event)
-new_entry = tuple.__new__  # new_entry(Entry, fields): an Entry without the Python frame of its __new__
+_new_entry = tuple.__new__  # _new_entry(Entry, fields): an Entry without the Python frame of its __new__
 
 #: A user's tag function: more tags for a call's entry.
 TagFunction = Callable[[Call], Iterable[str]]
@@ -450,10 +450,10 @@ class CachePolicy(Policy):
         fixed = self._fixed(target, False)
         if fixed is not None and not fixed.enabled:
             return nxt
-        local, time = self._local, self._clock.time
-        held, move = local.data.get, local.data.move_to_end
         if self._shared is None and self.flat_misses:
             return self._here(nxt, fixed)
+        local, time = self._local, self._clock.time
+        held, move = local.data.get, local.data.move_to_end
         events = self._events
 
         def cached(call: Call) -> Any:
@@ -618,7 +618,7 @@ class CachePolicy(Policy):
                     ttl = plan.ttl
                     fresh_until = now + ttl
                     stale_until = fresh_until + options.max_stale
-                    entry = new_entry(Entry, (value, False, now, fresh_until, stale_until))
+                    entry = _new_entry(Entry, (value, False, now, fresh_until, stale_until))
                     stored = _UNBOUND
                     if enabled:
                         stored = bound.get((CacheStored, target.provider, target.operation, model), _UNBOUND)
@@ -815,10 +815,10 @@ class CachePolicy(Policy):
         fixed = self._fixed(target, False)
         if fixed is not None and not fixed.enabled:
             return nxt
-        local, time = self._local, self._clock.time
-        held, move = local.data.get, local.data.move_to_end
         if self._shared is None and self.flat_misses:
             return self._ahere(nxt, fixed)
+        local, time = self._local, self._clock.time
+        held, move = local.data.get, local.data.move_to_end
         events = self._events
 
         async def cached(call: Call) -> Any:
@@ -976,7 +976,7 @@ class CachePolicy(Policy):
                     ttl = plan.ttl
                     fresh_until = now + ttl
                     stale_until = fresh_until + options.max_stale
-                    entry = new_entry(Entry, (value, False, now, fresh_until, stale_until))
+                    entry = _new_entry(Entry, (value, False, now, fresh_until, stale_until))
                     stored = _UNBOUND
                     if enabled:
                         stored = bound.get((CacheStored, target.provider, target.operation, model), _UNBOUND)
