@@ -354,11 +354,12 @@ def test_a_follower_waiting_before_the_leader_ended_is_woken() -> None:
 
 
 def test_followers_racing_the_leaders_end_all_get_its_result() -> None:
-    # Switch threads as often as the interpreter allows, so followers join the flight at every point of the
-    # leader's end. Every follower that joined must get the leader's result: one that missed it would wait
-    # for an event nobody sets and get None after flight_wait. (A caller that looked in the local layer
-    # just before the leader stored, and began its flight just after the leader ended, leads a new flight:
-    # that window is single flight's, on every store, and not what this checks.)
+    # Switch threads as often as the interpreter allows, so the late followers join the flight at any point
+    # of the leader's end (the early ones surely join: the leader waits for them). Every follower that joined
+    # must get the leader's result: one that missed it would wait for an event nobody sets and get None after
+    # flight_wait. (A caller that looked in the local layer just before the leader stored, and began its
+    # flight just after the leader ended, leads a new flight: that window is single flight's, on every store,
+    # and not what this checks.)
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
@@ -372,43 +373,54 @@ def test_followers_racing_the_leaders_end_all_get_its_result() -> None:
         )
         flights = next(p for p in pipeline.policies if isinstance(p, CachePolicy))._flights
         waited: list[Any] = []
+        joined = threading.Semaphore(0)
         wait = flights.wait
 
         def recorded(flight: Flight, timeout: float) -> Any:
+            joined.release()
             shared = wait(flight, timeout)
             waited.append(shared)
             return shared
 
         flights.wait = recorded  # type: ignore[method-assign]
         for q in range(60):
-            results, made = _race(pipeline, q)
+            results, made = _race(pipeline, q, joined)
             assert results == [f"answer {q}"] * 5
             assert made[0] == q
-        assert waited  # followers did join flights
+            while joined.acquire(blocking=False):  # late followers that joined: not waited for by _race
+                pass
+        assert len(waited) >= 2 * 60  # the early followers of every round joined a flight
         assert all(shared is not None and shared.value.startswith("answer") for shared in waited)
     finally:
         sys.setswitchinterval(old)
 
 
-def _race(pipeline: Pipeline, q: int) -> tuple[list[str], list[int]]:
-    """A leader and four followers that start as the leader's provider call returns."""
+def _race(pipeline: Pipeline, q: int, joined: threading.Semaphore) -> tuple[list[str], list[int]]:
+    """A leader, two followers that surely join its flight, and two that start as it ends."""
     made: list[int] = []
-    go = threading.Event()
+    inside, release = threading.Event(), threading.Event()
 
     def provider(q: int) -> str:
         made.append(q)
-        go.set()
+        inside.set()
+        release.wait(10)
         return f"answer {q}"
 
     ask = pipeline.guard(provider="p")(provider)
     results: list[str] = []
     leader = threading.Thread(target=lambda: results.append(ask(q=q)))
-    followers = [threading.Thread(target=lambda: results.append(ask(q=q))) for _ in range(4)]
+    early = [threading.Thread(target=lambda: results.append(ask(q=q))) for _ in range(2)]
+    late = [threading.Thread(target=lambda: results.append(ask(q=q))) for _ in range(2)]
     leader.start()
-    go.wait(10)
-    for t in followers:
+    assert inside.wait(10)
+    for t in early:
         t.start()
-    for t in [leader, *followers]:
+    for _ in early:  # both are in the flight's wait before the leader may end
+        assert joined.acquire(timeout=10)
+    release.set()
+    for t in late:
+        t.start()
+    for t in [leader, *early, *late]:
         t.join(30)
     return results, made
 
