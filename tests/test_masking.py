@@ -105,6 +105,21 @@ def test_validators() -> None:
     assert not iban_valid("XX82WEST12345698765432")  # no such country
 
 
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # Found by Hypothesis: the optional partial last group took the number after the IBAN, and the
+        # candidate failed its checksum, so the IBAN was left in the text.
+        (" ES8200000000000000000000 0", " [REDACTED:iban]"),
+        ("iban ES82 0000 0000 0000 0000 0000 7 ok", "iban [REDACTED:iban] ok"),
+        ("GB82 WEST 1234 5698 7654 32 7", "[REDACTED:iban] 7"),
+        ("ES8200000000000000000001 0", "ES8200000000000000000001 0"),  # no IBAN in it: left alone
+    ],
+)
+def test_an_iban_followed_by_a_short_number_is_masked(text: str, masked: str) -> None:
+    assert MASKER.mask(text) == masked
+
+
 def test_hmac_tokens_correlate_without_revealing() -> None:
     a = Masker(default_detectors(), replacement="hmac", hmac_key="k1")
     b = Masker(default_detectors(), replacement="hmac", hmac_key="k2")

@@ -119,6 +119,16 @@ def iban_valid(text: str) -> bool:
     return number % 97 == 1
 
 
+def _iban_candidate(text: str) -> bool:
+    # The pattern's last, partial group is optional and takes a short number that follows a full IBAN
+    # ("ES82 0000 ... 0000 7", "ES8200...00 7"): the match fails the checksum though an IBAN is in it.
+    # Then the IBAN without that group decides, and the number goes with it (masking more, never less).
+    if iban_valid(text):
+        return True
+    head, space, _ = text.rpartition(" ")
+    return bool(space) and iban_valid(head)
+
+
 def _card_valid(text: str) -> bool:
     digits = "".join(c for c in text if c.isdigit())
     if digits[0] == "2" and not 2221 <= int(digits[:4]) <= 2720:  # Mastercard's 2-series; other 2s are not cards
@@ -310,7 +320,7 @@ def _build() -> tuple[Detector, ...]:
         Detector(
             "iban",
             r"[A-Z](?<![A-Za-z0-9].)[A-Z][0-9]{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?(?![A-Za-z0-9])",
-            validator=iban_valid,
+            validator=_iban_candidate,
             description="IBANs, compact or in groups of four, country length and mod-97 checked",
         ),
         Detector(
