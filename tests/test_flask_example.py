@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -276,6 +276,17 @@ def _metrics(http: httpx.Client) -> dict[str, Any]:
     return {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
 
 
+def _settled_metrics(http: httpx.Client, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The metrics once ``done`` holds (at most 5 s): a worker counts a request when the server closes its
+    response, which can be after the client has read it and asked another worker for /metrics."""
+    deadline = time.monotonic() + 5
+    families = _metrics(http)
+    while not done(families) and time.monotonic() < deadline:
+        time.sleep(0.02)
+        families = _metrics(http)
+    return families
+
+
 def _total(families: dict[str, Any], family: str, **labels: str) -> float:
     samples = families[family].samples if family in families else []
     wanted = f"{family}_total"
@@ -364,7 +375,9 @@ def test_gthread_concurrent_clients_all_answered(gthread_server: Gunicorn, provi
     assert statuses == [200] * 24  # 3 per tenant, within 4/minute
     with _client(gthread_server.base) as http:
         ready = http.get("/ready")
-        families = {f.name: f for f in text_string_to_metric_families(http.get("/metrics").text)}
+        families = _settled_metrics(
+            http, lambda f: sum(s.value for s in f["resilient_http_requests_in_progress"].samples) == 0
+        )
     assert ready.status_code == 200
     assert ready.json()["ok"] is True
     in_progress = families["resilient_http_requests_in_progress"].samples
@@ -383,7 +396,13 @@ def test_gthread_a_provider_failure_outliving_the_retries_is_503_problem_json(
             json={"text": f"never answered {tenant}"},
             headers={"x-tenant-id": tenant, "x-request-id": f"req-{tenant}"},
         )
-        families = _metrics(http)
+        families = _settled_metrics(
+            http,
+            lambda f: (
+                _total(f, "resilient_http_requests", route="/summarize", status="503") >= 1
+                and sum(s.value for s in f["resilient_http_requests_in_progress"].samples) == 0
+            ),
+        )
     body = _problem(failed, 503)
     assert body["type"] == "urn:resilient:problem:provider-unavailable"
     assert body["detail"] == "The provider is overloaded."
