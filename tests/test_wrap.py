@@ -37,8 +37,22 @@ def pipeline(**config: Any) -> Pipeline:
     return Pipeline(env={}, config={**defaults, **config}, random=lambda: 0.0)
 
 
+# Sync clients made by a test, closed after it: an httpx pool left to the garbage collector warns about
+# its open sockets in whichever later test the collection happens to run (warnings are errors here).
+_opened: list[anthropic.Anthropic | openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
 def claude(server: SimulatorServer, **kwargs: Any) -> anthropic.Anthropic:
-    return anthropic.Anthropic(api_key="sk-ant-test", base_url=server.base_url, **kwargs)
+    client = anthropic.Anthropic(api_key="sk-ant-test", base_url=server.base_url, **kwargs)
+    _opened.append(client)
+    return client
 
 
 def aclaude(server: SimulatorServer) -> anthropic.AsyncAnthropic:
@@ -216,7 +230,9 @@ def test_async_create_stream_and_helper(server: SimulatorServer, sim: Simulator)
 
 
 def test_openai_chat_completions_plain_and_streamed(server: SimulatorServer, sim: Simulator) -> None:
-    client = pipeline().wrap(openai.OpenAI(api_key="sk-test", base_url=server.openai_base_url))
+    original = openai.OpenAI(api_key="sk-test", base_url=server.openai_base_url)
+    _opened.append(original)
+    client = pipeline().wrap(original)
     assert isinstance(client, openai.OpenAI)
     assert client.max_retries == 0
     sim.script("500")
