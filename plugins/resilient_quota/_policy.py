@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from resilient import (
     SUCCESS,
@@ -61,6 +61,16 @@ __all__ = ["QuotaPolicy", "QuotaSignals"]
 _log = logging.getLogger("resilient.quota")
 _PLAN_CACHE_MAX = 10_000
 _NOTHING_HELD: list[Held] = []  # shared and never mutated: no reservation to settle
+
+
+class _Admitted:
+    """The type of :data:`ADMITTED`."""
+
+    __slots__ = ()
+
+
+#: What :meth:`QuotaState.entrance` returns for a call it admitted (holding nothing).
+ADMITTED = _Admitted()
 _NO_PAUSE = (0.0, 0.0)  # (paused until, next read of the store) of a key never paused nor read
 _COUNT_FAILED_LOG_EVERY = 60.0  # seconds: a count-tokens outage logs once a minute, not once a call
 
@@ -139,17 +149,36 @@ class QuotaState:
         return self.planner(call.target)(call)
 
     def planner(self, target: Target) -> Callable[[Call], Plan | None]:
-        """:meth:`plan` for the calls of one target, with what the target fixes looked up once.
+        """:meth:`plan` for the calls of one target, with what the target fixes looked up once."""
+        return cast("Callable[[Call], Plan | None]", self.entrance(target, admitting=False))
 
-        The same lookups in the same order (the target's static model, else the
-        call's ``model`` argument; its tenant function, else the request
-        context's), written out per target: every call of it runs this.
+    def entrance(self, target: Target, admitting: bool = True) -> Callable[[Call], Plan | _Admitted | None]:
+        """What every call of ``target`` runs first: its plan, and when ``admitting``, its admission if simple.
+
+        The plan is found with the same lookups in the same order as :meth:`plan`
+        (the target's static model, else the call's ``model`` argument; its
+        tenant function, else the request context's), what the target fixes
+        looked up once. Then the common case is admitted in the same frame:
+        request limits only, no wait mode, no pause in force or due to be read,
+        the store up. That is :func:`admission` specialised and decides nothing
+        of its own: after a hit, a refusal (no wait mode: refused) or a store
+        error ends as it does there; anything else goes to ``admission`` before
+        any hit. Run through ``admission``, an admitted call cost about 2.5 µs
+        more in memory (generators, operation objects, limits formatting the
+        key on every hit; the plan formatted it once). Its hits are sync: async
+        calls admit here only in memory.
+
+        Returns ``None`` (the quota has nothing to do), :data:`ADMITTED`
+        (admitted; a simple plan holds no tokens, so there is nothing to
+        settle), or the plan, for ``admission`` to admit.
         """
         plans, plan_for = self._plans, self.plan_for
         provider, static_model, tenant_of = target.provider, target.model, target.tenant
         by_model, by_tenant = self._by_model, self._by_tenant
+        monotonic, pauses, reports, events = self.clock.monotonic, self._pauses, self._reports, self.events
+        hits, batches, run = self.limiters.hits, self.batches, self.run
 
-        def plan_of(call: Call) -> Plan | None:
+        def enter(call: Call) -> Plan | _Admitted | None:
             model = None
             if by_model:
                 model = static_model
@@ -166,9 +195,37 @@ class QuotaState:
             plan = plans.get((provider, model, tenant))
             if plan is None:
                 plan = plan_for(provider, model, tenant)
-            return plan if plan.active else None
+            if not plan.active:
+                return None
+            if not admitting or not plan.simple:
+                return plan
+            now = monotonic()  # one clock reading for the pause, the store's health and the report
+            if self._store_down_until > now:
+                return plan
+            options = plan.options
+            if batches and len(plan.request_keys) > 1:
+                return plan  # the limits in one round trip
+            if options.provider_signals:
+                until, next_read = pauses.get(plan.pause_key, _NO_PAUSE)
+                if until > now or now >= next_read:  # paused, or the shared pause is due for a read
+                    return plan
+            hit = hits[options.strategy]
+            try:
+                for item, key, expiry in plan.request_keys:
+                    if not hit(key, item.amount, expiry, 1):
+                        refusal = run(request_refusal(self, options, item, plan.ids, False))
+                        if self.report_due(plan):
+                            run(remaining(self, call, plan, False))
+                        raise self.refuse(call, refusal)
+            except STORE_ERRORS as exc:
+                self.store_failed(plan, exc)
+                run(admission(self, call, plan, failed=True))  # a simple plan holds nothing: []
+                return ADMITTED
+            if plan.reports and reports.get(plan.ids[0], 0.0) <= now and events.enabled and self.report_due(plan):
+                run(remaining(self, call, plan, False))
+            return ADMITTED
 
-        return plan_of
+        return enter
 
     def plans_seen(self) -> list[tuple[str, str | None, str | None]]:
         """(provider, model, tenant) of the keys this process has planned calls for."""
@@ -344,56 +401,21 @@ class QuotaPolicy(Policy):
     # ------------------------------------------------------------ sync
 
     def _admit(self, call: Call, plan: Plan) -> list[Held]:
-        state = self.state
-        now = state.clock.monotonic()
-        if plan.simple and state._store_down_until <= now:
-            # Sync fast path for the common case, request limits only and no wait mode. Run
-            # through `admission` an admitted call would cost about 2.5 µs more in memory,
-            # nearly twice as much (~1.3 µs of generators and operation objects, ~1.1 µs for
-            # limits formatting the key on every hit; here the plan formatted it once).
-            # It is `admission` specialised and decides nothing of its own: a pause to read or
-            # in force goes to `admission` before any hit; after a hit, a refusal (no wait
-            # mode: refused) or a store error ends as it does there. The state's pause and
-            # report tables are read inline, on one clock reading: this runs on every call.
-            options = plan.options
-            if state.batches and len(plan.request_keys) > 1:
-                return state.run(admission(state, call, plan))  # the limits in one round trip
-            if options.provider_signals:
-                until, next_read = state._pauses.get(plan.pause_key, _NO_PAUSE)
-                if until > now or now >= next_read:  # paused, or the shared pause is due for a read
-                    return state.run(admission(state, call, plan))
-            hit = state.limiters.hits[options.strategy]
-            try:
-                for item, key, expiry in plan.request_keys:
-                    if not hit(key, item.amount, expiry, 1):
-                        refusal = state.run(request_refusal(state, options, item, plan.ids, False))
-                        if state.report_due(plan):
-                            state.run(remaining(state, call, plan, False))
-                        raise state.refuse(call, refusal)
-            except STORE_ERRORS as exc:
-                state.store_failed(plan, exc)
-                return state.run(admission(state, call, plan, failed=True))
-            if (
-                plan.reports
-                and state._reports.get(plan.ids[0], 0.0) <= now
-                and state.events.enabled
-                and state.report_due(plan)
-            ):
-                state.run(remaining(state, call, plan, False))
-            return _NOTHING_HELD
-        return state.run(admission(state, call, plan))
+        """Admit a call :meth:`QuotaState.entrance` did not (see there for the common case)."""
+        return self.state.run(admission(self.state, call, plan))
 
     def _settle(self, plan: Plan, held: list[Held], actual: dict[str, int] | None) -> None:
         if held:
             self.state.run(settlement(self.state, plan, held, actual))
 
     def wrap(self, nxt: Handler, target: Target) -> Handler:
-        plan_of = self.state.planner(target)
+        enter = self.state.entrance(target)
 
         def admitted(call: Call) -> Any:
-            plan = plan_of(call)
-            if plan is None:
+            plan = enter(call)
+            if plan is None or plan is ADMITTED:  # nothing held: nothing to settle
                 return nxt(call)
+            assert isinstance(plan, Plan)
             held = self._admit(call, plan)
             try:
                 result = nxt(call)
@@ -409,12 +431,13 @@ class QuotaPolicy(Policy):
         return admitted
 
     def wrap_stream(self, nxt: StreamHandler, target: Target) -> StreamHandler:
-        plan_of = self.state.planner(target)
+        enter = self.state.entrance(target)
 
         def admitted(call: Call) -> Iterator[Any]:
-            plan = plan_of(call)
-            if plan is None:
+            plan = enter(call)
+            if plan is None or plan is ADMITTED:
                 return nxt(call)
+            assert isinstance(plan, Plan)
             held = self._admit(call, plan)
             try:
                 stream = nxt(call)
@@ -488,15 +511,15 @@ class QuotaPolicy(Policy):
             await self.state.arun(settlement(self.state, plan, held, actual))
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
-        plan_of = self.state.planner(target)
-        admit, in_memory = self._admit, self.state.in_memory
+        # In memory the common case has nothing to await: admitted as a sync call is, without a coroutine.
+        enter = self.state.entrance(target, admitting=self.state.in_memory)
 
         async def admitted(call: Call) -> Any:
-            plan = plan_of(call)
-            if plan is None:
+            plan = enter(call)
+            if plan is None or plan is ADMITTED:
                 return await nxt(call)
-            # In memory, request limits only: nothing to await (what _aadmit decides, without its coroutine).
-            held = admit(call, plan) if in_memory and plan.simple else await self._aadmit(call, plan)
+            assert isinstance(plan, Plan)
+            held = await self._aadmit(call, plan)
             try:
                 result = await nxt(call)
             except BaseException:
@@ -511,12 +534,13 @@ class QuotaPolicy(Policy):
         return admitted
 
     def wrap_astream(self, nxt: AsyncStreamHandler, target: Target) -> AsyncStreamHandler:
-        plan_of = self.state.planner(target)
+        enter = self.state.entrance(target, admitting=self.state.in_memory)
 
         async def start(call: Call) -> tuple[Plan | None, list[Held]]:
-            plan = plan_of(call)
-            if plan is None:
+            plan = enter(call)
+            if plan is None or plan is ADMITTED:
                 return None, []
+            assert isinstance(plan, Plan)
             return plan, await self._aadmit(call, plan)
 
         async def admitted(call: Call) -> AsyncIterator[Any]:
