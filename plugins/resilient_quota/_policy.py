@@ -511,14 +511,19 @@ class QuotaPolicy(Policy):
             await self.state.arun(settlement(self.state, plan, held, actual))
 
     def wrap_async(self, nxt: AsyncHandler, target: Target) -> AsyncHandler:
-        # In memory the common case has nothing to await: admitted as a sync call is, without a coroutine.
+        # In memory the common case has nothing to await: admitted as a sync call is, and the handler hands
+        # back the next one's awaitable, with no coroutine of its own (a refusal raises as the caller calls it,
+        # inside its `await`). Anything else is awaited in `held_for`.
         enter = self.state.entrance(target, admitting=self.state.in_memory)
 
-        async def admitted(call: Call) -> Any:
+        def admitted(call: Call) -> Awaitable[Any]:
             plan = enter(call)
             if plan is None or plan is ADMITTED:
-                return await nxt(call)
+                return nxt(call)
             assert isinstance(plan, Plan)
+            return held_for(call, plan)
+
+        async def held_for(call: Call, plan: Plan) -> Any:
             held = await self._aadmit(call, plan)
             try:
                 result = await nxt(call)
