@@ -476,9 +476,12 @@ class CachePolicy(Policy):
                     move(ck)
                 except KeyError:  # evicted meanwhile by another thread; what was read is still valid
                     pass
-                metadata = call.metadata
-                metadata["cache"] = "hit"
-                metadata["cache_key"] = found[2]
+                metadata = call._metadata  # Call.metadata written out: every hit runs this
+                if metadata is None:
+                    call._metadata = {"cache": "hit", "cache_key": found[2]}
+                else:
+                    metadata["cache"] = "hit"
+                    metadata["cache_key"] = found[2]
                 if events.enabled:
                     events.emit(
                         CacheHit(
@@ -545,9 +548,12 @@ class CachePolicy(Policy):
                     move(ck)
                 except KeyError:  # evicted meanwhile by another thread; what was read is still valid
                     pass
-                metadata = call.metadata
-                metadata["cache"] = "hit"
-                metadata["cache_key"] = found[2]
+                metadata = call._metadata  # Call.metadata written out: every hit runs this
+                if metadata is None:
+                    call._metadata = {"cache": "hit", "cache_key": found[2]}
+                else:
+                    metadata["cache"] = "hit"
+                    metadata["cache_key"] = found[2]
                 if events.enabled:
                     events.emit(
                         CacheHit(
@@ -841,9 +847,12 @@ class CachePolicy(Policy):
                     move(ck)
                 except KeyError:  # evicted meanwhile by another thread; what was read is still valid
                     pass
-                metadata = call.metadata
-                metadata["cache"] = "hit"
-                metadata["cache_key"] = found[2]
+                metadata = call._metadata  # Call.metadata written out: every hit runs this
+                if metadata is None:
+                    call._metadata = {"cache": "hit", "cache_key": found[2]}
+                else:
+                    metadata["cache"] = "hit"
+                    metadata["cache_key"] = found[2]
                 if events.enabled:
                     events.emit(
                         CacheHit(
@@ -901,9 +910,12 @@ class CachePolicy(Policy):
                     move(ck)
                 except KeyError:  # evicted meanwhile by another thread; what was read is still valid
                     pass
-                metadata = call.metadata
-                metadata["cache"] = "hit"
-                metadata["cache_key"] = found[2]
+                metadata = call._metadata  # Call.metadata written out: every hit runs this
+                if metadata is None:
+                    call._metadata = {"cache": "hit", "cache_key": found[2]}
+                else:
+                    metadata["cache"] = "hit"
+                    metadata["cache_key"] = found[2]
                 if events.enabled:
                     events.emit(
                         CacheHit(
