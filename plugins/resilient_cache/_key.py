@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from resilient import Call, ConfigurationError
+from resilient.context import current as current_context
 
 from ._options import CacheOptions
 
@@ -112,7 +113,14 @@ def key_maker(options: CacheOptions, stream: bool, key_function: KeyFunction | N
         if temperature.__class__ is int:  # 0 and 0.0 ask the same question
             kwargs = {**kwargs, "temperature": float(temperature)}
         target = call.target
-        tenant = call.tenant if by_tenant else None
+        tenant = None
+        if by_tenant:  # Call.tenant written out: the target's tenant function, else the request context's
+            tenant_of = target.tenant
+            if tenant_of is not None:
+                tenant = tenant_of(call)
+            else:
+                ctx = current_context()
+                tenant = ctx.tenant if ctx is not None else None
         try:
             return dumps(
                 (head, target.provider, target.operation, target.model, tenant, (call.args, kwargs)),
