@@ -592,7 +592,10 @@ class CachePolicy(Policy):
                 enabled = events.enabled
                 if enabled:
                     target = call.target
-                    model = call.model
+                    model = target.model  # Call.model written out: every miss runs this
+                    if model is None:
+                        named = call.kwargs.get("model")
+                        model = named if isinstance(named, str) else None
                     count = bound.get((CacheMiss, target.provider, target.operation, model), _UNBOUND)
                     if count is _UNBOUND:
                         count = self._count(CacheMiss, target, model)
@@ -956,7 +959,10 @@ class CachePolicy(Policy):
                 enabled = events.enabled
                 if enabled:
                     target = call.target
-                    model = call.model
+                    model = target.model  # Call.model written out: every miss runs this
+                    if model is None:
+                        named = call.kwargs.get("model")
+                        model = named if isinstance(named, str) else None
                     count = bound.get((CacheMiss, target.provider, target.operation, model), _UNBOUND)
                     if count is _UNBOUND:
                         count = self._count(CacheMiss, target, model)
