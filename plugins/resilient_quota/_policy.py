@@ -145,12 +145,8 @@ class QuotaState:
     # ------------------------------------------------------------ plans
 
     def plan(self, call: Call) -> Plan | None:
-        """The plan of a call, or ``None`` when the quota has nothing to do for it."""
-        return self.planner(call.target)(call)
-
-    def planner(self, target: Target) -> Callable[[Call], Plan | None]:
-        """:meth:`plan` for the calls of one target, with what the target fixes looked up once."""
-        return cast("Callable[[Call], Plan | None]", self.entrance(target, admitting=False))
+        """The plan of a call, or ``None`` when the quota has nothing to do for it (off the per-call path)."""
+        return cast("Plan | None", self.entrance(call.target, admitting=False)(call))
 
     def entrance(self, target: Target, admitting: bool = True) -> Callable[[Call], Plan | _Admitted | None]:
         """What every call of ``target`` runs first: its plan, and when ``admitting``, its admission if simple.
