@@ -47,6 +47,9 @@ def limits_on(clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     import resilient_quota._store
 
     monkeypatch.setattr(resilient_quota._store, "time", shim)
+    import resilient_quota._policy
+
+    monkeypatch.setattr(resilient_quota._policy, "time", shim)
     return clock
 
 

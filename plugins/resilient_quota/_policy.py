@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -173,6 +174,8 @@ class QuotaState:
         by_model, by_tenant = self._by_model, self._by_tenant
         monotonic, pauses, reports, events = self.clock.monotonic, self._pauses, self._reports, self.events
         hits, batches, run = self.limiters.hits, self.batches, self.run
+        blocks = self.limiters.blocks
+        in_blocks = blocks.held if blocks is not None else None
 
         def enter(call: Call) -> Plan | _Admitted | None:
             model = None
@@ -205,9 +208,20 @@ class QuotaState:
                 until, next_read = pauses.get(plan.pause_key, _NO_PAUSE)
                 if until > now or now >= next_read:  # paused, or the shared pause is due for a read
                     return plan
-            hit = hits[options.strategy]
+            strategy = options.strategy
+            hit = hits[strategy]
+            held = in_blocks if strategy == "fixed-window" else None
             try:
                 for item, key, expiry in plan.request_keys:
+                    if held is not None:  # Blocks.hit written out: a call takes a hit of its key's block
+                        block = held.get(key)
+                        if block is not None and time.time() < block.until:
+                            try:
+                                block.left.pop()
+                            except IndexError:
+                                pass
+                            else:
+                                continue
                     if not hit(key, item.amount, expiry, 1):
                         refusal = run(request_refusal(self, options, item, plan.ids, False))
                         if self.report_due(plan):

@@ -101,7 +101,7 @@ def limits_clock(clock: FakeClock) -> Iterator[FakeClock]:
             return getattr(real_time, name)
 
     shim = _Time()
-    modules = ["limits.storage.memory", "limits.strategies", "resilient_quota._store"]
+    modules = ["limits.storage.memory", "limits.strategies", "resilient_quota._store", "resilient_quota._policy"]
     saved: list[tuple[types.ModuleType, Any]] = []
     for name in modules:
         try:
