@@ -90,6 +90,13 @@ class TcpProxy:
                 self._server.close()
             for writer in list(self._writers):
                 writer.transport.abort()
+            # Connections still being served end here, not when the garbage collector finds them
+            # pending on a stopped loop (asyncio logs "Task was destroyed but it is pending" then).
+            here = asyncio.current_task()
+            serving = [task for task in asyncio.all_tasks() if task is not here]
+            for task in serving:
+                task.cancel()
+            await asyncio.gather(*serving, return_exceptions=True)
             if self._server is not None:
                 await self._server.wait_closed()
 

@@ -70,10 +70,6 @@ class _Records(logging.Handler):
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name == "asyncio" and record.getMessage().startswith("Task was destroyed but it is pending"):
-            # The garbage collector reporting a task of this process's own harness (a TcpProxy connection
-            # of an earlier test) while this test runs: not a line an app wrote.
-            return
         self.lines.append(self.format(record))
 
 
