@@ -30,7 +30,7 @@ from resilient.events import Count
 from resilient.testing import FakeClock, ProviderHTTPError
 from resilient_cache import CachePolicy
 from resilient_cache._codec import Codec, Entry, Unstorable, fits
-from resilient_cache._flight import Flight, Flights, end
+from resilient_cache._flight import DONE, RESULT, Flight, Flights, end
 
 from ._policies import Collect
 
@@ -297,26 +297,20 @@ def test_too_large_and_unstorable_plain_values_are_told_as_before() -> None:
 # ---------------------------------------------------------------- single flight without a lock
 
 
-class _Preempted(Flight):
-    """A flight whose first read of ``result`` by a follower lets ``meanwhile`` run right after it."""
-
-    __slots__ = ("_meanwhile", "_result")
+class _Preempted(list[Any]):
+    """A flight whose first read of its result by a follower lets ``meanwhile`` run right after it."""
 
     def __init__(self, owner: int, meanwhile: Callable[[], None]) -> None:
         self._meanwhile: Callable[[], None] | None = meanwhile
-        super().__init__(owner)
+        super().__init__([owner, None, None])
 
-    @property
-    def result(self) -> Any:
-        found = self._result
-        meanwhile, self._meanwhile = self._meanwhile, None
-        if meanwhile is not None:
-            meanwhile()
+    def __getitem__(self, index: Any) -> Any:
+        found = super().__getitem__(index)
+        if index == RESULT:
+            meanwhile, self._meanwhile = self._meanwhile, None
+            if meanwhile is not None:
+                meanwhile()
         return found
-
-    @result.setter
-    def result(self, value: Any) -> None:
-        self._result = value
 
 
 def test_a_follower_that_read_no_result_just_before_the_leader_ended_gets_it_without_waiting() -> None:
@@ -344,7 +338,7 @@ def test_a_follower_waiting_before_the_leader_ended_is_woken() -> None:
     got: list[Any] = []
     follower = threading.Thread(target=lambda: got.append(flights.wait(flight, timeout=30)))
     follower.start()
-    while flight.done is None:  # pragma: no cover - until the follower has made its event
+    while flight[DONE] is None:  # pragma: no cover - until the follower has made its event
         pass
     end(flights.flights, "k", flight, (False, None, "miss", ValueError("no")))
     follower.join(30)

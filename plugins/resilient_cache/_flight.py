@@ -16,7 +16,20 @@ import asyncio
 import threading
 from typing import Any, NamedTuple
 
-__all__ = ["AsyncFlight", "AsyncFlights", "Flight", "Flights", "NOTHING", "Result", "Shared", "aend", "end"]
+__all__ = [
+    "DONE",
+    "NOTHING",
+    "OWNER",
+    "RESULT",
+    "AsyncFlight",
+    "AsyncFlights",
+    "Flight",
+    "Flights",
+    "Result",
+    "Shared",
+    "aend",
+    "end",
+]
 
 _ident = threading.get_ident
 
@@ -37,15 +50,14 @@ Result = tuple[bool, Any, str, BaseException | None]
 NOTHING: Result = (False, None, "miss", None)
 
 
-class Flight:
-    """One sync miss in progress: its leader's thread, then its result."""
-
-    __slots__ = ("done", "owner", "result")
-
-    def __init__(self, owner: int) -> None:
-        self.owner = owner
-        self.result: Result | None = None
-        self.done: threading.Event | None = None  # made by the first follower
+#: One sync miss in progress: ``[owner, result, done]``, its leader's thread, then its result (a
+#: :data:`Result`), and the event its first follower makes. A list, not a class: the leader of every miss
+#: makes one, and a list display costs a fifth of a class's ``__init__`` frame. Read and written by index
+#: (:data:`OWNER`, :data:`RESULT`, :data:`DONE`), each one bytecode, as the handshake in :class:`Flights` needs.
+Flight = list[Any]
+#: One async miss in progress: ``[task, result, future]``, the same for a task (see :class:`AsyncFlights`).
+AsyncFlight = list[Any]
+OWNER, RESULT, DONE = 0, 1, 2
 
 
 class Flights:
@@ -54,9 +66,10 @@ class Flights:
     Lock-free for the leader, under the GIL. ``begin``: ``setdefault`` on a
     str key is one atomic step, so exactly one caller's flight is installed,
     and only its leader removes it. ``end`` and ``wait`` are a Dekker
-    handshake: the leader writes ``result``, then reads ``done``; a follower
-    writes ``done``, then reads ``result`` again. Each of those reads and
-    writes is one bytecode, and the GIL runs bytecodes in one order, so at
+    handshake: the leader writes ``flight[RESULT]``, then reads
+    ``flight[DONE]``; a follower writes ``flight[DONE]``, then reads
+    ``flight[RESULT]`` again. Each of those reads and writes is one
+    bytecode (a list's item), and the GIL runs bytecodes in one order, so at
     least one side sees the other's write: either the leader sees the event
     and sets it, or the follower sees the result and does not wait. The lock
     is only among followers, so that they share one event.
@@ -68,7 +81,7 @@ class Flights:
 
     def begin(self, key: str) -> tuple[Flight, bool]:
         """The key's flight and whether the caller leads it (a new flight) or follows."""
-        mine = Flight(_ident())
+        mine: Flight = [_ident(), None, None]
         flight = self.flights.setdefault(key, mine)
         return flight, flight is mine
 
@@ -78,21 +91,21 @@ class Flights:
 
     def wait(self, flight: Flight, timeout: float) -> Shared | None:
         """The leader's result, or None (it is our own thread, or it took longer than ``timeout``)."""
-        if flight.owner == _ident():
+        if flight[OWNER] == _ident():
             return None
-        result = flight.result
+        result = flight[RESULT]
         if result is not None:
             return Shared(*result)
         with self._lock:  # followers among themselves: one event per flight
-            done = flight.done
+            done = flight[DONE]
             if done is None:
-                done = flight.done = threading.Event()
+                done = flight[DONE] = threading.Event()
         # Dekker, the follower's half: ``done`` is written, now read the result again.
-        result = flight.result
+        result = flight[RESULT]
         if result is None:
             if not done.wait(timeout):
                 return None
-            result = flight.result
+            result = flight[RESULT]
         return Shared(*result) if result is not None else None
 
 
@@ -103,23 +116,12 @@ def end(flights: dict[str, Flight], key: str, flight: Flight, result: Result) ->
     no longer finds it finds the value in the local layer (stored before
     this) or is a new flight.
     """
-    flight.result = result
+    flight[RESULT] = result
     if flights.get(key) is flight:  # only its leader removes a flight: nobody can replace it meanwhile
         del flights[key]
-    done = flight.done
+    done = flight[DONE]
     if done is not None:
         done.set()
-
-
-class AsyncFlight:
-    """One async miss in progress: its leader's task, then its result."""
-
-    __slots__ = ("future", "result", "task")
-
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
-        self.task = task
-        self.result: Result | None = None
-        self.future: asyncio.Future[None] | None = None  # made by the first follower
 
 
 class AsyncFlights:
@@ -139,7 +141,7 @@ class AsyncFlights:
         flight = self.flights.get(at)
         if flight is not None:
             return flight, False
-        flight = self.flights[at] = AsyncFlight(asyncio.current_task())
+        flight = self.flights[at] = [asyncio.current_task(), None, None]
         return flight, True
 
     def end(self, key: str, flight: AsyncFlight, result: Result) -> None:
@@ -147,19 +149,20 @@ class AsyncFlights:
 
     @staticmethod
     async def wait(flight: AsyncFlight, timeout: float) -> Shared | None:
-        if flight.task is not None and flight.task is asyncio.current_task():
+        task = flight[OWNER]
+        if task is not None and task is asyncio.current_task():
             return None
-        result = flight.result
+        result = flight[RESULT]
         if result is not None:
             return Shared(*result)
-        future = flight.future
+        future = flight[DONE]
         if future is None:
-            future = flight.future = asyncio.get_running_loop().create_future()
+            future = flight[DONE] = asyncio.get_running_loop().create_future()
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout)
         except asyncio.TimeoutError:
             return None
-        result = flight.result
+        result = flight[RESULT]
         return Shared(*result) if result is not None else None
 
 
@@ -170,9 +173,9 @@ def aend(
     result: Result,
 ) -> None:
     """End an async flight (in its loop): the result, out of the dict, then wake the followers, if any."""
-    flight.result = result
+    flight[RESULT] = result
     if flights.get(at) is flight:
         del flights[at]
-    future = flight.future
+    future = flight[DONE]
     if future is not None and not future.done():
         future.set_result(None)

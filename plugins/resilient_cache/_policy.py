@@ -574,7 +574,7 @@ class CachePolicy(Policy):
             options = plan.options
             flight: Flight | None = None
             if options.single_flight:
-                mine = Flight(ident())
+                mine: Flight = [ident(), None, None]  # Flights.begin: [owner, result, done]
                 flight = lead(key, mine)
                 if flight is not mine:
                     return self._miss_behind(call, nxt, plan, ck, key, local, flight)
@@ -676,10 +676,10 @@ class CachePolicy(Policy):
                 raise
             finally:
                 if flight is not None:  # Flights.end, the leader's half of its handshake
-                    flight.result = result
+                    flight[1] = result  # RESULT
                     if held_flight(key) is flight:
                         del flights[key]
-                    done = flight.done
+                    done = flight[2]  # DONE
                     if done is not None:
                         done.set()
 
@@ -944,7 +944,7 @@ class CachePolicy(Policy):
                 flight = held_flight(at)
                 if flight is not None:
                     return await self._amiss_behind(call, nxt, plan, ck, key, local, flight)
-                flight = flights[at] = AsyncFlight(current_task(loop))
+                flight = flights[at] = [current_task(loop), None, None]  # AsyncFlights.begin: [task, result, future]
             result: Result = NOTHING
             try:
                 # _find and _missed, with no store to look in
@@ -1043,10 +1043,10 @@ class CachePolicy(Policy):
                 raise
             finally:
                 if flight is not None:  # AsyncFlights.end: in this loop, so nothing runs in between
-                    flight.result = result
+                    flight[1] = result  # RESULT
                     if held_flight(at) is flight:
                         del flights[at]
-                    future = flight.future
+                    future = flight[2]  # DONE
                     if future is not None and not future.done():
                         future.set_result(None)
 
