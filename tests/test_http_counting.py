@@ -45,15 +45,18 @@ def test_memory_windows_count_like_limits_memory_storage(steps: list[tuple[float
         try:
             reference = limits.strategies.FixedWindowRateLimiter(storage)
             ours = MemoryWindows(clock.time)
+            counters = [ours.counter(item, "/r", i) for i, item in enumerate(ITEMS)]
             for advance, index, client in steps:
                 clock.advance(advance)
                 item = ITEMS[index]
                 allowed = reference.hit(item, "http", "/r", client, str(index))
                 stats = reference.get_window_stats(item, "http", "/r", client, str(index))
-                got_allowed, remaining, reset = ours.hit(item, ("/r", client, index))
-                assert got_allowed == allowed
-                assert max(0, remaining) == stats.remaining
-                assert reset == stats.reset_time
+                refused = counters[index](client)
+                assert (refused is None) == allowed
+                if refused is not None:
+                    assert refused[0] is item
+                    assert max(0, refused[1]) == stats.remaining
+                    assert refused[2] == stats.reset_time
         finally:
             storage.timer.cancel()
 
@@ -61,12 +64,12 @@ def test_memory_windows_count_like_limits_memory_storage(steps: list[tuple[float
 def test_memory_windows_stay_bounded() -> None:
     clock = FakeClock()
     windows = MemoryWindows(clock.time, max_keys=10)
-    item = limits.parse("1/minute")
+    hit = windows.counter(limits.parse("1/minute"), "/r", 0)
     for i in range(100):
-        assert windows.hit(item, ("/r", f"client-{i}", 0))[0]
+        assert hit(f"client-{i}") is None
         assert len(windows._windows) <= 10
     clock.advance(61)
-    windows.hit(item, ("/r", "late", 0))
+    hit("late")
     assert len(windows._windows) == 1  # the expired ones went first
 
 

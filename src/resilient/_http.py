@@ -249,30 +249,33 @@ def tenant_key(spec: str | TenantKey | None, key: str = "tenant") -> TenantKey |
     )
 
 
-class _RequestIds:
+# Request ids: 32 hex digits, a random prefix per process and a counter (see new_request_id).
+_id_prefix = ""
+_id_counter: Iterator[int] = iter(())
+
+
+def _reseed_request_ids() -> None:
+    global _id_prefix, _id_counter
+    _id_prefix = os.urandom(8).hex()
+    # Counting from above 2**60, hex() always gives 16 digits (2**64 is 2**63 requests away),
+    # and ``hex()[2:]`` costs half of a zero-padded format.
+    _id_counter = itertools.count((1 << 60) + int.from_bytes(os.urandom(4), "big"))
+
+
+_reseed_request_ids()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reseed_request_ids)
+
+
+def new_request_id() -> str:
     """32 hex digits: a random prefix per process and a counter.
 
     Unique like a UUID4 across processes (the prefix is drawn again in a forked
     child) at a seventh of the cost: ``uuid4`` reads ``os.urandom`` for every
-    request. A request id correlates logs; it is not a secret.
+    request. A request id correlates logs; it is not a secret. A plain
+    function on module globals: half the cost of calling an instance.
     """
-
-    def __init__(self) -> None:
-        self.reseed()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self.reseed)
-
-    def reseed(self) -> None:
-        self._prefix = os.urandom(8).hex()
-        # Counting from above 2**60, hex() always gives 16 digits (2**64 is 2**63 requests away),
-        # and ``hex()[2:]`` costs half of a zero-padded format.
-        self._counter = itertools.count((1 << 60) + int.from_bytes(os.urandom(4), "big"))
-
-    def __call__(self) -> str:
-        return self._prefix + hex(next(self._counter))[2:]
-
-
-new_request_id = _RequestIds()
+    return _id_prefix + hex(next(_id_counter))[2:]
 
 
 def request_id_of(value: str | None) -> str:
@@ -294,11 +297,14 @@ class TenantCache:
     value per request costs a clear per ``size`` requests, never memory.
     """
 
-    __slots__ = ("_found", "_size")
+    __slots__ = ("_found", "_size", "known")
 
     def __init__(self, size: int = 4096) -> None:
         self._found: dict[bytes | str, str | None] = {}
         self._size = size
+        #: ``known(raw, default)``: the remembered answer for ``raw``, else ``default`` (the dict's own
+        #: ``get``, for an adapter to try before calling the cache; the dict is cleared, never replaced).
+        self.known = self._found.get
 
     def __call__(self, raw: bytes | str) -> str | None:
         try:
@@ -506,6 +512,12 @@ class RouteLimits:
         return self.by_route.get(route, self.default)
 
 
+#: A spent limit: the limit, the hits left (``<= 0``) and its window's reset time (epoch seconds).
+Refused = tuple[limits.RateLimitItem, int, float]
+#: Counts one request of a client (``None``: no client known) against a route's limits; ``None`` when it is allowed.
+Hits = Callable[["str | None"], "Refused | None"]
+
+
 class MemoryWindows:
     """Fixed windows counted in this process, for ``memory://`` and ``fixed-window``.
 
@@ -524,14 +536,30 @@ class MemoryWindows:
         self._windows: dict[tuple[Any, ...], tuple[float, Iterator[int]]] = {}  # key -> (expiry, hits)
         self._lock = threading.Lock()
 
-    def hit(self, item: limits.RateLimitItem, key: tuple[Any, ...]) -> tuple[bool, int, float]:
-        """Count one hit: (allowed, remaining, reset time)."""
-        now = self._time()
-        window = self._windows.get(key)
-        if window is None or window[0] <= now:
-            window = self._open(item, key, now)
-        count = next(window[1])
-        return count <= item.amount, item.amount - count, window[0]
+    def counter(self, item: limits.RateLimitItem, route: str, index: int) -> Hits:
+        """The hits of ``item``, the ``index``-th limit of ``route``, per client: made once per route.
+
+        ``hit(client)`` counts one hit in the window of ``(route, client,
+        index)``: ``None`` when it is within the limit, else ``(item,
+        remaining, reset time)``, remaining below zero once hits go past the
+        limit (they still count). One frame per hit, what the route's
+        limit needs bound in it.
+        """
+        amount = item.amount
+        time = self._time
+        windows = self._windows
+        open_window = self._open
+
+        def hit(client: str | None) -> Refused | None:
+            key = (route, client, index)
+            now = time()
+            window = windows.get(key)
+            if window is None or window[0] <= now:
+                window = open_window(item, key, now)
+            count = next(window[1])
+            return None if count <= amount else (item, amount - count, window[0])
+
+        return hit
 
     def _open(self, item: limits.RateLimitItem, key: tuple[Any, ...], now: float) -> tuple[float, Iterator[int]]:
         windows = self._windows
@@ -717,6 +745,8 @@ class HttpCore:
         client = tenant_key(rate_limit_client, "rate_limit_client") if rate_limit_client is not None else None
         # Clients are told apart by the tenant when there is one, else by address.
         self.limit_client: TenantKey = client or self.tenant or tenant_from_client()
+        #: Whether the rate limit client is the tenant (a request with a tenant needs nothing else).
+        self.limits_by_tenant = self.limit_client is self.tenant
         if rate_limit_strategy not in limits.strategies.STRATEGIES:
             raise ConfigurationError(
                 "rate_limit_strategy", rate_limit_strategy, f"must be one of {sorted(limits.strategies.STRATEGIES)}"
@@ -761,6 +791,7 @@ class HttpCore:
         self._async_limiters = PerLoop(self._new_async_limiter)
         #: :meth:`http_counts` remembered by (route, method), for an adapter to look up before calling it.
         self.bound_http: dict[tuple[str, str], HttpCounts | None] = {}
+        self._route_hits: dict[str, Hits | None] = {}
 
     # ------------------------------------------------------------------ events
 
@@ -841,8 +872,9 @@ class HttpCore:
         strategy: Any = limits.aio.strategies.STRATEGIES[self.strategy]
         return strategy(self._async_storage.get())
 
-    def _client(self, request: RequestInfo | None, tenant: str | None = None) -> str | None:
-        if tenant is not None and self.limit_client is self.tenant:
+    def client_of(self, request: RequestInfo | None, tenant: str | None = None) -> str | None:
+        """The rate limit client key of a request: its ``tenant`` when limits count by tenant and it has one."""
+        if tenant is not None and self.limits_by_tenant:
             return tenant  # the key function's answer, already asked and checked
         if request is None:
             return None
@@ -854,10 +886,10 @@ class HttpCore:
 
     def needs_request(self, tenant: str | None) -> bool:
         """Whether :meth:`check_sync` needs the request to know the client (not when it counts by this tenant)."""
-        return tenant is None or self.limit_client is not self.tenant
+        return tenant is None or not self.limits_by_tenant
 
     def identifiers(self, route: str, request: RequestInfo | None, tenant: str | None = None) -> tuple[str, str, str]:
-        return ("http", _key_part(route), _key_part(self._client(request, tenant)))
+        return ("http", _key_part(route), _key_part(self.client_of(request, tenant)))
 
     def denied(self, item: limits.RateLimitItem, reset_time: float) -> QuotaExceeded:
         retry_after = max(0.0, reset_time - self.clock.time())
@@ -882,32 +914,67 @@ class HttpCore:
         the key function again); ``request`` may be ``None`` when
         :meth:`needs_request` says it is not needed.
         """
-        limits = self.limits
-        items = limits.by_route.get(route, limits.default)
-        if not items:
+        hits = self.route_hits(route)
+        if hits is None:
             return None
-        windows = self._windows
-        if windows is not None:
-            # The tenant's own case inline: it is the common one (see _client).
-            client = tenant if tenant is not None and self.limit_client is self.tenant else self._client(request)
-            for i, item in enumerate(items):
-                allowed, remaining, reset = windows.hit(item, (route, client, i))
-                if not allowed:
-                    return self.denied(item, reset), self.rate_limit_headers(item, remaining, reset)
-            return None
-        ids = self.identifiers(route, request, tenant)
+        refused = hits(self.client_of(request, tenant))
+        return None if refused is None else self.refusal(refused)
+
+    def route_hits(self, route: str) -> Hits | None:
+        """What :meth:`check_sync` counts for ``route``, bound once: ``hits(client)``; ``None`` when no limit applies.
+
+        ``client`` is the request's client key (the tenant, or what
+        ``rate_limit_client`` gives); ``hits`` answers ``None`` when the
+        request is allowed, else what :meth:`refusal` turns into the answer.
+        Counted in this process (``memory://``) or on the store with the sync
+        ``limits`` strategy. Remembered per route (cleared when full).
+        """
         try:
-            limiter = self.sync_limiter()
-            for item in items:
-                if not limiter.hit(item, *ids):
-                    stats = limiter.get_window_stats(item, *ids)
-                    return self.denied(item, stats.reset_time), self.rate_limit_headers(
-                        item, stats.remaining, stats.reset_time
-                    )
-        except STORE_ERRORS as exc:
-            # A store that is down lets requests through: the app keeps serving.
-            _log.warning("rate limit store unavailable (%s); request allowed", type(exc).__name__)
-        return None
+            return self._route_hits[route]
+        except KeyError:
+            pass
+        items = self.limits.for_route(route)
+        found = self._bind_hits(route, items) if items else None
+        if len(self._route_hits) >= _BOUND_ROUTES:
+            self._route_hits.clear()
+        self._route_hits[route] = found
+        return found
+
+    def _bind_hits(self, route: str, items: tuple[limits.RateLimitItem, ...]) -> Hits:
+        windows = self._windows
+        if windows is None:
+
+            def store_hits(client: str | None) -> Refused | None:
+                ids = ("http", _key_part(route), _key_part(client))
+                try:
+                    limiter = self.sync_limiter()
+                    for item in items:
+                        if not limiter.hit(item, *ids):
+                            stats = limiter.get_window_stats(item, *ids)
+                            return item, stats.remaining, stats.reset_time
+                except STORE_ERRORS as exc:
+                    # A store that is down lets requests through: the app keeps serving.
+                    _log.warning("rate limit store unavailable (%s); request allowed", type(exc).__name__)
+                return None
+
+            return store_hits
+        counters = tuple(windows.counter(item, route, i) for i, item in enumerate(items))
+        if len(counters) == 1:
+            return counters[0]  # the common case: the request is counted in one frame
+
+        def all_hits(client: str | None) -> Refused | None:
+            for hit in counters:
+                refused = hit(client)
+                if refused is not None:
+                    return refused
+            return None
+
+        return all_hits
+
+    def refusal(self, refused: Refused) -> tuple[QuotaExceeded, list[tuple[str, str]]]:
+        """The error and the ``RateLimit-*`` headers of a spent limit (see :meth:`route_hits`)."""
+        item, remaining, reset = refused
+        return self.denied(item, reset), self.rate_limit_headers(item, remaining, reset)
 
     async def check_async(
         self, route: str, request: RequestInfo | None, tenant: str | None = None

@@ -24,9 +24,12 @@ from ._http import (
     JSON_CONTENT_TYPE,
     UNMATCHED,
     AdapterOptions,
+    Hits,
     HttpCore,
+    HttpCounts,
     HttpRequestFinished,
     HttpRequestStarted,
+    Refused,
     RequestInfo,
     ResponseCache,
     Strategy,
@@ -76,6 +79,8 @@ _STATE = "resilient.state"
 
 # Resolved route templates by path; cleared when full so random paths cannot grow it.
 _ROUTE_CACHE_SIZE = 4096
+# A header value the tenant cache has not seen yet.
+_UNKNOWN: Any = object()
 
 
 class _Request:
@@ -195,7 +200,14 @@ class ResilientMiddleware:
         self._rid_key = core.request_id_header.encode("latin-1") if core.request_id_header else None
         self._tenant_key = core.tenant_header.encode("latin-1") if core.tenant_header else None
         self._tenants = TenantCache()
+        self._known_tenant = self._tenants.known
         self._has_limits = bool(core.limits)
+        # Limits on a store out of this process are awaited per request (check_async), not bound.
+        self._store_limits = self._has_limits and not core.in_process
+        self._by_tenant = core.limits_by_tenant
+        self._max_body_size = core.max_body_size
+        self._cache = core.cache
+        self._plans: dict[tuple[str, str], tuple[HttpCounts | None, Hits | None]] = {}
         self._endpoints: dict[str, Callable[[Scope, Receive, Send], Awaitable[None]]] = {}
         if core.health_path:
             self._endpoints[core.health_path] = self._health
@@ -204,10 +216,10 @@ class ResilientMiddleware:
         if core.metrics_path:
             self._endpoints[core.metrics_path] = self._metrics
         self._emitter = core.emitter
+        self._emitting = core.emitter.enabled
         self._monotonic = core.clock.monotonic
         self._router: Any = getattr(app, "router", None)
         self._routes: dict[str, str] = {}
-        self._counts = core.bound_http
         self._outer = hasattr(app, "add_exception_handler") and hasattr(app, "exception_handlers")
         if self._outer:
             # Wrapping a Starlette app from outside: its ServerErrorMiddleware would answer 500 before
@@ -222,19 +234,17 @@ class ResilientMiddleware:
     # ------------------------------------------------------------------ per request
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind != "http":
-            if kind == "lifespan":
-                await self._lifespan(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
+        # Rare paths (a body limit, the GET cache, store limits, errors) are in helpers: fewer locals
+        # keep this coroutine under 512 bytes, where CPython's small-object allocator serves it.
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
             return
-        endpoint = self._endpoints.get(scope["path"])
-        if endpoint is not None and scope["method"] in ("GET", "HEAD"):
-            await endpoint(scope, receive, send)
+        path = scope["path"]
+        method = scope["method"]
+        if path in self._endpoints and method in ("GET", "HEAD"):
+            await self._endpoints[path](scope, receive, send)
             return
 
-        core = self.core
         rid_key = self._rid_key
         tenant_key = self._tenant_key
         rid = raw_tenant = None
@@ -252,25 +262,29 @@ class ResilientMiddleware:
             request_id = new_request_id()
             rid = request_id.encode("ascii")
         request: _Request | None = None
-        if tenant_key is not None:
-            tenant = self._tenants(bytes(raw_tenant)) if raw_tenant is not None else None
-        elif core.tenant is not None:
+        if raw_tenant is not None:
+            try:
+                tenant = self._known_tenant(raw_tenant, _UNKNOWN)
+            except TypeError:  # an unhashable value (a bytearray): cleaned and remembered as bytes
+                tenant = _UNKNOWN
+            if tenant is _UNKNOWN:
+                tenant = self._tenants(bytes(raw_tenant))
+        elif tenant_key is None and self.core.tenant is not None:
             request = _Request(scope)
-            tenant = core.tenant_of(request)
+            tenant = self.core.tenant_of(request)
         else:
             tenant = None
         # The remembered template first (a route function leaves that memory empty).
-        route = self._routes.get(scope["path"]) or self._route(scope)
-        method = scope["method"]
-        emitter = self._emitter
-        if emitter.enabled:
-            # Bound by every observer (the metrics plugin's): two calls instead of two events.
-            try:
-                counts = self._counts[route, method]
-            except KeyError:
-                counts = core.http_counts(route, method)
+        route = self._routes.get(path) or self._route(scope)
+        # What the route and method need, bound once: the HTTP counts and the rate limit hits.
+        try:
+            counts, hits = self._plans[route, method]
+        except KeyError:
+            counts, hits = self._plan(route, method)
+        emitting = self._emitting
+        if emitting:
             if counts is None:
-                emitter.emit(new_started(route, method, tenant, request_id))
+                self._emitter.emit(new_started(route, method, tenant, request_id))
             else:
                 try:
                     counts[0]()
@@ -296,57 +310,35 @@ class ResilientMiddleware:
                 state[1] = True  # the server could not write: the client has gone
                 raise
 
-        limit = core.max_body_size
-        downstream_receive = receive
-        if limit is not None:
-            received = [0]
-
-            async def receive_wrapper() -> Message:
-                message = await receive()
-                if message["type"] == "http.request":
-                    received[0] += len(message.get("body", b""))
-                    if received[0] > limit:
-                        # A ResilientError, so it renders the same wherever the app lets it out.
-                        raise body_too_large(limit)
-                elif message["type"] == "http.disconnect":
-                    state[1] = True
-                return message
-
-            downstream_receive = receive_wrapper
-
         try:
-            refusal = None
-            if limit is not None:
-                refusal = self._check_length(scope, limit)
-            if refusal is None and self._has_limits:
-                if request is None and core.needs_request(tenant):
-                    request = _Request(scope)
-                denied = (
-                    core.check_sync(route, request, tenant)
-                    if core.in_process
-                    else await core.check_async(route, request, tenant)
-                )
-                if denied is not None:
-                    await self._problem(send_wrapper, denied[0], request_id, denied[1])
+            if self._max_body_size is not None:
+                if await self._refused_length(scope, send_wrapper, request_id):
                     return
-            if refusal is not None:
-                await self._problem(send_wrapper, refusal, request_id)
+                receive = self._limited_receive(receive, self._max_body_size, state)
+            if hits is not None:
+                # Counted in this process: no I/O to await.
+                refused = hits(
+                    tenant
+                    if tenant is not None and self._by_tenant
+                    else self.core.client_of(request or _Request(scope), tenant)
+                )
+                if refused is not None:
+                    await self._refuse(send_wrapper, refused, request_id)
+                    return
+            elif self._store_limits and await self._refused_by_store(
+                scope, send_wrapper, route, request, tenant, request_id
+            ):
                 return
-            downstream: Send = send_wrapper
-            cache = core.cache
-            if cache is not None and method == "GET":
-                key = cache.key(request or _Request(scope), scope.get("query_string", b"").decode("latin-1"), tenant)
-                if key is not None:
-                    hit = cache.get(key)
-                    if hit is not None:
-                        status, headers, body = hit
-                        await send_wrapper({"type": "http.response.start", "status": status, "headers": headers})
-                        await send_wrapper({"type": "http.response.body", "body": body})
-                        return
-                    downstream = _caching_send(send_wrapper, cache, key)
+            downstream = (
+                send_wrapper
+                if self._cache is None or method != "GET"
+                else await self._cached(scope, send_wrapper, request, tenant)
+            )
+            if downstream is None:
+                return  # answered from the cache
             token = _current.set(new_context(request_id, tenant, route))
             try:
-                await self.app(scope, downstream_receive, downstream)
+                await self.app(scope, receive, downstream)
             finally:
                 _current.reset(token)
         except ResilientError as exc:
@@ -360,26 +352,111 @@ class ResilientMiddleware:
                 if scope.get(_ANSWERED) is exc:
                     return  # a provider failure our Starlette handler answered (and logged): not a crash
                 raise
-            problem = core.provider_problem(exc, method, route, request_id)
+            problem = self.core.provider_problem(exc, method, route, request_id)
             if problem is not None:
                 await self._problem(send_wrapper, problem, request_id)
                 return
-            if not core.problem_for_unhandled or isinstance(exc, OSError):
+            if not self.core.problem_for_unhandled or isinstance(exc, OSError):
                 state[0] = 500
                 raise
             _log.exception("unhandled error serving %s %s", method, route)
             await self._problem(send_wrapper, internal_error(), request_id)
         finally:
-            if emitter.enabled:
-                status = state[0] or (499 if state[1] else 500)
-                duration = self._monotonic() - started
+            if emitting:
+                # The status sent; else 499 when the client left, 500 when the app failed before one.
                 if counts is None:
-                    emitter.emit(new_finished(route, method, status, duration, tenant, request_id))
+                    self._emitter.emit(
+                        new_finished(
+                            route,
+                            method,
+                            state[0] or (499 if state[1] else 500),
+                            self._monotonic() - started,
+                            tenant,
+                            request_id,
+                        )
+                    )
                 else:
                     try:
-                        counts[1](status, duration)
+                        counts[1](state[0] or (499 if state[1] else 500), self._monotonic() - started)
                     except Exception:
                         _log.exception("recording http.request_finished failed")
+
+    async def _refuse(self, send: Send, refused: Refused, request_id: str) -> None:
+        """Answer 429 for a spent rate limit, with ``Retry-After`` and ``RateLimit-*``."""
+        error, headers = self.core.refusal(refused)
+        await self._problem(send, error, request_id, headers)
+
+    async def _refused_length(self, scope: Scope, send: Send, request_id: str) -> bool:
+        """Answer a ``Content-Length`` above ``max_body_size`` (413) or not a number (400); whether it did."""
+        assert self._max_body_size is not None
+        refusal = self._check_length(scope, self._max_body_size)
+        if refusal is None:
+            return False
+        await self._problem(send, refusal, request_id)
+        return True
+
+    @staticmethod
+    def _limited_receive(receive: Receive, limit: int, state: list[Any]) -> Receive:
+        """``receive`` refusing a streamed body past ``limit`` (413) and noting a disconnect in ``state``."""
+        received = 0
+
+        async def receive_wrapper() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # A ResilientError, so it renders the same wherever the app lets it out.
+                    raise body_too_large(limit)
+            elif message["type"] == "http.disconnect":
+                state[1] = True
+            return message
+
+        return receive_wrapper
+
+    async def _refused_by_store(
+        self, scope: Scope, send: Send, route: str, request: _Request | None, tenant: str | None, request_id: str
+    ) -> bool:
+        """Count the request on a store out of this process; answer 429 when a limit is spent (whether it did)."""
+        if request is None and self.core.needs_request(tenant):
+            request = _Request(scope)
+        denied = await self.core.check_async(route, request, tenant)
+        if denied is None:
+            return False
+        await self._problem(send, denied[0], request_id, denied[1])
+        return True
+
+    async def _cached(self, scope: Scope, send: Send, request: _Request | None, tenant: str | None) -> Send | None:
+        """Answer a GET from the cache (``None``), or the send that passes the response on and keeps a copy."""
+        cache = self._cache
+        assert cache is not None
+        key = cache.key(request or _Request(scope), scope.get("query_string", b"").decode("latin-1"), tenant)
+        if key is None:
+            return send
+        hit = cache.get(key)
+        if hit is None:
+            return _caching_send(send, cache, key)
+        status, headers, body = hit
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return None
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _plan(self, route: str, method: str) -> tuple[HttpCounts | None, Hits | None]:
+        """The bound HTTP counts (``None``: emit the events) and the in-process limit hits of a route and method."""
+        core = self.core
+        counts = core.http_counts(route, method) if self._emitting else None
+        hits = core.route_hits(route) if self._has_limits and core.in_process else None
+        plan = counts, hits
+        if len(self._plans) >= _ROUTE_CACHE_SIZE:
+            self._plans.clear()
+        self._plans[route, method] = plan
+        return plan
 
     def _check_length(self, scope: Scope, limit: int) -> ResilientError | None:
         for k, v in scope["headers"]:
