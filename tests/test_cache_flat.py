@@ -23,8 +23,10 @@ from unittest.mock import Mock
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 import resilient_cache
+import resilient_metrics
 from resilient import Event, Pipeline, Runtime, capture_calls, hookimpl, request_context
 from resilient.events import Count
 from resilient.testing import FakeClock, ProviderHTTPError
@@ -33,6 +35,7 @@ from resilient_cache._codec import Codec, Entry, Unstorable, fits
 from resilient_cache._flight import DONE, RESULT, Flight, Flights, end
 
 from ._policies import Collect
+from .test_event_counts import exposed
 
 
 class Counted(int):
@@ -122,15 +125,19 @@ class Side:
             self.watch = Collect()
         elif observer in ("counting", "refusing"):
             self.watch = Counting(refuse=observer == "refusing")
+        elif observer == "metrics":  # the metrics observer joins a miss's count and its store's (join_counts)
+            self.registry = CollectorRegistry()
+            plugins.append(resilient_metrics)
         if self.watch is not None:
             plugins.append(self.watch)
-        self.pipeline = Pipeline(
-            discover=False,
-            plugins=plugins,
-            env={},
-            config={"cache": {"enabled": True, "cacheable": "always", **cache}},
-            clock=self.clock,
-        )
+        with resilient_metrics.use_registry(getattr(self, "registry", None) or CollectorRegistry()):
+            self.pipeline = Pipeline(
+                discover=False,
+                plugins=plugins,
+                env={},
+                config={"cache": {"enabled": True, "cacheable": "always", **cache}},
+                clock=self.clock,
+            )
         self.policy = next(p for p in self.pipeline.policies if isinstance(p, CachePolicy))
         self.policy.flat_misses = flat
         if flat:  # the flat path must not fall back to the general one (no follower in a sequential history)
@@ -141,7 +148,7 @@ class Side:
 
         def provider(q: int, answer: Any) -> Any:
             self.made += 1
-            if isinstance(answer, Exception):
+            if isinstance(answer, BaseException):
                 raise answer
             return answer
 
@@ -156,6 +163,8 @@ class Side:
             return [_fields(e) for e in self.watch.events]
         if isinstance(self.watch, Counting):
             return self.watch.log
+        if hasattr(self, "registry"):
+            return sorted(exposed(self.registry).items())
         return []
 
     def held(self) -> Any:
@@ -198,7 +207,7 @@ async def _never(*args: Any) -> Any:  # pragma: no cover - fails the test if rea
 @given(
     history=st.lists(steps, max_size=25),
     cache=options,
-    observer=st.sampled_from(["none", "collect", "counting", "refusing"]),
+    observer=st.sampled_from(["none", "collect", "counting", "refusing", "metrics"]),
 )
 def test_flat_misses_do_exactly_what_the_general_path_does(
     history: list[tuple[Any, ...]], cache: dict[str, Any], observer: str
@@ -215,6 +224,54 @@ def test_flat_misses_do_exactly_what_the_general_path_does(
             assert flat.held() == general.held()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_a_miss_counted_with_its_store_counts_alone_when_it_is_not_stored(use_async: bool) -> None:
+    # With the metrics observer alone, a memory-only miss and its store are one update (join_counts), made
+    # once the answer is kept; a miss that is not stored after all (an error, a value that is not data or too
+    # large, a stale answer) must still count, exactly as the general path counts it.
+    cache = {"ignore": ["answer"], "ttl": 5, "max_stale": 30, "max_value_bytes": 200}
+    flat, general = Side(True, cache, "metrics"), Side(False, cache, "metrics")
+    history: list[tuple[Any, ...]] = [
+        ("call", 0, None, use_async, 1),  # stored: the store's count is bound, the next misses are joined
+        ("call", 1, None, use_async, ProviderHTTPError(400)),
+        ("call", 1, None, use_async, object()),
+        ("call", 1, None, use_async, "x" * 500),
+        ("wait", 10.0),
+        ("call", 0, None, use_async, ProviderHTTPError(503)),  # the stale entry answers
+        ("call", 1, None, use_async, 2),
+    ]
+
+    async def main() -> None:
+        for step in history:
+            await flat.play(step)
+            await general.play(step)
+            assert flat.outcome == general.outcome
+            assert flat.seen() == general.seen()
+
+    asyncio.run(main())
+    assert all(both is not None for _, _, both in flat.policy._misses.values())  # the joined update ran
+    misses = sum(v for (name, labels), v in exposed(flat.registry).items() if ("result", "miss") in labels)
+    assert misses == 6
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, asyncio.CancelledError])
+def test_a_joined_miss_interrupted_is_counted(interrupt: type[BaseException]) -> None:
+    cache = {"ignore": ["answer"]}
+    flat, general = Side(True, cache, "metrics"), Side(False, cache, "metrics")
+    use_async = interrupt is asyncio.CancelledError
+
+    async def main() -> None:
+        for side in (flat, general):
+            await side.play(("call", 0, None, use_async, 1))
+            with pytest.raises(interrupt):
+                await side.play(("call", 1, None, use_async, interrupt()))
+
+    asyncio.run(main())
+    assert all(both is not None for _, _, both in flat.policy._misses.values())
+    assert flat.seen() == general.seen()
+    assert exposed(flat.registry)[("resilient_events_total", (("event", "cache.miss"),))] == 2
 
 
 # ---------------------------------------------------------------- the quick size check

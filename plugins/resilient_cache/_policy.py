@@ -129,6 +129,7 @@ class CachePolicy(Policy):
         self._aflights = AsyncFlights()
         self._plans: dict[tuple[int, str, bool], Plan] = {}
         self._bound: dict[tuple[type[Event], str, str, str | None], Count | None] = {}
+        self._misses: dict[tuple[str, str, str | None], tuple[Count | None, Any, Count | None]] = {}
 
     # ------------------------------------------------------------ plans
 
@@ -313,6 +314,31 @@ class CachePolicy(Policy):
         if len(self._bound) >= _PLANS_MAX:
             self._bound.clear()
         self._bound[key] = found
+        return found
+
+    def _miss_counts(self, target: Target, model: str | None) -> tuple[Count | None, Any, Count | None]:
+        """What a memory-only miss tells, bound per (provider, operation, model): the miss's count (see
+        :meth:`_count`), the store's (``_UNBOUND`` until the first store binds it), and the two as one update
+        when the one observer can join them (``join_counts``; else None).
+
+        Joined, a miss that is stored makes one update after the provider's
+        answer is kept; a miss that is not stored (an error, a stale answer, a
+        value too large) counts the miss alone when it ends.
+        """
+        count = self._count(CacheMiss, target, model)
+        stored = self._bound.get((CacheStored, target.provider, target.operation, model), _UNBOUND)
+        both: Count | None = None
+        observers = self._events.observers
+        if count is not None and stored is not None and stored is not _UNBOUND and len(observers) == 1:
+            join = getattr(observers[0], "join_counts", None)
+            if join is not None:
+                try:
+                    both = join(count, stored)
+                except Exception:
+                    _log.exception("observer %r failed to join counts", observers[0])
+        if len(self._misses) >= _PLANS_MAX:
+            self._misses.clear()
+        found = self._misses[target.provider, target.operation, model] = (count, stored, both)
         return found
 
     def _missed(self, call: Call, key: str, stale: Entry | None, token: str) -> Missed:
@@ -522,7 +548,7 @@ class CachePolicy(Policy):
         flights = self._flights.flights
         lead, held_flight = flights.setdefault, flights.get
         ident = threading.get_ident
-        events, bound = self._events, self._bound
+        events, misses = self._events, self._misses
         hold, encode, local_get = layer.hold, self._codec.encode, layer.get
         classify = self._classify
 
@@ -579,6 +605,7 @@ class CachePolicy(Policy):
                 if flight is not mine:
                     return self._miss_behind(call, nxt, plan, ck, key, local, flight)
             result: Result = NOTHING
+            pending: Count | None = None  # the miss's count while it waits to be made with the store's
             try:
                 # _find and _missed, with no store to look in
                 if local is not None and not time() < local.stale_until:
@@ -590,16 +617,20 @@ class CachePolicy(Policy):
                     meta["cache"] = "miss"
                     meta["cache_key"] = key
                 enabled = events.enabled
+                stored: Any = _UNBOUND
                 if enabled:
                     target = call.target
                     model = target.model  # Call.model written out: every miss runs this
                     if model is None:
                         named = call.kwargs.get("model")
                         model = named if isinstance(named, str) else None
-                    count = bound.get((CacheMiss, target.provider, target.operation, model), _UNBOUND)
-                    if count is _UNBOUND:
-                        count = self._count(CacheMiss, target, model)
-                    if count is not None:
+                    counts = misses.get((target.provider, target.operation, model))
+                    if counts is None:
+                        counts = self._miss_counts(target, model)
+                    count, stored, both = counts
+                    if both is not None:  # counted with the store in one update, or alone at the end
+                        pending = count
+                    elif count is not None:
                         count()
                     else:
                         events.emit(
@@ -628,9 +659,6 @@ class CachePolicy(Policy):
                     fresh_until = now + ttl
                     stale_until = fresh_until + options.max_stale
                     entry = _new_entry(Entry, (value, False, now, fresh_until, stale_until))
-                    stored = _UNBOUND
-                    if enabled:
-                        stored = bound.get((CacheStored, target.provider, target.operation, model), _UNBOUND)
                     size = 0
                     # The size is needed for an event, else only whether it is within the limit.
                     if (
@@ -650,9 +678,13 @@ class CachePolicy(Policy):
                     if size >= 0:
                         # LocalLayer.put's row with no store: kept until stale, fresh until fresh (max_stale >= 0)
                         hold(ck, (entry, stale_until, key, fresh_until), plan.tags(call) if plan.tags else ())
-                        if enabled:
+                        if pending is not None and both is not None:
+                            pending = None
+                            both()
+                        elif enabled:
                             if stored is _UNBOUND:
                                 stored = self._count(CacheStored, target, model)
+                                self._miss_counts(target, model)  # the next miss may join the two
                             if stored is not None:
                                 stored()
                             else:
@@ -675,6 +707,8 @@ class CachePolicy(Policy):
                 result = (False, None, "miss", exc)
                 raise
             finally:
+                if pending is not None:  # a miss that was not stored after all: its count alone
+                    pending()
                 if flight is not None:  # Flights.end, the leader's half of its handshake
                     flight[1] = result  # RESULT
                     if held_flight(key) is flight:
@@ -887,7 +921,7 @@ class CachePolicy(Policy):
         flights = self._aflights.flights
         held_flight = flights.get
         running_loop, current_task = asyncio.get_running_loop, asyncio.current_task
-        events, bound = self._events, self._bound
+        events, misses = self._events, self._misses
         hold, encode, local_get = layer.hold, self._codec.encode, layer.get
         classify = self._classify
 
@@ -946,6 +980,7 @@ class CachePolicy(Policy):
                     return await self._amiss_behind(call, nxt, plan, ck, key, local, flight)
                 flight = flights[at] = [current_task(loop), None, None]  # AsyncFlights.begin: [task, result, future]
             result: Result = NOTHING
+            pending: Count | None = None  # the miss's count while it waits to be made with the store's
             try:
                 # _find and _missed, with no store to look in
                 if local is not None and not time() < local.stale_until:
@@ -957,16 +992,20 @@ class CachePolicy(Policy):
                     meta["cache"] = "miss"
                     meta["cache_key"] = key
                 enabled = events.enabled
+                stored: Any = _UNBOUND
                 if enabled:
                     target = call.target
                     model = target.model  # Call.model written out: every miss runs this
                     if model is None:
                         named = call.kwargs.get("model")
                         model = named if isinstance(named, str) else None
-                    count = bound.get((CacheMiss, target.provider, target.operation, model), _UNBOUND)
-                    if count is _UNBOUND:
-                        count = self._count(CacheMiss, target, model)
-                    if count is not None:
+                    counts = misses.get((target.provider, target.operation, model))
+                    if counts is None:
+                        counts = self._miss_counts(target, model)
+                    count, stored, both = counts
+                    if both is not None:  # counted with the store in one update, or alone at the end
+                        pending = count
+                    elif count is not None:
                         count()
                     else:
                         events.emit(
@@ -995,9 +1034,6 @@ class CachePolicy(Policy):
                     fresh_until = now + ttl
                     stale_until = fresh_until + options.max_stale
                     entry = _new_entry(Entry, (value, False, now, fresh_until, stale_until))
-                    stored = _UNBOUND
-                    if enabled:
-                        stored = bound.get((CacheStored, target.provider, target.operation, model), _UNBOUND)
                     size = 0
                     # The size is needed for an event, else only whether it is within the limit.
                     if (
@@ -1017,9 +1053,13 @@ class CachePolicy(Policy):
                     if size >= 0:
                         # LocalLayer.put's row with no store: kept until stale, fresh until fresh (max_stale >= 0)
                         hold(ck, (entry, stale_until, key, fresh_until), plan.tags(call) if plan.tags else ())
-                        if enabled:
+                        if pending is not None and both is not None:
+                            pending = None
+                            both()
+                        elif enabled:
                             if stored is _UNBOUND:
                                 stored = self._count(CacheStored, target, model)
+                                self._miss_counts(target, model)  # the next miss may join the two
                             if stored is not None:
                                 stored()
                             else:
@@ -1042,6 +1082,8 @@ class CachePolicy(Policy):
                 result = (False, None, "miss", exc)
                 raise
             finally:
+                if pending is not None:  # a miss that was not stored after all: its count alone
+                    pending()
                 if flight is not None:  # AsyncFlights.end: in this loop, so nothing runs in between
                     flight[1] = result  # RESULT
                     if held_flight(at) is flight:

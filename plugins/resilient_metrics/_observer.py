@@ -99,6 +99,57 @@ def _observer_of(child: Any) -> Callable[[float], None]:
     return public
 
 
+def _on_cells(lock: threading.Lock, cells: list[Any]) -> Count:
+    """One increment of each value cell under ``lock`` (which guards them all, see :func:`shared_cells`)."""
+    if len(cells) == 1:
+        (only,) = cells
+
+        def count_one() -> None:
+            lock.acquire()
+            try:
+                only._value += 1.0
+            finally:
+                lock.release()
+
+        return count_one
+    if len(cells) == 2:  # an event and its cache result
+        first, second = cells
+
+        def count_two() -> None:
+            lock.acquire()
+            try:
+                first._value += 1.0
+                second._value += 1.0
+            finally:
+                lock.release()
+
+        return count_two
+    if len(cells) == 3:  # a cache miss (its event and result) and its store
+        first, second, third = cells
+
+        def count_three() -> None:
+            lock.acquire()
+            try:
+                first._value += 1.0
+                second._value += 1.0
+                third._value += 1.0
+            finally:
+                lock.release()
+
+        return count_three
+    every = tuple(cells)
+
+    def count_all() -> None:
+        lock.acquire()
+        try:
+            for cell in every:
+                cell._value += 1.0
+        finally:
+            lock.release()
+
+    return count_all
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) and value else NONE
 
@@ -122,6 +173,7 @@ class MetricsObserver:
         ] = {}
         self._status_children: dict[tuple[tuple[str, str], Any], Callable[[float], None]] = {}
         self._counts: dict[tuple[str, str, str, str | None], Count] = {}
+        self._cells_of: dict[Count, list[Any]] = {}  # the counts _counter made on cells, and their cells
         self._http_bound: dict[tuple[str, str], HttpCounts] = {}
         self._count_lock = threading.Lock()
         self._handlers: dict[str, Callable[[Event], None]] = {
@@ -197,8 +249,7 @@ class MetricsObserver:
         one lock (:func:`shared_cells`); any other writer takes that same lock
         through ``inc``, so nothing is lost. Otherwise, the public increments.
         """
-        lock = self._count_lock
-        cells = shared_cells(lock, children)
+        cells = shared_cells(self._count_lock, children)
         if cells is None:
             adders = [_adder(child) for child in children]
 
@@ -207,28 +258,23 @@ class MetricsObserver:
                     add(1)
 
             return count_each
-        if len(cells) == 1:
-            (only,) = cells
+        count = _on_cells(self._count_lock, cells)
+        if len(self._cells_of) >= _CHILDREN_CAP:
+            self._cells_of.clear()
+        self._cells_of[count] = cells
+        return count
 
-            def count_one() -> None:
-                lock.acquire()
-                try:
-                    only._value += 1.0
-                finally:
-                    lock.release()
+    def join_counts(self, first: Count, second: Count) -> Count | None:
+        """``first()`` then ``second()`` as one call taking the lock once, for two counts :meth:`bind_count` made.
 
-            return count_one
-        first, second = cells  # an event and its cache result
-
-        def count_two() -> None:
-            lock.acquire()
-            try:
-                first._value += 1.0
-                second._value += 1.0
-            finally:
-                lock.release()
-
-        return count_two
+        The cache counts a miss and, when the provider's answer is stored, the
+        store: joined, a stored miss costs one update. ``None`` when either
+        count is not one of this observer's on shared cells (then call both).
+        """
+        one, two = self._cells_of.get(first), self._cells_of.get(second)
+        if one is None or two is None:
+            return None
+        return _on_cells(self._count_lock, one + two)
 
     def _call(self, event: Event) -> tuple[str, str, str]:
         return _text(event.provider), _text(event.operation), self.models(event.model)
