@@ -189,11 +189,24 @@ def test_the_request_coroutine_fits_the_small_object_allocator() -> None:
 
 
 def test_request_ids_are_drawn_again_after_a_fork() -> None:
+    new_request_id()  # mid-block: a forked child must not go on with it
     before = new_request_id()
     _http._reseed_request_ids()  # what a forked child runs
     after = new_request_id()
     assert re.fullmatch(r"[0-9a-f]{32}", after)
     assert before[:16] != after[:16]
+
+
+def test_request_ids_stay_unique_across_blocks_and_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def draw(_: int) -> list[str]:
+        return [new_request_id() for _ in range(3_000)]
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = [i for batch in pool.map(draw, range(8)) for i in batch]
+    assert len(set(ids)) == len(ids) == 24_000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
 
 
 def test_tenant_cache_known_reads_what_the_cache_remembers() -> None:

@@ -249,17 +249,21 @@ def tenant_key(spec: str | TenantKey | None, key: str = "tenant") -> TenantKey |
     )
 
 
-# Request ids: 32 hex digits, a random prefix per process and a counter (see new_request_id).
+# Request ids (see new_request_id): a random prefix per process (16 hex digits), a block number (14)
+# and the id's place in its block (2), handed out by a ``map`` of string concatenations over a block.
+_ID_PLACES = tuple(f"{i:02x}" for i in range(256))
 _id_prefix = ""
-_id_counter: Iterator[int] = iter(())
+_id_blocks: Iterator[int] = iter(())
+_ids: Iterator[str] = iter(())
 
 
 def _reseed_request_ids() -> None:
-    global _id_prefix, _id_counter
+    global _id_prefix, _id_blocks, _ids
     _id_prefix = os.urandom(8).hex()
-    # Counting from above 2**60, hex() always gives 16 digits (2**64 is 2**63 requests away),
+    # Counting from above 2**52, hex() always gives 14 digits (2**56 is 2**55 blocks away),
     # and ``hex()[2:]`` costs half of a zero-padded format.
-    _id_counter = itertools.count((1 << 60) + int.from_bytes(os.urandom(4), "big"))
+    _id_blocks = itertools.count((1 << 52) + int.from_bytes(os.urandom(4), "big"))
+    _ids = iter(())  # a forked child must not go on with its parent's block
 
 
 _reseed_request_ids()
@@ -267,15 +271,26 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed_request_ids)
 
 
+def _next_block() -> Iterator[str]:
+    global _ids
+    # Threads racing here each take their own block (next() on a count is atomic); a block is never shared.
+    block = _ids = map((_id_prefix + hex(next(_id_blocks))[2:]).__add__, _ID_PLACES)
+    return block
+
+
 def new_request_id() -> str:
     """32 hex digits: a random prefix per process and a counter.
 
     Unique like a UUID4 across processes (the prefix is drawn again in a forked
-    child) at a seventh of the cost: ``uuid4`` reads ``os.urandom`` for every
-    request. A request id correlates logs; it is not a secret. A plain
-    function on module globals: half the cost of calling an instance.
+    child) at a fraction of the cost: ``uuid4`` reads ``os.urandom`` for every
+    request. A request id correlates logs; it is not a secret. Ids come 256
+    to a block, each one string concatenation done by ``map`` in C (the
+    int-to-hex conversion is paid once per block).
     """
-    return _id_prefix + hex(next(_id_counter))[2:]
+    try:
+        return next(_ids)
+    except StopIteration:
+        return next(_next_block())
 
 
 def request_id_of(value: str | None) -> str:
