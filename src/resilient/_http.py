@@ -899,6 +899,8 @@ class HttpCore:
             _log.exception("rate limit client key function %r failed", self.limit_client)
             return None
 
+    _client = client_of  # the private name it had (tests/test_adapter_provider_errors.py calls it)
+
     def needs_request(self, tenant: str | None) -> bool:
         """Whether :meth:`check_sync` needs the request to know the client (not when it counts by this tenant)."""
         return tenant is None or not self.limits_by_tenant
