@@ -214,6 +214,10 @@ class CachePolicy(Policy):
         metadata["cache"] = "hit"
         metadata["cache_key"] = key
         if self._events.enabled:
+            count = self._count(CacheHit, call.target, call.model)
+            if count is not None:
+                count()
+                return
             age = now - entry.stored_at if entry is not None else 0.0
             self._events.emit(
                 CacheHit(
@@ -480,7 +484,7 @@ class CachePolicy(Policy):
             return self._here(nxt, fixed)
         local, time = self._local, self._clock.time
         held, move = local.data.get, local.data.move_to_end
-        events = self._events
+        events, bound = self._events, self._bound
 
         def cached(call: Call) -> Any:
             plan = fixed if fixed is not None else self._plan_for(call, False)
@@ -509,17 +513,28 @@ class CachePolicy(Policy):
                     metadata["cache"] = "hit"
                     metadata["cache_key"] = found[2]
                 if events.enabled:
-                    events.emit(
-                        CacheHit(
-                            provider=call.target.provider,
-                            operation=call.target.operation,
-                            model=call.model,
-                            tenant=call.tenant,
-                            key=found[2],
-                            layer="local",
-                            age=now - found[0].stored_at,
+                    target = call.target
+                    model = target.model  # Call.model written out
+                    if model is None:
+                        named = call.kwargs.get("model")
+                        model = named if isinstance(named, str) else None
+                    count = bound.get((CacheHit, target.provider, target.operation, model), _UNBOUND)
+                    if count is _UNBOUND:
+                        count = self._count(CacheHit, target, model)
+                    if count is not None:
+                        count()
+                    else:
+                        events.emit(
+                            CacheHit(
+                                provider=target.provider,
+                                operation=target.operation,
+                                model=model,
+                                tenant=call.tenant,
+                                key=found[2],
+                                layer="local",
+                                age=now - found[0].stored_at,
+                            )
                         )
-                    )
                 return found[0].value
             if found is None:
                 return self._miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
@@ -548,7 +563,7 @@ class CachePolicy(Policy):
         flights = self._flights.flights
         lead, held_flight = flights.setdefault, flights.get
         ident = threading.get_ident
-        events, misses = self._events, self._misses
+        events, misses, bound = self._events, self._misses, self._bound
         hold, encode, local_get = layer.hold, self._codec.encode, layer.get
         classify = self._classify
 
@@ -581,17 +596,28 @@ class CachePolicy(Policy):
                     metadata["cache"] = "hit"
                     metadata["cache_key"] = found[2]
                 if events.enabled:
-                    events.emit(
-                        CacheHit(
-                            provider=call.target.provider,
-                            operation=call.target.operation,
-                            model=call.model,
-                            tenant=call.tenant,
-                            key=found[2],
-                            layer="local",
-                            age=now - found[0].stored_at,
+                    target = call.target
+                    model = target.model  # Call.model written out
+                    if model is None:
+                        named = call.kwargs.get("model")
+                        model = named if isinstance(named, str) else None
+                    count = bound.get((CacheHit, target.provider, target.operation, model), _UNBOUND)
+                    if count is _UNBOUND:
+                        count = self._count(CacheHit, target, model)
+                    if count is not None:
+                        count()
+                    else:
+                        events.emit(
+                            CacheHit(
+                                provider=target.provider,
+                                operation=target.operation,
+                                model=model,
+                                tenant=call.tenant,
+                                key=found[2],
+                                layer="local",
+                                age=now - found[0].stored_at,
+                            )
                         )
-                    )
                 return found[0].value
             else:
                 kept = local_get(ck, now)  # held but no longer fresh here: past its local deadline, or stale
@@ -862,7 +888,7 @@ class CachePolicy(Policy):
             return self._ahere(nxt, fixed)
         local, time = self._local, self._clock.time
         held, move = local.data.get, local.data.move_to_end
-        events = self._events
+        events, bound = self._events, self._bound
 
         async def cached(call: Call) -> Any:
             plan = fixed if fixed is not None else self._plan_for(call, False)
@@ -891,17 +917,28 @@ class CachePolicy(Policy):
                     metadata["cache"] = "hit"
                     metadata["cache_key"] = found[2]
                 if events.enabled:
-                    events.emit(
-                        CacheHit(
-                            provider=call.target.provider,
-                            operation=call.target.operation,
-                            model=call.model,
-                            tenant=call.tenant,
-                            key=found[2],
-                            layer="local",
-                            age=now - found[0].stored_at,
+                    target = call.target
+                    model = target.model  # Call.model written out
+                    if model is None:
+                        named = call.kwargs.get("model")
+                        model = named if isinstance(named, str) else None
+                    count = bound.get((CacheHit, target.provider, target.operation, model), _UNBOUND)
+                    if count is _UNBOUND:
+                        count = self._count(CacheHit, target, model)
+                    if count is not None:
+                        count()
+                    else:
+                        events.emit(
+                            CacheHit(
+                                provider=target.provider,
+                                operation=target.operation,
+                                model=model,
+                                tenant=call.tenant,
+                                key=found[2],
+                                layer="local",
+                                age=now - found[0].stored_at,
+                            )
                         )
-                    )
                 return found[0].value
             if found is None:
                 return await self._amiss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
@@ -921,7 +958,7 @@ class CachePolicy(Policy):
         flights = self._aflights.flights
         held_flight = flights.get
         running_loop, current_task = asyncio.get_running_loop, asyncio.current_task
-        events, misses = self._events, self._misses
+        events, misses, bound = self._events, self._misses, self._bound
         hold, encode, local_get = layer.hold, self._codec.encode, layer.get
         classify = self._classify
 
@@ -954,17 +991,28 @@ class CachePolicy(Policy):
                     metadata["cache"] = "hit"
                     metadata["cache_key"] = found[2]
                 if events.enabled:
-                    events.emit(
-                        CacheHit(
-                            provider=call.target.provider,
-                            operation=call.target.operation,
-                            model=call.model,
-                            tenant=call.tenant,
-                            key=found[2],
-                            layer="local",
-                            age=now - found[0].stored_at,
+                    target = call.target
+                    model = target.model  # Call.model written out
+                    if model is None:
+                        named = call.kwargs.get("model")
+                        model = named if isinstance(named, str) else None
+                    count = bound.get((CacheHit, target.provider, target.operation, model), _UNBOUND)
+                    if count is _UNBOUND:
+                        count = self._count(CacheHit, target, model)
+                    if count is not None:
+                        count()
+                    else:
+                        events.emit(
+                            CacheHit(
+                                provider=target.provider,
+                                operation=target.operation,
+                                model=model,
+                                tenant=call.tenant,
+                                key=found[2],
+                                layer="local",
+                                age=now - found[0].stored_at,
+                            )
                         )
-                    )
                 return found[0].value
             else:
                 kept = local_get(ck, now)  # held but no longer fresh here: past its local deadline, or stale
