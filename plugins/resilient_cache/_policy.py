@@ -231,6 +231,35 @@ class CachePolicy(Policy):
                 )
             )
 
+    def _local_hit(self, call: Call, found: tuple[Entry, float, str, float], now: float) -> None:
+        """Tell a hit in the local layer (``found`` as :class:`LocalLayer` holds it) when events are on.
+
+        Through the bound count when the observers only count hits (see
+        :meth:`_count`): no event is built.
+        """
+        target = call.target
+        model = target.model  # Call.model written out
+        if model is None:
+            named = call.kwargs.get("model")
+            model = named if isinstance(named, str) else None
+        count = self._bound.get((CacheHit, target.provider, target.operation, model), _UNBOUND)
+        if count is _UNBOUND:
+            count = self._count(CacheHit, target, model)
+        if count is not None:
+            count()
+            return
+        self._events.emit(
+            CacheHit(
+                provider=target.provider,
+                operation=target.operation,
+                model=model,
+                tenant=call.tenant,
+                key=found[2],
+                layer="local",
+                age=now - found[0].stored_at,
+            )
+        )
+
     def _stale(self, call: Call, key: str, entry: Entry, reason: str) -> Any:
         metadata = call.metadata
         metadata["cache"] = "stale"
@@ -484,7 +513,7 @@ class CachePolicy(Policy):
             return self._here(nxt, fixed)
         local, time = self._local, self._clock.time
         held, move = local.data.get, local.data.move_to_end
-        events, bound = self._events, self._bound
+        events = self._events
 
         def cached(call: Call) -> Any:
             plan = fixed if fixed is not None else self._plan_for(call, False)
@@ -513,28 +542,7 @@ class CachePolicy(Policy):
                     metadata["cache"] = "hit"
                     metadata["cache_key"] = found[2]
                 if events.enabled:
-                    target = call.target
-                    model = target.model  # Call.model written out
-                    if model is None:
-                        named = call.kwargs.get("model")
-                        model = named if isinstance(named, str) else None
-                    count = bound.get((CacheHit, target.provider, target.operation, model), _UNBOUND)
-                    if count is _UNBOUND:
-                        count = self._count(CacheHit, target, model)
-                    if count is not None:
-                        count()
-                    else:
-                        events.emit(
-                            CacheHit(
-                                provider=target.provider,
-                                operation=target.operation,
-                                model=model,
-                                tenant=call.tenant,
-                                key=found[2],
-                                layer="local",
-                                age=now - found[0].stored_at,
-                            )
-                        )
+                    self._local_hit(call, found, now)
                 return found[0].value
             if found is None:
                 return self._miss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
@@ -563,7 +571,7 @@ class CachePolicy(Policy):
         flights = self._flights.flights
         lead, held_flight = flights.setdefault, flights.get
         ident = threading.get_ident
-        events, misses, bound = self._events, self._misses, self._bound
+        events, misses = self._events, self._misses
         hold, encode, local_get = layer.hold, self._codec.encode, layer.get
         classify = self._classify
 
@@ -596,28 +604,7 @@ class CachePolicy(Policy):
                     metadata["cache"] = "hit"
                     metadata["cache_key"] = found[2]
                 if events.enabled:
-                    target = call.target
-                    model = target.model  # Call.model written out
-                    if model is None:
-                        named = call.kwargs.get("model")
-                        model = named if isinstance(named, str) else None
-                    count = bound.get((CacheHit, target.provider, target.operation, model), _UNBOUND)
-                    if count is _UNBOUND:
-                        count = self._count(CacheHit, target, model)
-                    if count is not None:
-                        count()
-                    else:
-                        events.emit(
-                            CacheHit(
-                                provider=target.provider,
-                                operation=target.operation,
-                                model=model,
-                                tenant=call.tenant,
-                                key=found[2],
-                                layer="local",
-                                age=now - found[0].stored_at,
-                            )
-                        )
+                    self._local_hit(call, found, now)
                 return found[0].value
             else:
                 kept = local_get(ck, now)  # held but no longer fresh here: past its local deadline, or stale
@@ -888,7 +875,7 @@ class CachePolicy(Policy):
             return self._ahere(nxt, fixed)
         local, time = self._local, self._clock.time
         held, move = local.data.get, local.data.move_to_end
-        events, bound = self._events, self._bound
+        events = self._events
 
         async def cached(call: Call) -> Any:
             plan = fixed if fixed is not None else self._plan_for(call, False)
@@ -917,28 +904,7 @@ class CachePolicy(Policy):
                     metadata["cache"] = "hit"
                     metadata["cache_key"] = found[2]
                 if events.enabled:
-                    target = call.target
-                    model = target.model  # Call.model written out
-                    if model is None:
-                        named = call.kwargs.get("model")
-                        model = named if isinstance(named, str) else None
-                    count = bound.get((CacheHit, target.provider, target.operation, model), _UNBOUND)
-                    if count is _UNBOUND:
-                        count = self._count(CacheHit, target, model)
-                    if count is not None:
-                        count()
-                    else:
-                        events.emit(
-                            CacheHit(
-                                provider=target.provider,
-                                operation=target.operation,
-                                model=model,
-                                tenant=call.tenant,
-                                key=found[2],
-                                layer="local",
-                                age=now - found[0].stored_at,
-                            )
-                        )
+                    self._local_hit(call, found, now)
                 return found[0].value
             if found is None:
                 return await self._amiss(call, nxt, plan, ck, sha256(ck).hexdigest(), None)
@@ -958,7 +924,7 @@ class CachePolicy(Policy):
         flights = self._aflights.flights
         held_flight = flights.get
         running_loop, current_task = asyncio.get_running_loop, asyncio.current_task
-        events, misses, bound = self._events, self._misses, self._bound
+        events, misses = self._events, self._misses
         hold, encode, local_get = layer.hold, self._codec.encode, layer.get
         classify = self._classify
 
@@ -991,28 +957,7 @@ class CachePolicy(Policy):
                     metadata["cache"] = "hit"
                     metadata["cache_key"] = found[2]
                 if events.enabled:
-                    target = call.target
-                    model = target.model  # Call.model written out
-                    if model is None:
-                        named = call.kwargs.get("model")
-                        model = named if isinstance(named, str) else None
-                    count = bound.get((CacheHit, target.provider, target.operation, model), _UNBOUND)
-                    if count is _UNBOUND:
-                        count = self._count(CacheHit, target, model)
-                    if count is not None:
-                        count()
-                    else:
-                        events.emit(
-                            CacheHit(
-                                provider=target.provider,
-                                operation=target.operation,
-                                model=model,
-                                tenant=call.tenant,
-                                key=found[2],
-                                layer="local",
-                                age=now - found[0].stored_at,
-                            )
-                        )
+                    self._local_hit(call, found, now)
                 return found[0].value
             else:
                 kept = local_get(ck, now)  # held but no longer fresh here: past its local deadline, or stale
