@@ -357,13 +357,78 @@ class MetricsObserver:
         count by status and the duration, on children found once per route and
         method, so a request costs no event objects and no dispatch. A request
         begun with ``start`` finishes on the same labels (the events need the
-        request id to know that).
+        request id to know that). In process, every value a request updates
+        is guarded by the observer's one lock (:func:`shared_cells`), so a
+        start and a finish take it once each; in multiprocess mode, the
+        public API.
         """
         key = (route, method)
         found = self._http_bound.get(key)
         if found is not None:
             return found
         labels, in_progress, duration_child = self._request(_RouteMethod(route, method))  # type: ignore[arg-type]
+        metrics = self.metrics
+        lock = self._count_lock
+        events = metrics.events
+        children = [
+            events.labels(self._names("http.request_started")),
+            events.labels(self._names("http.request_finished")),
+            metrics.http_in_progress.labels(*labels),
+            metrics.http_duration.labels(*labels),
+        ]
+        # One lock for every value a request updates (see shared_cells): seven updates, one acquisition.
+        cells = shared_cells(lock, children)
+        if cells is None:  # multiprocess mode, or values laid out otherwise: the public API
+            start, finish = self._bind_http_public(labels, in_progress, duration_child)
+        else:
+            started_cell, finished_cell, in_progress_cell, *duration_cells = cells
+            buckets, total = duration_cells[:-1], duration_cells[-1]
+            bounds = children[3]._upper_bounds
+            last = len(buckets) - 1
+            by_status: dict[int, Any] = {}
+            http_requests = metrics.http_requests
+            bisect_left = bisect.bisect_left
+
+            def start() -> None:
+                with lock:
+                    started_cell._value += 1.0
+                    in_progress_cell._value += 1.0
+
+            def finish(status: int, duration: float) -> None:
+                try:
+                    requests = by_status.get(status)
+                    if requests is None:
+                        label = str(status) if 100 <= status <= 599 else "unknown"
+                        found = shared_cells(lock, [http_requests.labels(*labels, label)])
+                        if found is None:  # cannot be: its family keeps values as the ones above
+                            raise TypeError("the requests counter's value is not a plain cell")
+                        if len(by_status) >= 64:  # an app answering ever new codes: stay bounded
+                            by_status.clear()
+                        requests = by_status.setdefault(status, found[0])
+                    timed = duration >= 0
+                except Exception:  # as the public path: the request still ends, only its status goes unrecorded
+                    _log.debug("metrics could not record a request end", exc_info=True)
+                    with lock:
+                        finished_cell._value += 1.0
+                        in_progress_cell._value -= 1.0
+                    return
+                with lock:
+                    finished_cell._value += 1.0
+                    in_progress_cell._value -= 1.0
+                    requests._value += 1.0
+                    if timed:
+                        total._value += duration
+                        buckets[min(bisect_left(bounds, duration), last)]._value += 1.0
+
+        if len(self._http_bound) >= _CHILDREN_CAP:
+            self._http_bound.clear()
+        found = self._http_bound[key] = (start, finish)
+        return found
+
+    def _bind_http_public(
+        self, labels: tuple[str, str], in_progress: Callable[[float], None], duration_child: Callable[[float], None]
+    ) -> HttpCounts:
+        """:meth:`bind_http` through prometheus_client's public API (each update takes its value's lock)."""
         started, finished = self._event_count("http.request_started"), self._event_count("http.request_finished")
         by_status: dict[int, Callable[[float], None]] = {}
         http_requests = self.metrics.http_requests
@@ -391,10 +456,7 @@ class MetricsObserver:
             except Exception:
                 _log.debug("metrics could not record a request end", exc_info=True)
 
-        if len(self._http_bound) >= _CHILDREN_CAP:
-            self._http_bound.clear()
-        found = self._http_bound[key] = (start, finish)
-        return found
+        return start, finish
 
     def _event_count(self, name: str) -> Callable[[float], None]:
         count = self._event_children.get(name)
