@@ -34,8 +34,8 @@ from resilient_cache import CachePolicy
 from resilient_cache._codec import Codec, Entry, Unstorable, fits
 from resilient_cache._flight import DONE, RESULT, Flight, Flights, end
 
+from ._exposition import exposed
 from ._policies import Collect
-from .test_event_counts import exposed
 
 
 class Counted(int):

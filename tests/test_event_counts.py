@@ -18,8 +18,7 @@ from typing import Any, ClassVar
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry
 
 import resilient_cache
 import resilient_metrics
@@ -30,6 +29,7 @@ from resilient_cache._events import CacheMiss, CacheStored
 from resilient_metrics import use_registry
 from resilient_metrics._observer import MetricsObserver
 
+from ._exposition import exposed
 from ._policies import Collect
 
 
@@ -123,16 +123,6 @@ def test_the_metrics_observer_binds_only_the_events_it_merely_counts() -> None:
         "http.request_finished",
     ):
         assert observer.bind_count(named(name), "p", "o", "m") is None, name
-
-
-def exposed(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if not s.name.endswith("_created")
-    }
 
 
 # One call: which request (a few, so some repeat and hit), temperature 0 or not (bypass), the model, whether

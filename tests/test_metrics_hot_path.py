@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import CollectorRegistry
 
 import resilient_metrics
 import resilient_metrics._metrics as metrics_module
@@ -26,23 +25,14 @@ from resilient.testing import FakeClock, HTTPStatus, Latency, ProviderHTTPError,
 from resilient_metrics import MetricsOptions, use_registry
 from resilient_metrics._metrics import Metrics, shared_cells
 
+from ._exposition import exposed
+
 SONNET = "claude-sonnet-4-5-20250929"
 
 
 def build(registry: CollectorRegistry, clock: FakeClock, **metrics: Any) -> Pipeline:
     with use_registry(registry):
         return Pipeline(discover=False, plugins=[resilient_metrics], env={}, config={"metrics": metrics}, clock=clock)
-
-
-def exposed(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample but the ``_created`` timestamps (they differ between two registries by construction)."""
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if not s.name.endswith("_created")
-    }
 
 
 def usage(n: int) -> Mapping[str, Any]:

@@ -14,32 +14,21 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry, generate_latest, values
+from prometheus_client import CollectorRegistry, values
 from prometheus_client.multiprocess import MultiProcessCollector
-from prometheus_client.parser import text_string_to_metric_families
 
 import resilient_metrics._observer as observer_module
 from resilient_metrics import MetricsOptions
 from resilient_metrics._metrics import Bounded, Metrics, shared_cells
 from resilient_metrics._observer import MetricsObserver
 
+from ._exposition import Samples, exposed
+
 HTTP_BUCKETS = MetricsOptions().http_buckets
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def observer(registry: CollectorRegistry) -> MetricsObserver:
     return MetricsObserver(Metrics(registry, MetricsOptions()), Bounded(50))
-
-
-def exposed(registry: Any) -> Samples:
-    """Every sample but the ``_created`` timestamps (they differ between two registries by construction)."""
-    text = generate_latest(registry).decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if not s.name.endswith("_created")
-    }
 
 
 def http_only(samples: Samples) -> Samples:

@@ -27,8 +27,8 @@ from resilient import AsyncHandler, Call, Handler, Order, Pipeline, Policy, Targ
 from resilient.context import request_context
 from resilient.testing import FakeClock
 
+from ._exposition import exposed
 from ._policies import Contribute
-from .test_metrics_hot_path import exposed
 
 SONNET = "claude-sonnet-4-5-20250929"
 
