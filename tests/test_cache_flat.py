@@ -203,6 +203,21 @@ async def _never(*args: Any) -> Any:  # pragma: no cover - fails the test if rea
     raise AssertionError("the flat miss path fell back to the general one")
 
 
+def replay(flat: Side, general: Side, history: list[tuple[Any, ...]], *, held: bool) -> None:
+    """Play each step on both sides; after each, both answered and told the same (and hold the same, if ``held``)."""
+
+    async def main() -> None:
+        for step in history:
+            await flat.play(step)
+            await general.play(step)
+            assert flat.outcome == general.outcome
+            assert flat.seen() == general.seen()
+            if held:
+                assert flat.held() == general.held()
+
+    asyncio.run(main())
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     history=st.lists(steps, max_size=25),
@@ -214,16 +229,7 @@ def test_flat_misses_do_exactly_what_the_general_path_does(
 ) -> None:
     cache = {**cache, "ignore": ["answer"]}
     flat, general = Side(True, cache, observer), Side(False, cache, observer)
-
-    async def main() -> None:
-        for step in history:
-            await flat.play(step)
-            await general.play(step)
-            assert flat.outcome == general.outcome
-            assert flat.seen() == general.seen()
-            assert flat.held() == general.held()
-
-    asyncio.run(main())
+    replay(flat, general, history, held=True)
 
 
 @pytest.mark.parametrize("use_async", [False, True])
@@ -242,15 +248,7 @@ def test_a_miss_counted_with_its_store_counts_alone_when_it_is_not_stored(use_as
         ("call", 0, None, use_async, ProviderHTTPError(503)),  # the stale entry answers
         ("call", 1, None, use_async, 2),
     ]
-
-    async def main() -> None:
-        for step in history:
-            await flat.play(step)
-            await general.play(step)
-            assert flat.outcome == general.outcome
-            assert flat.seen() == general.seen()
-
-    asyncio.run(main())
+    replay(flat, general, history, held=False)
     assert all(both is not None for _, _, both in flat.policy._misses.values())  # the joined update ran
     misses = sum(v for (name, labels), v in exposed(flat.registry).items() if ("result", "miss") in labels)
     assert misses == 6
