@@ -55,7 +55,7 @@ from ._options import QuotaOptions
 from ._plan import Plan, actual_tokens, make_plan
 from ._signals import pause_from_headers
 from ._steps import adrive, drive
-from ._store import AsyncLimiters, Limiters, PauseGet
+from ._store import AsyncLimiters, HitFn, Limiters, PauseGet
 
 __all__ = ["QuotaPolicy", "QuotaSignals"]
 
@@ -175,7 +175,6 @@ class QuotaState:
         monotonic, pauses, reports, events = self.clock.monotonic, self._pauses, self._reports, self.events
         hits, batches, run = self.limiters.hits, self.batches, self.run
         blocks = self.limiters.blocks
-        in_blocks = blocks.held if blocks is not None else None
 
         def enter(call: Call) -> Plan | _Admitted | None:
             model = None
@@ -208,12 +207,13 @@ class QuotaState:
                 until, next_read = pauses.get(plan.pause_key, _NO_PAUSE)
                 if until > now or now >= next_read:  # paused, or the shared pause is due for a read
                     return plan
-            strategy = options.strategy
-            hit = hits[strategy]
-            held = in_blocks if strategy == "fixed-window" else None
+            held = None
+            hit: HitFn = hits[options.strategy]
+            if blocks is not None and options.strategy == "fixed-window":
+                held, hit = blocks.held, blocks.take
             try:
                 for item, key, expiry in plan.request_keys:
-                    if held is not None:  # Blocks.hit written out: a call takes a hit of its key's block
+                    if held is not None:  # Blocks.hit written out (a used-up block: take a new one)
                         block = held.get(key)
                         if block is not None and time.time() < block.until:
                             try:

@@ -207,25 +207,24 @@ class Blocks:
                 pass
             else:
                 return True
-        return self._take(key, amount, expiry, cost)
+        return self.take(key, amount, expiry, cost)
 
-    def _take(self, key: str, amount: int, expiry: int, cost: int) -> bool:
+    def take(self, key: str, amount: int, expiry: int, cost: int) -> bool:
+        """:meth:`hit` once the key's block is used up (or absent): under the lock, from the storage."""
         storage, incr, held = self._storage, self._incr, self.held
         with self._lock:
+            if cost != 1:  # not a call's hit: exact, on the exact count
+                self._give_back(key)
+                return bool(incr(storage, key, expiry, cost) <= amount)
             block = held.get(key)
             size = 1
-            if block is not None:
-                if cost != 1:
-                    self._give_back(key)
-                elif time.time() < block.until:
-                    try:
-                        block.left.pop()  # another thread took a block meanwhile
-                    except IndexError:
-                        size = max(1, min(_BLOCK_MAX, (amount - block.count) // _BLOCK_SHARE))
-                    else:
-                        return True
-            if cost != 1:
-                return bool(incr(storage, key, expiry, cost) <= amount)
+            if block is not None and time.time() < block.until:
+                try:
+                    block.left.pop()  # another thread took a block meanwhile
+                except IndexError:
+                    size = max(1, min(_BLOCK_MAX, (amount - block.count) // _BLOCK_SHARE))
+                else:
+                    return True
             count = incr(storage, key, expiry, size)
             before = count - size
             if before >= amount:  # no room: one refused hit counts, as in limits
