@@ -211,6 +211,107 @@ def test_several_secrets_in_one_text_are_all_masked(pieces: list[tuple[str, Secr
         assert secret.value not in masked
 
 
+# ---------------------------------------------------------------------------- the pass against one alternation
+
+
+def _alternation_mask(masker: Masker, text: str) -> str:
+    """The masker's output as one ``finditer`` over the alternation of all its detectors (no anchors, no
+    gates): what the merged per-detector pass must give. The engine did exactly this up to 2026-12."""
+    parts: list[str] = []
+    by_group: dict[int, tuple[Detector, tuple[int, ...], re.Pattern[str] | None]] = {}
+    group = 0
+    for d in masker.detectors:
+        flags = "".join(c for f, c in ((re.I, "i"), (re.M, "m"), (re.S, "s"), (re.X, "x")) if d.flags & f)
+        parts.append(f"(?{flags}:{d.pattern})()" if flags else f"(?:{d.pattern})()")
+        first = group + 1
+        group += re.compile(d.pattern, d.flags).groups + 1
+        left = re.compile(f"[{d.extend_left}]{{1,{d.extend_left_max}}}\\Z") if d.extend_left else None
+        by_group[group] = (d, tuple(first - 1 + g if g else 0 for g in d.secret_groups), left)
+    out: list[str] = []
+    last = 0
+    for m in re.compile("|".join(parts)).finditer(text):
+        detector, groups, left = by_group[m.lastindex or 0]
+        start, end = next(m.span(g) for g in groups if m.span(g)[0] >= 0)
+        if left is not None:
+            before = left.search(text, last, start)
+            if before is None:
+                continue
+            start = before.start()
+        secret = text[start:end]
+        if detector.validator is not None and not detector.validator(secret):
+            continue
+        out.append(text[last:start] + masker.token(detector.name, secret))
+        last = end
+    return "".join(out) + text[last:]
+
+
+# Pieces of logs that detectors start, end or turn on: separators, quotes, key names, prefixes, digits, and
+# characters whose case folding or lower-casing is not ASCII's (Kelvin sign, long s, dotted capital I).
+_NOISE = st.sampled_from(
+    [
+        "=", ":", "=>", " = ", ": ", '"', "'", " ", "     ", "\n", "\t", ",", ";", "&", "?", "@", "://", "/", "-", "_",
+        ".", "+", "(", ")", "[", "]", "{", "}", "token", "api_key", "X-Api-Key", "DB_PASSWORD", "max_tokens",
+        "client_secret", "session-id", "auth", "Authorization", "bearer ", "Basic ", "aws_secret_access_key",
+        "sk-", "sk-ant-api03-", "ghp_", "AKIA", "eyJ", "-----BEGIN RSA PRIVATE KEY-----", "-----END", "user",
+        "example.com", "+44 ", "(415) ", "555-123-4567", "4111 1111 1111 1111", "GB82 WEST 1234 5698 7654 32",
+        "2026-11-23T14:07:27.123Z", "0", "7", "12", "1234", "\u212a", "\u017f", "\u0130", "to\u212aen",
+        "[REDACTED:email]", "none", "null",
+    ]
+)  # fmt: skip
+_LOG_PIECE = st.one_of(
+    _NOISE,
+    _NOISE,
+    st.text(alphabet="aekntsAEKNTS01_-=: \"'", max_size=12),
+    st.text(max_size=6),
+    secrets().map(lambda s: s.snippet),
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_LOG_PIECE, max_size=24).map("".join))
+def test_the_pass_masks_as_one_alternation_would(text: str) -> None:
+    assert MASKER.mask(text) == _alternation_mask(MASKER, text)
+    for line in text.splitlines():
+        assert MASKER.mask(line) == _alternation_mask(MASKER, line)
+
+
+# Detectors a user might add: overlapping the first-party ones, one without anchors that matches almost
+# anywhere, and ones that can match the empty string (after which finditer's own rule decides).
+_USER_DETECTORS = (
+    Detector("word_key", r"[a-z]+_key", anchors=("_key",)),
+    Detector("digits", r"[0-9]{2,}"),
+    Detector("maybe_empty", r"x*(?=y)"),
+    Detector("empty_or_z", r"|z", flags=re.IGNORECASE),
+)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.one_of(_LOG_PIECE, st.sampled_from(["x", "y", "xxy", "z", "Z", "api_key"])), max_size=16).map("".join)
+)
+def test_the_pass_with_user_detectors_masks_as_one_alternation_would(text: str) -> None:
+    for masker in (
+        Masker([*default_detectors(), *_USER_DETECTORS]),
+        Masker([*_USER_DETECTORS[:2], *default_detectors()], replacement="hmac", hmac_key="k"),
+        Masker([_USER_DETECTORS[1], *default_detectors()[:5]]),
+    ):
+        assert masker.mask(text) == _alternation_mask(masker, text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "api_\u212aey=hunter2",  # the key "ey", after a Kelvin sign: "api_Key" ends in api_key, folded
+        "to\u212aen: abc",
+        'x "client_secret" : "s3cr3t" y',
+        "a token=1 b password => p2 c max_tokens=9 d token  :x",
+        "pwd:=x session-id=abc " + "a" * 76 + "_token=long " + "a" * 75 + "_token=ok",  # keys of 82 and 81
+    ],
+)
+def test_secret_assignment_found_from_its_separator(text: str) -> None:
+    assert MASKER.mask(text) == _alternation_mask(MASKER, text)
+
+
 # ---------------------------------------------------------------------------- the logging filter
 
 
