@@ -312,6 +312,32 @@ def test_secret_assignment_found_from_its_separator(text: str) -> None:
     assert MASKER.mask(text) == _alternation_mask(MASKER, text)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Each alone: a gate is asked once per text, so one form must not hide another's miss.
+        "call 555-123-4567",
+        "call 555.123.4567",
+        "call 555-123.4567",
+        "call 555.123-4567",
+        "call +1 555 123 4567",
+        "call (555) 123-4567",
+        "card 4111-1111 1111-1111",
+        "card 4222222222222",  # 13 digits, the fewest
+        "card 41-1-1-1-1-1-1-1-1-1-1-1-1-1-1",
+        "iban GB82WEST12345698765432",
+        "iban GB82 WEST 1234 5698 7654 32",
+        "é 4111111111111111 ü",
+        "\udc80+44 20 7946 0958é",
+        "ü DE89370400440532013000",
+    ],
+)
+def test_digit_detectors_behind_their_shape_gates(text: str) -> None:
+    masked = MASKER.mask(text)
+    assert masked == _alternation_mask(MASKER, text)
+    assert masked != text
+
+
 # ---------------------------------------------------------------------------- the logging filter
 
 
