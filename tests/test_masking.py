@@ -255,7 +255,8 @@ _NOISE = st.sampled_from(
         "sk-", "sk-ant-api03-", "ghp_", "AKIA", "eyJ", "-----BEGIN RSA PRIVATE KEY-----", "-----END", "user",
         "example.com", "+44 ", "(415) ", "555-123-4567", "4111 1111 1111 1111", "GB82 WEST 1234 5698 7654 32",
         "2026-11-23T14:07:27.123Z", "0", "7", "12", "1234", "\u212a", "\u017f", "\u0130", "to\u212aen",
-        "[REDACTED:email]", "none", "null",
+        "[REDACTED:email]", "none", "null", "Proxy-Authorization", "PROXY-AUTHORIZATION", "BEARER ", "?token=",
+        "&sig=", "?X-Amz-Signature=",
     ]
 )  # fmt: skip
 _LOG_PIECE = st.one_of(
@@ -296,6 +297,28 @@ def test_the_pass_with_user_detectors_masks_as_one_alternation_would(text: str) 
         Masker([_USER_DETECTORS[1], *default_detectors()[:5]]),
     ):
         assert masker.mask(text) == _alternation_mask(masker, text)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_LOG_PIECE, max_size=24).map("".join))
+def test_split_patterns_and_candidate_starts_cover_every_match(text: str) -> None:
+    from resilient.masking._detectors import _split, _starts_finder
+
+    for d in default_detectors():
+        whole = re.compile(d.pattern, d.flags)
+        parts = [re.compile(p, d.flags) for p in _split(d)]
+        finder = _starts_finder(d)
+        starts = finder(text) if finder is not None else None
+        for at in range(len(text) + 1):
+            m = whole.match(text, at)
+            if parts:
+                found = [p.match(text, at) for p in parts]
+                found = [f for f in found if f is not None]
+                assert len(found) <= 1, (d.name, at)
+                expected = (m.span(), m.groups()) if m is not None else None
+                assert ((found[0].span(), found[0].groups()) if found else None) == expected, (d.name, at)
+            if starts is not None and m is not None:
+                assert at in starts, (d.name, at)
 
 
 @pytest.mark.parametrize(

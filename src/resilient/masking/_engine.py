@@ -25,7 +25,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
-from ._detectors import Detector, _shape, _shape_gate, _starts_finder
+from ._detectors import Detector, _shape, _shape_gate, _split, _starts_finder
 
 __all__ = ["Masker", "Replacement"]
 
@@ -126,9 +126,12 @@ class Masker:
         steps: list[_Step] = []
         for i, d in enumerate(self.detectors):
             if mask >> i & 1:
-                compiled = re.compile(_alternative(d))
                 left = re.compile(f"[{d.extend_left}]{{1,{d.extend_left_max}}}\\Z") if d.extend_left else None
-                steps.append((compiled.search, compiled.match, _starts_finder(d), d, d.secret_groups, left))
+                # A detector split by first character is one step per part: parts never match at the same
+                # position, and being next to each other they keep the detector's place in the order.
+                for pattern in _split(d) or (d.pattern,):
+                    compiled = re.compile(_alternative(pattern, d.flags))
+                    steps.append((compiled.search, compiled.match, _starts_finder(d), d, d.secret_groups, left))
         return tuple(steps)
 
     def _joined_pattern(self, mask: int) -> tuple[Callable[[str], Iterable[re.Match[str]]], dict[int, _Entry]]:
@@ -143,7 +146,7 @@ class Masker:
         for i, d in enumerate(self.detectors):
             if not mask >> i & 1:
                 continue
-            parts.append(_alternative(d) + "()")
+            parts.append(_alternative(d.pattern, d.flags) + "()")
             first = group + 1
             group += d.groups + 1
             left = re.compile(f"[{d.extend_left}]{{1,{d.extend_left_max}}}\\Z") if d.extend_left else None
@@ -310,9 +313,9 @@ def _next_at(match: _Search, text: str, starts: list[int], pos: int) -> re.Match
     return None
 
 
-def _alternative(d: Detector) -> str:
-    inline = _inline_flags(d.flags)
-    return f"(?{inline}:{d.pattern})" if inline else f"(?:{d.pattern})"
+def _alternative(pattern: str, flags: int) -> str:
+    inline = _inline_flags(flags)
+    return f"(?{inline}:{pattern})" if inline else f"(?:{pattern})"
 
 
 def _inline_flags(flags: int) -> str:
