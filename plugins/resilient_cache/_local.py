@@ -32,7 +32,8 @@ class LocalLayer:
         self._data = self.data
         self._by_key: dict[str, bytes] | None = None
         self._tags: dict[str, set[str]] = {}
-        self._lock = threading.Lock()
+        #: Held by every write; the cache's flat handlers take it to write a plain row themselves.
+        self.lock = self._lock = threading.Lock()
 
     def get(self, canonical: bytes, now: float) -> tuple[Entry, float, str, float] | None:
         """(entry, local deadline, key, fresh until), or None when absent or past its local deadline."""
