@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from resilient import Call, Outcome
+from resilient.providers import field_of
 
 __all__ = ["audit_record", "encode"]
 
@@ -95,11 +96,11 @@ def encode(record: dict[str, Any], mask: Callable[[str], str]) -> bytes:
 
 def response_text(result: Any) -> Any:
     """The text of an SDK response, if it has one (anthropic ``content``, openai ``choices``), else ``str``."""
-    content = getattr(result, "content", None)
+    content = field_of(result, "content")
     if isinstance(content, list):
         return "".join(str(getattr(block, "text", "")) for block in content)
-    choices = getattr(result, "choices", None)
+    choices = field_of(result, "choices")
     if isinstance(choices, list) and choices:
-        message = getattr(choices[0], "message", None)
+        message = field_of(choices[0], "message")
         return str(getattr(message, "content", "") or "")
     return result if isinstance(result, str) else str(result)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from resilient.providers import field_of
+
 __all__ = ["Recorder"]
 
 # Anthropic Messages events, and OpenAI Responses events: the protocol says when a stream is whole.
@@ -15,7 +17,7 @@ _ANTHROPIC_TYPES = frozenset(
 def _field(chunk: Any, name: str) -> Any:
     if isinstance(chunk, dict):
         return chunk.get(name)
-    return getattr(chunk, name, None)
+    return field_of(chunk, name)
 
 
 class Recorder:

@@ -22,7 +22,7 @@ from resilient import (
     Usage,
 )
 from resilient.context import current as current_context
-from resilient.providers import merge_usage, usage_from, usage_from_chunk
+from resilient.providers import field_of, merge_usage, usage_from, usage_from_chunk
 
 from ._metrics import Bounded, Metrics, shared_cells
 from ._options import MetricsOptions
@@ -53,13 +53,16 @@ _TOTALS = ("tokens.input", "tokens.output", "tokens.cache_read", "tokens.cache_w
 
 # Whether a type is read by attribute by ``usage_from`` (not a Mapping; and, for a result, not a str,
 # whose usage is never read), remembered: responses and their usage come in a handful of types.
-_by_attribute: dict[type, bool] = {}
+# True: with getattr; _MODEL (also true): a class whose missing attributes go to a Python __getattr__
+# (a pydantic model: every SDK response), read with field_of, ~40x cheaper for a missing field.
+_by_attribute: dict[type, bool | int] = {}
+_MODEL = 2
 
 
-def _read_by_attribute(cls: type) -> bool:
+def _read_by_attribute(cls: type) -> bool | int:
     found = _by_attribute.get(cls)
     if found is None:
-        found = not issubclass(cls, (Mapping, str))
+        found = not issubclass(cls, (Mapping, str)) and (_MODEL if hasattr(cls, "__getattr__") else True)
         if len(_by_attribute) < 1024:
             _by_attribute[cls] = found
     return found
@@ -89,15 +92,20 @@ def usage_of(result: Any) -> Usage | None:
     try:
         if _by_attribute.get(type(result)) or _read_by_attribute(type(result)):
             usage = result.usage
-            if usage is not None and (_by_attribute.get(type(usage)) or _read_by_attribute(type(usage))):
-                prompt = getattr(usage, "prompt_tokens", None)
-                completion = getattr(usage, "completion_tokens", None)
+            kind = _by_attribute.get(type(usage)) or _read_by_attribute(type(usage)) if usage is not None else False
+            if kind:
+                if kind is True:
+                    prompt = getattr(usage, "prompt_tokens", None)
+                    completion = getattr(usage, "completion_tokens", None)
+                else:  # a model whose missing fields raise in Python: field_of reads without the exception
+                    prompt = field_of(usage, "prompt_tokens")
+                    completion = field_of(usage, "completion_tokens")
                 if prompt is not None or completion is not None:  # openai chat completions
                     details = usage.prompt_tokens_details
                     if details is None:
                         cached = 0
                     elif _by_attribute.get(type(details)) or _read_by_attribute(type(details)):
-                        cached = _int(getattr(details, "cached_tokens", None))
+                        cached = _int(field_of(details, "cached_tokens"))
                     else:
                         cached = _int(details.get("cached_tokens"))
                     prompt = prompt if type(prompt) is int and prompt > 0 else 0
@@ -441,10 +449,13 @@ class MetricsPolicy(Policy):
                             try:
                                 if _by_attribute.get(type(result)):
                                     found = result.usage
-                                    if (
-                                        _by_attribute.get(type(found))
-                                        and getattr(found, "prompt_tokens", None) is None
+                                    kind = _by_attribute.get(type(found))
+                                    if kind and (
+                                        getattr(found, "prompt_tokens", None) is None
                                         and getattr(found, "completion_tokens", None) is None
+                                        if kind is True
+                                        else field_of(found, "prompt_tokens") is None
+                                        and field_of(found, "completion_tokens") is None
                                     ):
                                         cache_read = found.cache_read_input_tokens
                                         cache_write = found.cache_creation_input_tokens

@@ -22,6 +22,7 @@ from typing import Any
 from ..call import Outcome
 from ..errors import ResilientError
 from ._estimate import estimate_input_tokens, estimate_output_tokens
+from ._fields import field_of
 from ._usage import merge_usage, usage_from, usage_from_chunk
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "classify_status",
     "estimate_input_tokens",
     "estimate_output_tokens",
+    "field_of",
     "merge_usage",
     "parse_retry_after",
     "response_headers",

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..call import Usage
+from ._fields import field_of
 
 __all__ = ["merge_usage", "usage_from", "usage_from_chunk"]
 
@@ -19,7 +20,7 @@ def _get(obj: Any, name: str) -> Any:
     mapping = _is_mapping.get(type(obj))
     if mapping is None:
         mapping = _mapping(type(obj))
-    return obj.get(name) if mapping else getattr(obj, name, None)
+    return obj.get(name) if mapping else field_of(obj, name)
 
 
 def _int(value: Any) -> int:
@@ -49,19 +50,19 @@ def usage_from(response: Any) -> Usage | None:
     with ``input_tokens_details.cached_tokens`` split out).
     """
     # An SDK response object with a usage object (every call of an anthropic or openai client) is
-    # read here with plain getattr, no helper call per field: this runs once per successful call and
+    # read here field by field, no _get call per field: this runs once per successful call and
     # the generic reads below cost ~11 Python calls. Same rules as _usage_generic (a property test
     # holds them equal); dicts and the other shapes go there.
     mapping = _is_mapping.get(type(response))
     if not (_mapping(type(response)) if mapping is None else mapping):
-        usage = getattr(response, "usage", None)
+        usage = field_of(response, "usage")
         if usage is not None:
             mapping = _is_mapping.get(type(usage))
             if not (_mapping(type(usage)) if mapping is None else mapping):
-                prompt = getattr(usage, "prompt_tokens", None)
-                completion = getattr(usage, "completion_tokens", None)
+                prompt = field_of(usage, "prompt_tokens")
+                completion = field_of(usage, "completion_tokens")
                 if prompt is not None or completion is not None:  # openai chat completions
-                    details = getattr(usage, "prompt_tokens_details", None)
+                    details = field_of(usage, "prompt_tokens_details")
                     cached = _int(_get(details, "cached_tokens")) if details is not None else 0
                     prompt = prompt if type(prompt) is int and prompt > 0 else 0
                     return Usage(
@@ -69,14 +70,14 @@ def usage_from(response: Any) -> Usage | None:
                         completion if type(completion) is int and completion > 0 else 0,
                         cached,
                     )
-                input_tokens = getattr(usage, "input_tokens", None)
-                output_tokens = getattr(usage, "output_tokens", None)
-                cache_read = getattr(usage, "cache_read_input_tokens", None)
-                cache_write = getattr(usage, "cache_creation_input_tokens", None)
+                input_tokens = field_of(usage, "input_tokens")
+                output_tokens = field_of(usage, "output_tokens")
+                cache_read = field_of(usage, "cache_read_input_tokens")
+                cache_write = field_of(usage, "cache_creation_input_tokens")
                 if cache_read is None and cache_write is None:
                     if input_tokens is None and output_tokens is None:
                         return None
-                    details = getattr(usage, "input_tokens_details", None)  # openai Responses API
+                    details = field_of(usage, "input_tokens_details")  # openai Responses API
                     if details is not None:
                         cached = _int(_get(details, "cached_tokens"))
                         return Usage(max(_int(input_tokens) - cached, 0), _int(output_tokens), cached)

@@ -1,0 +1,72 @@
+"""``getattr(obj, name, None)`` for SDK objects, without the exception a pydantic model raises.
+
+anthropic and openai responses and stream events are pydantic v2 models. A
+field a model lacks goes to pydantic's ``__getattr__``, written in Python,
+which raises ``AttributeError`` for ``getattr`` to swallow: ~2.4 µs a name
+(measured, pydantic 2.14 on CPython 3.11), against ~50 ns for a field it has.
+Reading usage asks for several names a response lacks (an anthropic
+``Usage`` has no ``prompt_tokens``; a ``content_block_delta`` event has no
+``usage``, ``message``, ``usage_metadata`` or ``response``), so each stream
+chunk cost ~20 µs. Neither pydantic nor the SDKs offer a read that does not
+raise, so :func:`field_of` reads the model's own storage where that is
+exactly what ``__getattr__`` would answer, and asks ``getattr`` otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["field_of"]
+
+try:
+    import pydantic
+except ImportError:  # pragma: no cover - pydantic comes with the anthropic SDK, a dependency
+    _PYDANTIC_GETATTR: Any = None
+else:
+    # Only the __getattr__ whose rules are read below: pydantic v2's own, on a model that does not override it.
+    _PYDANTIC_GETATTR = vars(pydantic.BaseModel).get("__getattr__") if pydantic.VERSION.startswith("2.") else None
+
+# class -> the names field_of must ask getattr for (None: every name): SDK types, a bounded few;
+# past the bound, a new class is looked at again on every read.
+_asked: dict[type, frozenset[str] | None] = {}
+_MAX_REMEMBERED = 1024
+_UNSEEN: Any = object()
+
+
+def _learn(cls: type) -> frozenset[str] | None:
+    """For a pydantic v2 model with pydantic's own attribute lookup: the names its storage does not answer.
+
+    Those are the names some class in its MRO defines (a property or method
+    answers first) and its private attributes. Any other name is the
+    instance's ``__dict__`` entry (a field) if there is one, else what
+    pydantic's ``__getattr__`` answers: the extra field, or ``AttributeError``.
+    ``None`` for any other class: every name is asked of ``getattr``.
+    """
+    asked: frozenset[str] | None = None
+    if (
+        _PYDANTIC_GETATTR is not None
+        and getattr(cls, "__getattr__", None) is _PYDANTIC_GETATTR
+        and getattr(cls, "__getattribute__", None) is object.__getattribute__
+    ):
+        names = {name for k in cls.__mro__ for name in vars(k)}
+        asked = frozenset(names.union(getattr(cls, "__private_attributes__", ())))
+    if len(_asked) < _MAX_REMEMBERED:
+        _asked[cls] = asked
+    return asked
+
+
+def field_of(obj: Any, name: str) -> Any:
+    """``getattr(obj, name, None)``: the same answer for every object, ~40x cheaper for a missing model field."""
+    asked = _asked.get(type(obj), _UNSEEN)
+    if asked is _UNSEEN:
+        asked = _learn(type(obj))
+    if asked is None or name in asked:
+        return getattr(obj, name, None)
+    values = obj.__dict__
+    if name in values:
+        return values[name]
+    try:
+        extra = obj.__pydantic_extra__
+    except AttributeError:  # a model not fully built: pydantic's __getattr__ treats it as no extra
+        return None
+    return extra.get(name) if extra else None
