@@ -171,11 +171,20 @@ class Masker:
         active = self._always
         if self._anchored:
             lowered = text.lower()
-            for guard, group in self._anchored:
-                if guard in lowered:
-                    for anchor, bits in group:
-                        if anchor in lowered:  # "" (the guard itself) is in every text
-                            active |= bits
+            if len(text) < _LONG:
+                for guard, group in self._anchored:
+                    if guard in lowered:
+                        for anchor, bits in group:
+                            if anchor in lowered:  # "" (the guard itself) is in every text
+                                active |= bits
+            else:
+                # In a long text each anchor it lacks costs a scan of all of it: an anchor is not looked
+                # for once its detectors are on (on a short one, that test costs more than it saves).
+                for guard, group in self._anchored:
+                    if guard in lowered:
+                        for anchor, bits in group:
+                            if bits & ~active and anchor in lowered:
+                                active |= bits
         if self._shaped:
             shape = _shape(text)
             for bits in [bits for needle, bits in self._shaped if needle in shape]:
@@ -328,6 +337,9 @@ def _next_at(match: _Search, text: str, starts: list[int], pos: int) -> re.Match
             return m
     return None
 
+
+# A text this long (in characters) or longer is scanned for fewer anchors (see Masker._active).
+_LONG = 4096
 
 # Characters from the most to the least frequent in English log text, roughly; any other is rarer still.
 _FREQUENT = " etaoinsrhld-.:/0123456789=\"',cumfpgwyb_vkxjqz"
