@@ -3,8 +3,9 @@
 A :class:`Detector` is a regular expression for one kind of secret (or
 personal data), the part of a match to replace, and optionally a validator
 that confirms a candidate (Luhn for card numbers, mod-97 for IBANs) so that
-look-alikes are left alone. Detectors never use named groups: the engine
-joins them into one alternation of its own named groups.
+look-alikes are left alone. Detectors never use named groups or numbered
+backreferences: the engine may join them into one alternation (after a
+match of the empty string), which renumbers their groups.
 """
 
 from __future__ import annotations
@@ -176,12 +177,6 @@ _SECRET_KEY = (
     r"[A-Za-z_](?<![A-Za-z0-9_\-].)[A-Za-z0-9_\-]{0,80}" + _POSSESSIVE + "(?=" + _SEPARATOR + ")"
     r"(?i:" + "|".join(f"(?<={re.escape(n)})" for n in _SECRET_SUFFIXES) + ")"
 )
-# Where a secret_assignment match can start, found from its separator: its pattern starts at every word,
-# which re tries one by one (22 MB/s on a clean log), while separators are few. In the reversed text a
-# separator is followed by up to 5 spaces, an optional quote and the key's name backwards, whose suffix is
-# checked as the pattern's lookbehinds check it (same case folding); the maximal run of key characters
-# then ends where the key starts. Every start the pattern matches at is found (a key is its whole word and
-# each separator ends at most one key); the pattern itself then decides there.
 
 
 def _trie(words: list[str]) -> str:
@@ -195,6 +190,12 @@ def _trie(words: list[str]) -> str:
     return branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
 
 
+# Where a secret_assignment match can start, found from its separator: its pattern starts at every word,
+# which re tries one by one (22 MB/s on a clean log); separators are far fewer. In the reversed text a
+# separator is followed by up to 5 spaces, an optional quote and the key's name backwards, whose suffix is
+# checked as the pattern's lookbehinds check it (same case folding); the maximal run of key characters
+# then ends where the key starts. Every start the pattern matches at is found (a key is its whole word and
+# each separator ends at most one key); the pattern itself then decides there.
 # One pattern per separator character, so that each starts with a literal (see _SPLITS).
 _KEYS_BEFORE_SEPARATOR = tuple(
     re.compile(c + r"\s{0,5}[\"']?(?=(?i:" + _trie([n[::-1] for n in _SECRET_SUFFIXES]) + r"))[A-Za-z0-9_\-]+").finditer
