@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from anthropic.types import (
     Message,
@@ -404,6 +405,47 @@ def test_a_hit_equals_the_original_response_and_a_stored_one_rebuilds_equal(valu
     back = codec.decode(raw).value
     assert back == value
     assert type(back) is type(value)
+
+
+_models = st.one_of(
+    st.builds(message, st.text(max_size=30), st.text(min_size=1, max_size=10)),
+    st.builds(
+        lambda text, extra: Message.model_validate({**message(text).model_dump(), **extra}),
+        st.text(max_size=10),
+        st.dictionaries(st.sampled_from(["note", "score"]), st.floats(allow_nan=False) | st.text(max_size=5)),
+    ),
+    st.builds(lambda events: events, st.lists(st.sampled_from(anthropic_events("hi")), min_size=1, max_size=4)),
+    st.builds(
+        lambda n, text: ChatCompletionChunk.model_validate(
+            {
+                "id": "c",
+                "object": "chat.completion.chunk",
+                "created": n,
+                "model": "gpt-x",
+                "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}],
+            }
+        ),
+        st.integers(0, 2**40),
+        st.text(max_size=10),
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=_models)
+def test_a_model_is_stored_as_the_json_of_its_model_dump(value: Any) -> None:
+    # The first entry of a class goes through model_dump; the codec then has pydantic write the JSON itself.
+    codec = Codec()
+    stream = isinstance(value, list)
+    entry = Entry(value, stream, 0.0, 1.0, 2.0)
+    items = value if stream else [value]
+    expected = [{"t": f"{type(v).__module__}:{type(v).__qualname__}", "d": v.model_dump(mode="json")} for v in items]
+    for _ in range(2):
+        raw = codec.encode(entry)
+        stored = orjson.loads(raw)["d"]
+        assert (stored if stream else [stored]) == expected
+        assert codec.decode(raw).value == value
+    assert all(type(v) in codec._models for v in items)
 
 
 # ---------------------------------------------------------------- serialization is data only

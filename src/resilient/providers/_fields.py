@@ -14,17 +14,24 @@ exactly what ``__getattr__`` would answer, and asks ``getattr`` otherwise.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 __all__ = ["field_of"]
 
-try:
-    import pydantic
-except ImportError:  # pragma: no cover - pydantic comes with the anthropic SDK, a dependency
-    _PYDANTIC_GETATTR: Any = None
-else:
-    # Only the __getattr__ whose rules are read below: pydantic v2's own, on a model that does not override it.
-    _PYDANTIC_GETATTR = vars(pydantic.BaseModel).get("__getattr__") if pydantic.VERSION.startswith("2.") else None
+
+def _pydantic_getattr() -> Any:
+    """pydantic v2's own ``BaseModel.__getattr__``, the one whose rules field_of follows; None without it.
+
+    Looked up when a class is first seen, not imported: a model's class
+    exists only once pydantic is imported (it is optional here, and heavy).
+    """
+    pydantic: Any = sys.modules.get("pydantic")
+    version = getattr(pydantic, "VERSION", "")
+    if not isinstance(version, str) or not version.startswith("2."):
+        return None
+    return vars(pydantic.BaseModel).get("__getattr__")
+
 
 # class -> the names field_of must ask getattr for (None: every name): SDK types, a bounded few;
 # past the bound, a new class is looked at again on every read.
@@ -43,9 +50,10 @@ def _learn(cls: type) -> frozenset[str] | None:
     ``None`` for any other class: every name is asked of ``getattr``.
     """
     asked: frozenset[str] | None = None
+    own = _pydantic_getattr()
     if (
-        _PYDANTIC_GETATTR is not None
-        and getattr(cls, "__getattr__", None) is _PYDANTIC_GETATTR
+        own is not None
+        and getattr(cls, "__getattr__", None) is own
         and getattr(cls, "__getattribute__", None) is object.__getattribute__
     ):
         names = {name for k in cls.__mro__ for name in vars(k)}
