@@ -10,7 +10,9 @@ from typing import Any
 import anthropic
 import openai
 import pytest
+from prometheus_client import CollectorRegistry
 
+import resilient_metrics
 from resilient import Pipeline, QuotaExceeded, capture_calls
 from resilient.providers import classify
 from resilient.testing.simulator import Drop, Simulator, SimulatorServer, Slow, Status, run_simulator
@@ -140,6 +142,25 @@ def test_stream_true_yields_the_sdk_events_and_reads_usage(server: SimulatorServ
     assert calls[0].usage.output_tokens == delta.usage.output_tokens
     assert stream.response is not None
     assert stream.response.headers["request-id"]
+
+
+def test_a_wrapped_stream_s_tokens_are_counted_once_read_by_the_wrapper(
+    server: SimulatorServer, sim: Simulator
+) -> None:
+    # The SDK wrapper reads each event's usage (Target.reads_usage): the metrics watcher then only times it.
+    registry = CollectorRegistry()
+    with resilient_metrics.use_registry(registry):
+        client = pipeline().wrap(claude(server))
+    with capture_calls() as calls:
+        events = list(client.messages.create(model=MODEL, max_tokens=30, messages=MESSAGES, stream=True))
+    start = next(e for e in events if e.type == "message_start")
+    delta = next(e for e in events if e.type == "message_delta")
+    assert calls[0].target.reads_usage
+    labels = {"provider": "anthropic", "operation": "messages.create", "model": MODEL}
+    tokens = registry.get_sample_value
+    assert tokens("resilient_tokens_total", {**labels, "kind": "input"}) == start.message.usage.input_tokens
+    assert tokens("resilient_tokens_total", {**labels, "kind": "output"}) == delta.usage.output_tokens
+    assert calls[0].metadata["first_chunk_s"] >= 0
 
 
 def test_stream_errors_before_the_first_event_raise_from_create(server: SimulatorServer, sim: Simulator) -> None:

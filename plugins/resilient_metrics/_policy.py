@@ -596,12 +596,16 @@ class MetricsPolicy(Policy):
         children_of = self._binder(target)[0]
         ended = self._ended
 
+        reads_usage = target.reads_usage  # a wrapped SDK stream: its events' usage is read as they pass
+
         def on_chunk(call: Call, chunk: Any) -> None:
             metadata = call.metadata
             if "first_chunk_s" not in metadata:
                 started = call.started if call.started is not None else monotonic()
                 metadata["first_chunk_s"] = elapsed = monotonic() - started
                 children_of(call).first_chunk.observe(elapsed)
+            if reads_usage:
+                return
             usage = usage_from_chunk(chunk)
             if usage is not None:
                 call.usage = merge_usage(call.usage, usage)

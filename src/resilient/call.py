@@ -38,6 +38,9 @@ class Target:
     ``accepts_timeout`` says the callable takes ``timeout=`` (seconds), as the
     SDK methods :meth:`Pipeline.wrap` guards do: the timeout plugin then hands
     each attempt's limit to it, whatever its ``pass_timeout`` option says.
+    ``reads_usage`` says the callable sets :attr:`Call.usage` itself from its
+    response and from each stream event as it passes (the SDK methods
+    :meth:`Pipeline.wrap` guards do): a policy need not read them again.
     """
 
     provider: str
@@ -48,6 +51,7 @@ class Target:
     tenant: Callable[[Call], str | None] | None = None
     count_tokens: Callable[[Call], Any] | None = None
     accepts_timeout: bool = False
+    reads_usage: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,8 +192,12 @@ def _targets(
     return (
         # Both SDKs' methods take timeout= (seconds): the timeout plugin hands them each attempt's limit,
         # so the SDK's HTTP client enforces it (a sync call could otherwise only be measured after the fact).
-        Target(provider, operation, kind[0], name=name, count_tokens=count_tokens, accepts_timeout=True),
-        Target(provider, operation, kind[1], name=name, count_tokens=count_tokens, accepts_timeout=True),
+        Target(
+            provider, operation, kind[0], name=name, count_tokens=count_tokens, accepts_timeout=True, reads_usage=True
+        ),
+        Target(
+            provider, operation, kind[1], name=name, count_tokens=count_tokens, accepts_timeout=True, reads_usage=True
+        ),
     )
 
 

@@ -87,11 +87,16 @@ def usage_from(response: Any) -> Usage | None:
                     cache_read if type(cache_read) is int and cache_read > 0 else 0,
                     cache_write if type(cache_write) is int and cache_write > 0 else 0,
                 )
+        return _usage_generic(response, usage)  # its usage read once (most stream events have none)
     return _usage_generic(response)
 
 
-def _usage_generic(response: Any) -> Usage | None:
-    usage = _get(response, "usage")
+_UNREAD: Any = object()
+
+
+def _usage_generic(response: Any, usage: Any = _UNREAD) -> Usage | None:
+    if usage is _UNREAD:
+        usage = _get(response, "usage")
     if usage is None:
         message = _get(response, "message")  # anthropic message_start event
         usage = _get(message, "usage") if message is not None else None
