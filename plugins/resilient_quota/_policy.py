@@ -95,6 +95,9 @@ class QuotaState:
         self._async: AsyncLimiters | None = None
         self._prefix = core.key_prefix
         self._plans: dict[tuple[str, str | None, str | None], Plan] = {}
+        #: Per target, plan()'s entrance (not admitting): a wrapped SDK call asks for its plan after every
+        #: response (its rate-limit headers), and building the entrance was most of that.
+        self._planners: dict[Target, Callable[[Call], Plan | _Admitted | None]] = {}
         # pause key -> (paused until, next read of the store), both on the monotonic clock
         self._pauses: dict[str, tuple[float, float]] = {}
         self._store_down_until = 0.0
@@ -147,7 +150,13 @@ class QuotaState:
 
     def plan(self, call: Call) -> Plan | None:
         """The plan of a call, or ``None`` when the quota has nothing to do for it (off the per-call path)."""
-        return cast("Plan | None", self.entrance(call.target, admitting=False)(call))
+        target = call.target
+        planner = self._planners.get(target)
+        if planner is None:
+            planner = self.entrance(target, admitting=False)
+            if len(self._planners) < _PLAN_CACHE_MAX:
+                self._planners[target] = planner
+        return cast("Plan | None", planner(call))
 
     def entrance(self, target: Target, admitting: bool = True) -> Callable[[Call], Plan | _Admitted | None]:
         """What every call of ``target`` runs first: its plan, and when ``admitting``, its admission if simple.
