@@ -7,6 +7,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
+import httpx2
 import limits
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -299,7 +301,13 @@ def test_a_500_does_not_pause(limits_on: FakeClock) -> None:
     ],
 )
 def test_pause_from_rate_limit_headers(headers: dict[str, str], expected: float | None) -> None:
-    got = pause_from_headers(headers, now=1_700_000_000.0)
+    # A dict, and the SDKs' own Headers (case-insensitive, read from their raw bytes first), with other headers.
+    others = {"Content-Type": "application/json", "Request-Id": "req_1", "X-Count": " 0 "}
+    for shown in (headers, httpx.Headers({**others, **headers}), httpx2.Headers({**others, **headers})):
+        got = pause_from_headers(shown, now=1_700_000_000.0)
+        assert got == (pytest.approx(expected) if expected is not None else None)
+    upper = httpx2.Headers({k.title(): f" {v} " for k, v in headers.items()})
+    got = pause_from_headers(upper, now=1_700_000_000.0)
     assert got == (pytest.approx(expected) if expected is not None else None)
 
 
