@@ -147,6 +147,23 @@ def test_detector_contract() -> None:
         Detector("Bad", "a")
 
 
+def test_a_pattern_compiles_as_the_engine_compiles_it() -> None:
+    # A VERBOSE pattern ending in a comment: the comment ran over the engine's closing parenthesis, and
+    # every text raised (every log record withheld).
+    verbose = Detector("emp", r"EMP-[0-9]{6}  # employee ids", flags=re.VERBOSE)
+    assert Masker([*default_detectors(), verbose]).mask("id EMP-123456 ok") == "id [REDACTED:emp] ok"
+    # Global flags are an error inside a group: refused when the detector is built, not on every text.
+    with pytest.raises(ValueError, match="scoped group"):
+        Detector("emp", r"(?i)emp-[0-9]{6}")
+    with pytest.raises(ConfigurationError, match=r"patterns\.emp"):
+        load_masker(config={"masking": {"patterns": {"emp": r"(?i)emp-[0-9]{6}"}}}, env={})
+
+
+def test_validators_ignore_digits_int_rejects() -> None:
+    assert luhn_valid("4111 1111 1111 1111\u00b2")  # "²" is a digit to isdigit, not to int()
+    assert not luhn_valid("\u00b2" * 16)
+
+
 def test_anchors_skip_the_pass() -> None:
     calls: list[str] = []
 
@@ -222,7 +239,8 @@ def _alternation_mask(masker: Masker, text: str) -> str:
     group = 0
     for d in masker.detectors:
         flags = "".join(c for f, c in ((re.I, "i"), (re.M, "m"), (re.S, "s"), (re.X, "x")) if d.flags & f)
-        parts.append(f"(?{flags}:{d.pattern})()" if flags else f"(?:{d.pattern})()")
+        body = d.pattern + "\n" if "x" in flags else d.pattern  # a comment on the last line ends there
+        parts.append(f"(?{flags}:{body})()" if flags else f"(?:{body})()")
         first = group + 1
         group += re.compile(d.pattern, d.flags).groups + 1
         left = re.compile(f"[{d.extend_left}]{{1,{d.extend_left_max}}}\\Z") if d.extend_left else None
@@ -285,18 +303,26 @@ _USER_DETECTORS = (
     Detector("digits", r"[0-9]{2,}"),
     Detector("maybe_empty", r"x*(?=y)"),
     Detector("empty_or_z", r"|z", flags=re.IGNORECASE),
+    Detector("verbose_id", r"id \d{3}  # three digits, and no newline after this comment", flags=re.VERBOSE),
+    Detector("line_end", r"[a-z]+$", flags=re.MULTILINE),
+    Detector("odd_number", r"[0-9]{3,}", validator=lambda v: int(v) % 2 == 1),
 )
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    st.lists(st.one_of(_LOG_PIECE, st.sampled_from(["x", "y", "xxy", "z", "Z", "api_key"])), max_size=16).map("".join)
+    st.lists(
+        st.one_of(
+            _LOG_PIECE, st.sampled_from(["x", "y", "xxy", "z", "Z", "api_key", "id 135", "id 1", "word\n", "\r\n"])
+        ),
+        max_size=16,
+    ).map("".join)
 )
 def test_the_pass_with_user_detectors_masks_as_one_alternation_would(text: str) -> None:
     for masker in (
         Masker([*default_detectors(), *_USER_DETECTORS]),
         Masker([*_USER_DETECTORS[:2], *default_detectors()], replacement="hmac", hmac_key="k"),
-        Masker([_USER_DETECTORS[1], *default_detectors()[:5]]),
+        Masker([_USER_DETECTORS[-1], _USER_DETECTORS[1], *default_detectors()[:5]]),  # a rejected match ends it too
     ):
         assert masker.mask(text) == _alternation_mask(masker, text)
 
@@ -428,6 +454,15 @@ def test_filter_never_raises_and_never_leaks() -> None:
     assert MaskingFilter(broken).filter(record) is True
     assert ANTHROPIC not in record.getMessage()
     assert ANTHROPIC not in str(record.__dict__)
+
+
+def test_structlog_processor_never_raises_and_never_leaks() -> None:
+    def broken(text: str) -> str:
+        raise RuntimeError("boom")
+
+    event = masking.make_structlog_processor(broken)(None, "info", {"event": "key", "api_key": ANTHROPIC})
+    assert ANTHROPIC not in str(event)
+    assert set(event) == {"event", "api_key"}
 
 
 def test_install_is_idempotent_and_covers_propagated_records() -> None:

@@ -64,6 +64,15 @@ class Detector:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
             raise ValueError(f"detector name {self.name!r} must be lower_snake_case")
         compiled = re.compile(self.pattern, self.flags)
+        try:
+            # What the engine compiles: a pattern fine alone can fail there, e.g. one starting with global
+            # flags ("(?i)..."), and would then fail every text it is tried on.
+            re.compile(_alternative(self.pattern, self.flags))
+        except re.error as exc:
+            raise ValueError(
+                f"detector {self.name!r}: the pattern does not compile as a group ({exc}); give flags with "
+                "flags= or a scoped group such as (?i:...)"
+            ) from None
         if compiled.groupindex:
             raise ValueError(f"detector {self.name!r}: named groups are reserved for the engine; use plain groups")
         if self.gate:
@@ -81,9 +90,30 @@ class Detector:
         return re.compile(self.pattern, self.flags).groups
 
 
+def _alternative(pattern: str, flags: int) -> str:
+    """``pattern`` as the engine compiles it, alone or joined with others: one group with its flags inline.
+
+    Under VERBOSE a comment on the pattern's last line would run over the closing parenthesis; the newline
+    before it ends the comment (and is ignored otherwise).
+    """
+    inline = _inline_flags(flags)
+    if "x" in inline:
+        return f"(?{inline}:{pattern}\n)"
+    return f"(?{inline}:{pattern})" if inline else f"(?:{pattern})"
+
+
+def _inline_flags(flags: int) -> str:
+    letters = ""
+    for flag, letter in ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x")):
+        if flags & flag:
+            letters += letter
+    return letters
+
+
 def luhn_valid(text: str) -> bool:
     """True when the digits of ``text`` pass the Luhn check (card numbers)."""
-    digits = [int(c) for c in text if c.isdigit()]
+    # isdecimal, not isdigit: int() rejects superscripts and other digits that are not decimal ("²").
+    digits = [int(c) for c in text if c.isdecimal()]
     if len(digits) < 12:
         return False
     total = 0
@@ -133,8 +163,8 @@ def _iban_candidate(text: str) -> bool:
 
 
 def _card_valid(text: str) -> bool:
-    digits = "".join(c for c in text if c.isdigit())
-    if digits[0] == "2" and not 2221 <= int(digits[:4]) <= 2720:  # Mastercard's 2-series; other 2s are not cards
+    digits = "".join(c for c in text if c.isdecimal())
+    if digits[:1] == "2" and not 2221 <= int(digits[:4]) <= 2720:  # Mastercard's 2-series; other 2s are not cards
         return False
     return luhn_valid(digits)
 
@@ -514,12 +544,15 @@ def _shape_gate(detector: Detector) -> tuple[str, ...]:
     return _SHAPE_GATES.get(detector.name, ())
 
 
-_FIRST_PARTY_GATES: dict[str, tuple[str, str]] = {}
+_FIRST_PARTY_GATES: dict[str, tuple[str, str]] | None = None
 
 
 def _first_party_gates() -> dict[str, tuple[str, str]]:
-    if not _FIRST_PARTY_GATES:
-        _FIRST_PARTY_GATES.update((d.name, (d.pattern, d.gate)) for d in default_detectors() if d.gate)
+    # Built whole, then published: maskers may be built in several threads at once, and one that saw a
+    # half-filled table would run a first-party gate as its regex (right, but slow).
+    global _FIRST_PARTY_GATES
+    if _FIRST_PARTY_GATES is None:
+        _FIRST_PARTY_GATES = {d.name: (d.pattern, d.gate) for d in default_detectors() if d.gate}
     return _FIRST_PARTY_GATES
 
 

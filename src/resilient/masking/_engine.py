@@ -26,7 +26,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
-from ._detectors import Detector, _shape, _shape_gate, _split, _starts_finder
+from ._detectors import Detector, _alternative, _shape, _shape_gate, _split, _starts_finder
 
 __all__ = ["Masker", "Replacement"]
 
@@ -347,16 +347,3 @@ _FREQUENT = " etaoinsrhld-.:/0123456789=\"',cumfpgwyb_vkxjqz"
 
 def _rarity(c: str) -> int:
     return _FREQUENT.find(c) % (len(_FREQUENT) + 1)
-
-
-def _alternative(pattern: str, flags: int) -> str:
-    inline = _inline_flags(flags)
-    return f"(?{inline}:{pattern})" if inline else f"(?:{pattern})"
-
-
-def _inline_flags(flags: int) -> str:
-    letters = ""
-    for flag, letter in ((re.IGNORECASE, "i"), (re.MULTILINE, "m"), (re.DOTALL, "s"), (re.VERBOSE, "x")):
-        if flags & flag:
-            letters += letter
-    return letters

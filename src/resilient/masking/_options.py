@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import option
+from ._detectors import _alternative
 
 __all__ = ["MaskingOptions"]
 
@@ -42,6 +43,7 @@ class MaskingOptions:
                 raise ValueError(f"patterns: detector name {name!r} must be lower_snake_case")
             try:
                 compiled = re.compile(pattern)
+                re.compile(_alternative(pattern, 0))  # as the engine compiles it: "(?i)..." fails there
             except re.error as exc:
                 raise ValueError(f"patterns.{name} = {pattern!r} is not a valid regular expression: {exc}") from None
             if compiled.groupindex:

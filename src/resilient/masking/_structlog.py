@@ -6,7 +6,7 @@ import traceback
 from collections.abc import Callable, MutableMapping
 from typing import Any
 
-from ._logging import _mask_value
+from ._logging import FAILED, _mask_value
 
 __all__ = ["make_structlog_processor"]
 
@@ -18,7 +18,8 @@ def make_structlog_processor(mask: Callable[[str], str]) -> Processor:
 
     Put it last before the renderer, so it sees what is written; an
     ``exc_info`` still present is formatted here and masked (and removed), so
-    no later processor can render the unmasked traceback.
+    no later processor can render the unmasked traceback. It never raises:
+    if masking fails, every value becomes the logging filter's fixed marker.
     """
 
     def processor(logger: Any, method_name: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -32,8 +33,13 @@ def make_structlog_processor(mask: Callable[[str], str]) -> Processor:
                 exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
             if isinstance(exc_info, tuple) and exc_info[0] is not None:
                 event_dict["exception"] = "".join(traceback.format_exception(*exc_info)).rstrip("\n")
-        for key, value in list(event_dict.items()):
-            event_dict[key] = _mask_value(value, mask)
+        try:
+            for key, value in list(event_dict.items()):
+                event_dict[key] = _mask_value(value, mask)
+        except Exception:
+            # As the logging filter does: never raise into the caller's log call, never let a value through.
+            for key in list(event_dict):
+                event_dict[key] = FAILED
         return event_dict
 
     return processor
