@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
+import datetime
+import enum
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ from anthropic.types import (
     RawMessageStartEvent,
     RawMessageStopEvent,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionChunk
 from pydantic import BaseModel
@@ -472,6 +476,83 @@ def test_values_are_rebuilt_only_from_allowed_modules() -> None:
         codec.dump([float("inf")])  # JSON has no infinity (orjson writes null)
     with pytest.raises(Unstorable):
         codec.dump({"a": 1.0, "b": True} | {"c": object()})
+
+
+def _old_rule(value: Any) -> bool:
+    """What the codec used to take as plain JSON: equal after a round trip, every node of the same type."""
+
+    def same_shape(a: Any, b: Any) -> bool:
+        if type(a) is not type(b):
+            return False
+        if isinstance(a, dict):
+            return all(same_shape(a[k], b[k]) for k in a)
+        if isinstance(a, list):
+            return all(same_shape(x, y) for x, y in zip(a, b, strict=True))
+        return True
+
+    try:
+        back = orjson.loads(orjson.dumps(value))
+    except (TypeError, ValueError):
+        return False
+    return bool(back == value) and same_shape(back, value)
+
+
+class Label(str):
+    pass
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+_odd_leaves = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=5),
+    st.text(max_size=5).map(Label),
+    st.just(Level.LOW),
+    st.just(Colour.RED),
+    st.tuples(st.integers(0, 3)),
+    st.just(datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)),
+    st.just(uuid.UUID(int=7)),
+    st.builds(collections.OrderedDict, st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)),
+)
+_odd_values = st.recursive(
+    _odd_leaves,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=3) | st.text(max_size=3).map(Label), inner, max_size=3)
+    ),
+    max_leaves=8,
+).filter(lambda v: isinstance(v, (dict, list, float)) and type(v) in (dict, list, float))
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_odd_values)
+@example(value=float("nan"))
+@example(value=[float("inf")])
+@example(value={"a": [1.0, float("-inf")]})
+@example(value=[Level.LOW])
+@example(value={"k": (1,)})
+@example(value=[collections.OrderedDict(a=1)])
+@example(value={Label("k"): Label("v")})
+@example(value=[2**64])
+def test_plain_json_is_taken_as_it_always_was(value: Any) -> None:
+    # One walk of the types then one write, against the old round trip and its walk comparing the two.
+    try:
+        raw = Codec().encode(Entry(value, False, 0.0, 1.0, 2.0))
+    except Unstorable:
+        taken = False
+    else:
+        taken = True
+        assert orjson.loads(raw)["d"] == {"j": value}
+    assert taken == _old_rule(value)
 
 
 class Answer(BaseModel):
