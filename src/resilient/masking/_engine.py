@@ -170,7 +170,9 @@ class Masker:
     def _active(self, text: str) -> int:
         active = self._always
         if self._anchored:
-            lowered = text.lower()
+            # re's IGNORECASE takes long s (U+017F) for s and dotless or dotted I (U+0131, U+0130) for i, which
+            # lower() keeps apart: folded first, or "pa\u017f\u017fword=x" would lack the anchor "pass".
+            lowered = (text if text.isascii() else text.translate(_FOLD)).lower()
             if len(text) < _LONG:
                 for guard, group in self._anchored:
                     if guard in lowered:
@@ -337,6 +339,9 @@ def _next_at(match: _Search, text: str, starts: list[int], pos: int) -> re.Match
             return m
     return None
 
+
+# Characters IGNORECASE matches to an ASCII letter that lower() does not turn into it (the Kelvin sign it does).
+_FOLD = str.maketrans({"\u017f": "s", "\u0131": "i", "\u0130": "i"})
 
 # A text this long (in characters) or longer is scanned for fewer anchors (see Masker._active).
 _LONG = 4096
