@@ -641,3 +641,26 @@ def test_masking_exports() -> None:
     ]
     for name in masking.__all__:
         assert hasattr(masking, name), name
+
+
+def test_the_sets_of_active_detectors_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A long-running process turns on many different sets: the kept ones start over when full.
+    from resilient.masking import _engine
+
+    monkeypatch.setattr(_engine, "_MAX_SETS", 3)
+    texts = [
+        "token=abc123 sent",
+        "mail bob@example.com now",
+        "key AKIAIOSFODNN7EXAMPLE here",
+        "https://user:pw@host/x?key=zzz",
+        "card 4111 1111 1111 1111 ok",
+        "Authorization: Bearer abcdefghijklmnop0123",
+        "plain words only",
+    ]
+    masker, fresh = Masker(default_detectors()), Masker(default_detectors())
+    for _ in range(3):
+        for text in texts:
+            assert masker.mask(text) == Masker(default_detectors()).mask(text)
+            assert len(masker._compiled) <= 3
+    assert [masker.mask(t) for t in texts] == [fresh.mask(t) for t in texts]
+    assert "[REDACTED:email]" in masker.mask(texts[1])

@@ -38,6 +38,11 @@ _Starts = Callable[[str], list[int]]
 # the detector, its secret groups and, for extend_left, the pattern of the secret's left part.
 _Step = tuple[_Search, _Search, "_Starts | None", Detector, tuple[int, ...], "re.Pattern[str] | None"]
 _Entry = tuple[Detector, tuple[int, ...], "re.Pattern[str] | None"]
+#: At most this many sets of active detectors are kept with their steps (a few µs to put one together
+#: again), and this many joined alternations (each a pattern compiled; only for detectors that can
+#: match the empty string).
+_MAX_SETS = 512
+_MAX_JOINED = 64
 
 
 class Masker:
@@ -63,6 +68,7 @@ class Masker:
         "_gated",
         "_hmac_key",
         "_joined",
+        "_own",
         "_shaped",
         "detectors",
         "replacement",
@@ -128,8 +134,12 @@ class Masker:
         self._any_gate: Callable[[str], object] | None = (
             re.compile("|".join(f"(?:{g})" for g in gated)).search if len(gated) > 1 else None
         )
+        # Per set of active detectors (a bit mask), what the pass runs: texts of a long-running process
+        # turn on many different sets, so both are bounded (started over when full). Each detector's
+        # own steps are compiled once and shared by every set, so a set costs a tuple to put together.
         self._compiled: dict[int, tuple[_Step, ...]] = {}
         self._joined: dict[int, tuple[Callable[[str], Iterable[re.Match[str]]], dict[int, _Entry]]] = {}
+        self._own: list[tuple[_Step, ...] | None] = [None] * len(self.detectors)
 
     def _steps(self, mask: int) -> tuple[_Step, ...]:
         """The detectors in ``mask``, in order, each with its own pattern compiled.
@@ -140,12 +150,21 @@ class Masker:
         steps: list[_Step] = []
         for i, d in enumerate(self.detectors):
             if mask >> i & 1:
-                left = re.compile(f"[{d.extend_left}]{{1,{d.extend_left_max}}}\\Z") if d.extend_left else None
-                # A detector split by first character is one step per part: parts never match at the same
-                # position, and being next to each other they keep the detector's place in the order.
-                for pattern in _split(d) or (d.pattern,):
-                    compiled = re.compile(_alternative(pattern, d.flags))
-                    steps.append((compiled.search, compiled.match, _starts_finder(d), d, d.secret_groups, left))
+                own = self._own[i]
+                if own is None:
+                    own = self._own[i] = self._detector_steps(d)
+                steps.extend(own)
+        return tuple(steps)
+
+    @staticmethod
+    def _detector_steps(d: Detector) -> tuple[_Step, ...]:
+        left = re.compile(f"[{d.extend_left}]{{1,{d.extend_left_max}}}\\Z") if d.extend_left else None
+        # A detector split by first character is one step per part: parts never match at the same
+        # position, and being next to each other they keep the detector's place in the order.
+        steps: list[_Step] = []
+        for pattern in _split(d) or (d.pattern,):
+            compiled = re.compile(_alternative(pattern, d.flags))
+            steps.append((compiled.search, compiled.match, _starts_finder(d), d, d.secret_groups, left))
         return tuple(steps)
 
     def _joined_pattern(self, mask: int) -> tuple[Callable[[str], Iterable[re.Match[str]]], dict[int, _Entry]]:
@@ -204,6 +223,8 @@ class Masker:
             return text
         steps = self._compiled.get(active)
         if steps is None:
+            if len(self._compiled) >= _MAX_SETS:
+                self._compiled.clear()
             steps = self._compiled.setdefault(active, self._steps(active))
         # Each detector's next match at or after the position reached; on clean text all are None.
         heads: list[re.Match[str] | None] = []
@@ -273,6 +294,8 @@ class Masker:
         """The pass as one ``finditer`` over the alternation of the detectors in ``active``."""
         joined = self._joined.get(active)
         if joined is None:
+            if len(self._joined) >= _MAX_JOINED:
+                self._joined.clear()
             joined = self._joined.setdefault(active, self._joined_pattern(active))
         finditer, by_group = joined
         out: list[str] = []
