@@ -45,6 +45,33 @@ _MAX_SETS = 512
 _MAX_JOINED = 64
 
 
+def _secret_span(
+    text: str,
+    m: re.Match[str],
+    detector: Detector,
+    groups: tuple[int, ...],
+    left: re.Pattern[str] | None,
+    last: int,
+) -> tuple[int, int] | None:
+    """Where the secret of detector match ``m`` is in ``text``; None when it is not one (its validator
+    says no, or an extend_left secret has no left part after ``last``, where the text is still unmasked)."""
+    for g in groups:
+        start, end = m.span(g)
+        if start >= 0:
+            break
+    else:  # pragma: no cover - a detector whose secret groups all failed to take part
+        return None
+    if left is not None:
+        # The match starts at its anchor ("@"); the secret runs left of it over extend_left characters.
+        before = left.search(text, last, start)
+        if before is None:
+            return None
+        start = before.start()
+    if detector.validator is not None and not detector.validator(text[start:end]):
+        return None
+    return start, end
+
+
 class Masker:
     """Masks every secret the detectors find in a text, in one left-to-right pass.
 
@@ -265,23 +292,12 @@ class Masker:
                 # An empty match: finditer's rule for what may follow one is the alternation's to apply.
                 return self._mask_joined(text, active)
             _, _, _, detector, groups, left = steps[chosen]
-            for g in groups:
-                start, end = best.span(g)
-                if start >= 0:
-                    break
-            else:  # pragma: no cover - a detector whose secret groups all failed to take part
+            span = _secret_span(text, best, detector, groups, left, last)
+            if span is None:
                 continue
-            if left is not None:
-                # The match starts at its anchor ("@"); the secret runs left of it over extend_left characters.
-                before = left.search(text, last, start)
-                if before is None:
-                    continue
-                start = before.start()
-            secret = text[start:end]
-            if detector.validator is not None and not detector.validator(secret):
-                continue
+            start, end = span
             out.append(text[last:start])
-            out.append(token(detector.name, secret))
+            out.append(token(detector.name, text[start:end]))
             last = end
         if not out:
             return text
@@ -303,22 +319,12 @@ class Masker:
         token = self.token
         for m in finditer(text):
             detector, groups, left = by_group[m.lastindex or 0]
-            for g in groups:
-                start, end = m.span(g)
-                if start >= 0:
-                    break
-            else:  # pragma: no cover - a detector whose secret groups all failed to take part
+            span = _secret_span(text, m, detector, groups, left, last)
+            if span is None:
                 continue
-            if left is not None:
-                before = left.search(text, last, start)
-                if before is None:
-                    continue
-                start = before.start()
-            secret = text[start:end]
-            if detector.validator is not None and not detector.validator(secret):
-                continue
+            start, end = span
             out.append(text[last:start])
-            out.append(token(detector.name, secret))
+            out.append(token(detector.name, text[start:end]))
             last = end
         if not out:
             return text
