@@ -416,7 +416,9 @@ _models = st.one_of(
     st.builds(
         lambda text, extra: Message.model_validate({**message(text).model_dump(), **extra}),
         st.text(max_size=10),
-        st.dictionaries(st.sampled_from(["note", "score"]), st.floats(allow_nan=False) | st.text(max_size=5)),
+        st.dictionaries(
+            st.sampled_from(["note", "score"]), st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=5)
+        ),
     ),
     st.builds(lambda events: events, st.lists(st.sampled_from(anthropic_events("hi")), min_size=1, max_size=4)),
     st.builds(

@@ -163,6 +163,21 @@ def test_a_wrapped_stream_s_tokens_are_counted_once_read_by_the_wrapper(
     assert calls[0].metadata["first_chunk_s"] >= 0
 
 
+def test_temperature_0_in_extra_body_makes_a_wrapped_call_cacheable(server: SimulatorServer, sim: Simulator) -> None:
+    # anthropic 2.x's messages.create takes no temperature argument: extra_body carries it to the API.
+    client = pipeline(cache={"enabled": True}).wrap(claude(server))
+    ask = client.messages.create
+    with capture_calls() as calls:
+        first = ask(model=MODEL, max_tokens=20, messages=MESSAGES, extra_body={"temperature": 0})
+        again = ask(model=MODEL, max_tokens=20, messages=MESSAGES, extra_body={"temperature": 0})
+        warm = ask(model=MODEL, max_tokens=20, messages=MESSAGES, extra_body={"temperature": 0.7})
+        plain = ask(model=MODEL, max_tokens=20, messages=MESSAGES)
+    assert [c.metadata.get("cache") for c in calls] == ["miss", "hit", "bypass", "bypass"]
+    assert again == first
+    assert warm.id != first.id
+    assert plain.id != first.id
+
+
 def test_stream_errors_before_the_first_event_raise_from_create(server: SimulatorServer, sim: Simulator) -> None:
     sim.script(Status(400, message="nope"))
     client = pipeline().wrap(claude(server))

@@ -80,7 +80,14 @@ _NUMBERS = (int, float)  # exactly: not bool, not an array whose comparison woul
 
 
 def _is_temperature_zero(call: Call) -> bool:
-    temperature = call.kwargs.get("temperature")
+    """temperature = 0, as an argument or, without one, in ``extra_body``: how a field an SDK method does
+    not take is sent (anthropic 2.x's ``messages.create`` has no ``temperature`` parameter)."""
+    kwargs = call.kwargs
+    temperature = kwargs.get("temperature")
+    if temperature is None:
+        extra = kwargs.get("extra_body")
+        if isinstance(extra, Mapping):
+            temperature = extra.get("temperature")
     return temperature.__class__ in _NUMBERS and temperature == 0
 
 
@@ -521,7 +528,7 @@ class CachePolicy(Policy):
                 return nxt(call)
             if plan.temperature_zero:
                 temperature = call.kwargs.get("temperature")
-                if temperature.__class__ not in _NUMBERS or temperature != 0:
+                if (temperature.__class__ not in _NUMBERS or temperature != 0) and not _is_temperature_zero(call):
                     self._bypass(call, "not_cacheable")
                     return nxt(call)
             ck = plan.key(call)
@@ -583,7 +590,7 @@ class CachePolicy(Policy):
                 return nxt(call)
             if plan.temperature_zero:
                 temperature = call.kwargs.get("temperature")
-                if temperature.__class__ not in _NUMBERS or temperature != 0:
+                if (temperature.__class__ not in _NUMBERS or temperature != 0) and not _is_temperature_zero(call):
                     self._bypass(call, "not_cacheable")
                     return nxt(call)
             ck = plan.key(call)
@@ -900,7 +907,7 @@ class CachePolicy(Policy):
                 return await nxt(call)
             if plan.temperature_zero:
                 temperature = call.kwargs.get("temperature")
-                if temperature.__class__ not in _NUMBERS or temperature != 0:
+                if (temperature.__class__ not in _NUMBERS or temperature != 0) and not _is_temperature_zero(call):
                     self._bypass(call, "not_cacheable")
                     return await nxt(call)
             ck = plan.key(call)
@@ -953,7 +960,7 @@ class CachePolicy(Policy):
                 return await nxt(call)
             if plan.temperature_zero:
                 temperature = call.kwargs.get("temperature")
-                if temperature.__class__ not in _NUMBERS or temperature != 0:
+                if (temperature.__class__ not in _NUMBERS or temperature != 0) and not _is_temperature_zero(call):
                     self._bypass(call, "not_cacheable")
                     return await nxt(call)
             ck = plan.key(call)
