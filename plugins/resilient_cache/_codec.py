@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from resilient.providers._fields import pydantic_own
+
 __all__ = ["ALLOWED_PREFIXES", "Codec", "Entry", "Unstorable", "fits"]
 
 ALLOWED_PREFIXES = ("anthropic.", "openai.")
@@ -58,13 +60,11 @@ _Fragment: Any = getattr(orjson, "Fragment", None)
 def _pydantic_dumps(cls: type) -> bool:
     """Whether ``cls`` is a pydantic v2 model whose ``model_dump`` is pydantic's own: its serializer's
     ``to_json`` then writes the JSON of ``model_dump(mode="json")``."""
-    pydantic: Any = sys.modules.get("pydantic")
-    version = getattr(pydantic, "VERSION", "")
+    own = pydantic_own("model_dump")
     return (
         _Fragment is not None
-        and isinstance(version, str)
-        and version.startswith("2.")
-        and getattr(cls, "model_dump", None) is vars(pydantic.BaseModel).get("model_dump")
+        and own is not None
+        and getattr(cls, "model_dump", None) is own
         and hasattr(cls, "__pydantic_serializer__")
     )
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-__all__ = ["field_of"]
+__all__ = ["field_of", "pydantic_own"]
 
 
-def _pydantic_getattr() -> Any:
-    """pydantic v2's own ``BaseModel.__getattr__``, the one whose rules field_of follows; None without it.
+def pydantic_own(name: str) -> Any:
+    """pydantic v2's own ``BaseModel.<name>`` (``__getattr__``, ``model_dump``), whose rules a fast path
+    follows; None when pydantic v2 is not imported.
 
     Looked up when a class is first seen, not imported: a model's class
     exists only once pydantic is imported (it is optional here, and heavy).
@@ -30,7 +31,7 @@ def _pydantic_getattr() -> Any:
     version = getattr(pydantic, "VERSION", "")
     if not isinstance(version, str) or not version.startswith("2."):
         return None
-    return vars(pydantic.BaseModel).get("__getattr__")
+    return vars(pydantic.BaseModel).get(name)
 
 
 # class -> the names field_of must ask getattr for (None: every name): SDK types, a bounded few;
@@ -50,7 +51,7 @@ def _learn(cls: type) -> frozenset[str] | None:
     ``None`` for any other class: every name is asked of ``getattr``.
     """
     asked: frozenset[str] | None = None
-    own = _pydantic_getattr()
+    own = pydantic_own("__getattr__")
     if (
         own is not None
         and getattr(cls, "__getattr__", None) is own

@@ -189,16 +189,14 @@ def _targets(
 ) -> tuple[Target, Target]:
     name = f"{sdk}.{operation}"
     kind: tuple[Kind, Kind] = ("async", "astream") if is_async else ("sync", "stream")
-    return (
-        # Both SDKs' methods take timeout= (seconds): the timeout plugin hands them each attempt's limit,
-        # so the SDK's HTTP client enforces it (a sync call could otherwise only be measured after the fact).
-        Target(
-            provider, operation, kind[0], name=name, count_tokens=count_tokens, accepts_timeout=True, reads_usage=True
-        ),
-        Target(
-            provider, operation, kind[1], name=name, count_tokens=count_tokens, accepts_timeout=True, reads_usage=True
-        ),
+    # Both SDKs' methods take timeout= (seconds): the timeout plugin hands them each attempt's limit,
+    # so the SDK's HTTP client enforces it (a sync call could otherwise only be measured after the fact).
+    # The terminals read usage from the response and from each stream event themselves (reads_usage).
+    plain, stream = (
+        Target(provider, operation, k, name=name, count_tokens=count_tokens, accepts_timeout=True, reads_usage=True)
+        for k in kind
     )
+    return plain, stream
 
 
 def guard_method(
