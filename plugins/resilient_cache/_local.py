@@ -33,7 +33,7 @@ class LocalLayer:
         self._by_key: dict[str, bytes] | None = None
         self._tags: dict[str, set[str]] = {}
         #: Held by every write; the cache's flat handlers take it to write a plain row themselves.
-        self.lock = self._lock = threading.Lock()
+        self.lock = threading.Lock()
 
     def get(self, canonical: bytes, now: float) -> tuple[Entry, float, str, float] | None:
         """(entry, local deadline, key, fresh until), or None when absent or past its local deadline."""
@@ -58,7 +58,7 @@ class LocalLayer:
     def hold(self, canonical: bytes, held: tuple[Entry, float, str, float], tags: tuple[str, ...] = ()) -> None:
         """Keep ``held``, a row as :meth:`put` makes it: (entry, local deadline, key, fresh here until)."""
         data, most = self._data, self.max_entries
-        lock = self._lock
+        lock = self.lock
         lock.acquire()  # not ``with``: half the cost, and every miss stores
         try:
             if canonical in data:  # a new key goes to the end by itself
@@ -93,18 +93,18 @@ class LocalLayer:
 
     def _drop(self, canonical: bytes, key: str) -> None:
         """:meth:`delete` of ``key`` when its canonical request is known: the index is not needed."""
-        with self._lock:
+        with self.lock:
             self._data.pop(canonical, None)
             if self._by_key is not None:
                 self._by_key.pop(key, None)
 
     def delete(self, key: str) -> bool:
-        with self._lock:
+        with self.lock:
             canonical = self._index().pop(key, None)
             return canonical is not None and self._data.pop(canonical, None) is not None
 
     def delete_tag(self, tag: str) -> int:
-        with self._lock:
+        with self.lock:
             removed = 0
             by_key = self._index()
             for key in self._tags.pop(tag, set()):
@@ -113,7 +113,7 @@ class LocalLayer:
             return removed
 
     def clear(self) -> None:
-        with self._lock:
+        with self.lock:
             self._data.clear()
             self._by_key = None
             self._tags.clear()
