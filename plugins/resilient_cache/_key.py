@@ -2,7 +2,8 @@
 
 The canonical request is orjson with sorted keys of (format, stream or not,
 provider, operation, static model, tenant unless the scope is global, the
-positional and keyword arguments minus the ignored fields). The in-process
+positional and keyword arguments minus the ignored fields), an int
+temperature written as a float (the argument's, else ``extra_body``'s). The in-process
 layer is indexed by those bytes themselves (exact, and hashing them for a
 dict is cheaper than SHA-256); the SHA-256 is taken on a local miss, for the
 shared store, the events and ``call.metadata["cache_key"]``.
@@ -115,6 +116,10 @@ def key_maker(options: CacheOptions, stream: bool, key_function: KeyFunction | N
         if temperature.__class__ is int:  # 0 and 0.0 ask the same question
             kwargs = kwargs.copy()  # a copy then a write: a third cheaper than {**kwargs, "temperature": ...}
             kwargs["temperature"] = float(temperature)
+        elif temperature is None:  # no argument: extra_body's, as an SDK method without the parameter sends it
+            extra = kwargs.get("extra_body")
+            if extra.__class__ is dict and extra.get("temperature").__class__ is int:
+                kwargs = {**kwargs, "extra_body": {**extra, "temperature": float(extra["temperature"])}}
         target = call.target
         tenant = None
         if by_tenant:  # Call.tenant written out: the target's tenant function, else the request context's
