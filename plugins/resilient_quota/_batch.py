@@ -28,7 +28,6 @@ from typing import Any, ClassVar
 import limits
 import limits.storage
 from limits.errors import StorageError
-from redis.exceptions import NoScriptError
 
 from ._options import STRATEGIES, Strategy
 from ._steps import Steps, adrive, drive
@@ -45,6 +44,13 @@ __all__ = [
     "batch_for",
     "single_hits",
 ]
+
+
+def _no_script() -> type[Exception]:
+    """redis-py's NoScriptError, imported when a Redis store is used: redis is an optional dependency."""
+    import redis.exceptions
+
+    return redis.exceptions.NoScriptError
 
 
 @dataclass(slots=True)
@@ -202,7 +208,8 @@ def _run(calls: list[Call]) -> Steps[Commands, list[Any]]:
     """Send ``calls`` in one pipeline; scripts the server lost (restarted, SCRIPT FLUSH) are loaded, their calls
     made again. An error reply is the store failing, as ``limits`` reports it."""
     replies: list[Any] = yield [(name, args) for _, name, args in calls]
-    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    no_script = _no_script()
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, no_script)]
     if missing:
         again: Commands = []
         for i in missing:
@@ -268,6 +275,7 @@ def single_hits(storage: Any) -> dict[str, Callable[[str, int, int, int], bool]]
     one round trip. A script the server lost is loaded again.
     """
     queue, client, errors = _Queue(storage, storage), storage.get_connection(), storage.base_exceptions
+    no_script = _no_script()
 
     def hit_of(strategy: str) -> Callable[[str, int, int, int], bool]:
         def hit(key: str, amount: int, expiry: int, cost: int) -> bool:
@@ -275,7 +283,7 @@ def single_hits(storage: Any) -> dict[str, Callable[[str, int, int, int], bool]]
             try:
                 try:
                     reply = client.evalsha(*args)
-                except NoScriptError:
+                except no_script:
                     client.script_load(script.script)
                     reply = client.evalsha(*args)
             except errors as exc:  # as limits' own calls report them (wrap_exceptions)
@@ -292,6 +300,7 @@ def async_single_hits(storage: Any) -> dict[str, Callable[[str, int, int, int], 
     if not _redispy_bridged(storage):
         return None
     queue, client, errors = _Queue(storage, storage.bridge), storage.bridge.get_connection(), storage.base_exceptions
+    no_script = _no_script()
 
     def hit_of(strategy: str) -> Callable[[str, int, int, int], Awaitable[bool]]:
         async def hit(key: str, amount: int, expiry: int, cost: int) -> bool:
@@ -299,7 +308,7 @@ def async_single_hits(storage: Any) -> dict[str, Callable[[str, int, int, int], 
             try:
                 try:
                     reply = await client.evalsha(*args)
-                except NoScriptError:
+                except no_script:
                     await client.script_load(script.script)
                     reply = await client.evalsha(*args)
             except errors as exc:
