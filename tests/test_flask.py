@@ -153,3 +153,16 @@ def test_sse_under_gunicorn_gthread_arrives_before_the_stream_ends() -> None:
             rest = b"".join(chunks)
         assert rest.endswith(b"data: sse-1\n\n")  # the context is current in the streaming view
         assert re.fullmatch(rb"(: keep-alive\n\n)*data: sse-1\n\n", rest)
+
+
+def test_misspelt_option_names_the_extension_not_the_middleware() -> None:
+    with pytest.raises(TypeError) as info:
+        Resilient(flask_app(), pipeline=pipeline(Events()), rate_limts={"*": "1/minute"})
+    message = str(info.value)
+    assert message.startswith("Resilient() got an unexpected keyword argument 'rate_limts'")
+    assert "did you mean 'rate_limits'?" in message
+    assert "ResilientWSGIMiddleware" not in message
+    assert "rate_limit_strategy" in message  # the allowed options are listed
+    extension = Resilient(pipeline=pipeline(Events()))
+    with pytest.raises(TypeError, match=r"^Resilient\.init_app\(\) got an unexpected keyword argument 'tenat'"):
+        extension.init_app(flask_app(), tenat="header:x-tenant-id")

@@ -16,11 +16,12 @@ extensions still see the response.
 
 from __future__ import annotations
 
+import difflib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ._http import internal_error, problem_body, problem_headers
+from ._http import AdapterOptions, internal_error, problem_body, problem_headers
 from .context import current
 from .errors import ConfigurationError, ResilientError
 from .wsgi import Environ, ResilientWSGIMiddleware
@@ -29,13 +30,22 @@ if TYPE_CHECKING:
     from flask import Flask, Response
     from typing_extensions import Unpack
 
-    from ._http import AdapterOptions
-
 __all__ = ["Resilient"]
 
 _log = logging.getLogger("resilient.flask")
 
 _ROUTE_CACHE_SIZE = 4096
+
+
+def _check_options(where: str, options: Mapping[str, Any]) -> None:
+    """A misspelt option is the extension's TypeError, not one from the WSGI middleware it builds later."""
+    known = sorted(AdapterOptions.__annotations__)
+    for name in options:
+        if name not in AdapterOptions.__annotations__:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            allowed = ", ".join(["pipeline", "route", *known])
+            raise TypeError(f"{where} got an unexpected keyword argument {name!r}{hint} (it takes {allowed})")
 
 
 def _problem_response(error: ResilientError) -> Response:
@@ -129,6 +139,7 @@ class Resilient:
         route: Callable[[Environ], str | None] | None = None,
         **options: Unpack[AdapterOptions],
     ) -> None:
+        _check_options("Resilient()", options)
         self.pipeline = pipeline
         self.options: dict[str, Any] = dict(options)
         self.route = route
@@ -145,6 +156,7 @@ class Resilient:
         **options: Unpack[AdapterOptions],
     ) -> None:
         """Wrap ``app.wsgi_app`` and register the error handlers; options here override the constructor's."""
+        _check_options("Resilient.init_app()", options)
         pipeline = pipeline if pipeline is not None else self.pipeline
         if pipeline is None:
             raise ConfigurationError(
