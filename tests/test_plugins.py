@@ -61,6 +61,36 @@ def test_explicit_object_plugin_is_registered() -> None:
     assert [i.name for i in pipeline.plugins] == ["my-plugin"]  # discover=False: no entry points
 
 
+@pytest.mark.parametrize("given", [["retry"], "retry"])
+def test_plugin_given_by_name_is_a_type_error_that_points_to_entry_points(given: Any) -> None:
+    with pytest.raises(TypeError) as info:
+        Pipeline(plugins=given, discover=False, env={}, config={})
+    message = str(info.value)
+    assert "'retry'" in message
+    if isinstance(given, list):
+        assert "not a name" in message
+        assert "entry points" in message
+        assert "disable" in message
+    else:
+        assert "a list of plugin objects or modules" in message
+
+
+class Undecorated:
+    def resilient_policies(self, runtime: Runtime) -> Sequence[Policy]:
+        return [Named("x")]
+
+
+@pytest.mark.parametrize("given", [object(), 42, types.ModuleType("empty"), Undecorated()])
+def test_object_with_no_hook_implementation_is_not_a_plugin(given: object) -> None:
+    with pytest.raises(TypeError) as info:
+        build(given)
+    message = str(info.value)
+    assert f"plugins=[{given!r}]: not a plugin" in message
+    assert "@resilient.hookimpl" in message
+    if isinstance(given, Undecorated):
+        assert "resilient_policies is not decorated with @resilient.hookimpl" in message
+
+
 def test_explicit_module_plugin_is_named_after_the_module() -> None:
     module = types.ModuleType("my_module_plugin")
 

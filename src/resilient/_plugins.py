@@ -137,6 +137,44 @@ class PluginSet:
         return results
 
 
+def _hook_names(obj: object) -> tuple[list[str], list[str]]:
+    """The attributes of ``obj`` marked with ``@resilient.hookimpl``, and those only named like a hook."""
+    marked: list[str] = []
+    named: list[str] = []
+    for attr in dir(obj):
+        try:
+            value = getattr(obj, attr, None)
+        except Exception:  # a property that fails on the class: not a hook
+            continue
+        if hasattr(value, hookspecs.PROJECT + "_impl"):
+            marked.append(attr)
+        elif attr.startswith(hookspecs.PROJECT + "_") and callable(value):
+            named.append(attr)
+    return marked, named
+
+
+def _check_plugin(obj: object) -> None:
+    """A TypeError for an explicit plugin that cannot be one: a name, or an object with no hook."""
+    if isinstance(obj, str):
+        raise TypeError(
+            f"plugins=[{obj!r}]: a plugin is an object, class or module with @resilient.hookimpl functions, "
+            f"not a name; installed plugins are found by name through the {ENTRY_POINT_GROUP!r} entry points "
+            "(Pipeline(discover=True), the default) and left out with the 'disable' key"
+        )
+    marked, named = _hook_names(obj)
+    if marked:
+        return
+    hint = (
+        f"; {', '.join(named)} {'is' if len(named) == 1 else 'are'} not decorated with @resilient.hookimpl"
+        if named
+        else ""
+    )
+    raise TypeError(
+        f"plugins=[{obj!r}]: not a plugin: a plugin is an object, class or module with at least one "
+        f"@resilient.hookimpl function (resilient_options, resilient_policies, resilient_observers, ...){hint}"
+    )
+
+
 def load_plugins(
     explicit: Sequence[object] = (),
     *,
@@ -144,6 +182,10 @@ def load_plugins(
     disable: Iterable[str] = (),
 ) -> PluginSet:
     """Register entry-point plugins (when ``discover``) then explicit ones."""
+    if isinstance(explicit, (str, bytes)):
+        raise TypeError(f"plugins must be a list of plugin objects or modules, not the string {explicit!r}")
+    for obj in explicit:
+        _check_plugin(obj)
     disabled = set(disable)
     plugins = PluginSet()
     if discover:
