@@ -427,3 +427,73 @@ def test_console_script_bad_config_exit_status(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "retry.max_attempts = 0 (from env RESILIENT_RETRY__MAX_ATTEMPTS)" in result.stderr
+
+
+# ---------------------------------------------------------------- no secret echoed
+
+SECRET = "sk-ant-api03-abcdefghijklmnopqrstuvwxyzABCDEFGHIJ0123456789"
+
+
+def test_mask_given_text_instead_of_a_file_prints_a_short_error_without_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, out, err = run(capsys, "mask", f"token {SECRET}")
+    assert code == 2
+    assert SECRET not in out + err
+    assert "Traceback" not in err
+    assert err == "resilient mask: error: cannot open the file given: No such file or directory\n"
+
+
+def test_console_script_mask_given_text_instead_of_a_file(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(RESILIENT_SCRIPT), "mask", f"token {SECRET}"],
+        cwd=tmp_path,
+        env={},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert SECRET not in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [SECRET],  # argparse: invalid choice '...'
+        ["config", SECRET],  # unrecognized arguments: ...
+        ["mask", "-", SECRET],
+        ["config", "--file", SECRET],  # the command's own error names the file
+        ["plugins", "--file", f"{SECRET}.toml"],
+        ["simulate", "--port", SECRET],  # an option's type error quotes the value
+        ["simulate", "--faults", SECRET],
+        ["breaker", SECRET],  # a plugin's subcommands are masked too
+    ],
+)
+def test_errors_about_an_argument_mask_it(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert SECRET not in out + err
+    assert "[REDACTED:anthropic_api_key]" in err
+
+
+def test_an_unexpected_error_prints_its_traceback_masked(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import resilient.cli
+
+    def broken(args: object) -> int:
+        raise ValueError(f"cannot use {SECRET}")
+
+    monkeypatch.setattr(resilient.cli, "_cmd_config", broken)
+    code, out, err = run(capsys, "config")
+    assert code == 1
+    assert SECRET not in out + err
+    assert "Traceback" in err
+    assert "ValueError: cannot use [REDACTED:anthropic_api_key]" in err

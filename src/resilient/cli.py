@@ -4,6 +4,12 @@
 cause) and the policy order in force; ``resilient config`` shows the
 effective configuration and where each value came from, secrets masked.
 Plugins add subcommands through the ``resilient_cli`` hook.
+
+Nothing the command prints about its arguments is left unmasked: a secret
+pasted where a file name or an option was expected must not reach a
+terminal or a CI log. Usage errors and command errors are masked with the
+configured masker; a file that cannot be read is reported without its name;
+any other exception's traceback is masked before it is printed.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, cast
 
 from . import __version__
 from ._plugins import load_plugins
@@ -21,6 +28,43 @@ from .errors import ConfigurationError, PluginError
 from .pipeline import Pipeline
 
 __all__ = ["main"]
+
+#: Exit status of a usage error (argparse's) and of a command that cannot do what it was asked.
+USAGE_ERROR = 2
+
+
+def _masker() -> Callable[[str], str]:
+    """The configured masker's ``mask``; the installed detectors' when the configuration is the problem."""
+    from .masking import MaskingOptions, get_masker, load_masker, masker_from_options
+    from .masking._load import installed_detectors
+
+    try:
+        return load_masker()[0].mask
+    except Exception:  # a broken configuration or plugin: the detectors that are installed still apply
+        pass
+    try:
+        return masker_from_options(MaskingOptions(), installed_detectors()).mask
+    except Exception:
+        return get_masker().mask
+
+
+def _masked(text: str) -> str:
+    return _masker()(text)
+
+
+def _error(message: object) -> None:
+    print(f"error: {_masked(str(message))}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse echoes the argument it rejects (an invalid choice, an unrecognized argument): masked here.
+
+    Subparsers, plugins' included, are made of the parser's own class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {_masked(message)}\n")
 
 
 def _pipeline(args: argparse.Namespace, **extra: Any) -> Pipeline:
@@ -41,7 +85,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     try:
         pipeline = Pipeline(env=env)
     except (ConfigurationError, PluginError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         failed = True
         infos = load_plugins().infos
     else:
@@ -90,7 +134,7 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
             )
         print("  -> provider call")
     if failed:
-        return 2
+        return USAGE_ERROR
     return 1 if any(p["status"] == "broken" for p in plugins) else 0
 
 
@@ -98,8 +142,8 @@ def _cmd_config(args: argparse.Namespace) -> int:
     try:
         pipeline = _pipeline(args)
     except (ConfigurationError, PluginError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        _error(exc)
+        return USAGE_ERROR
     rows = pipeline.settings.describe()
     if args.json:
         out = {
@@ -116,9 +160,12 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resilient", description="Production policies around provider calls.")
+    parser = _Parser(prog="resilient", description="Production policies around provider calls.")
     parser.add_argument("--version", action="version", version=f"resilient {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # Typed as argparse's: the subcommands (plugins' too) are _Parser all the same.
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]", parser.add_subparsers(dest="command", metavar="COMMAND")
+    )
 
     p = sub.add_parser("plugins", help="list plugins, their hooks and the policy order in force")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -156,7 +203,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.filename is not None:
+            # The name given may be a secret pasted where a file was expected (`resilient mask "token sk-..."`).
+            reason = exc.strerror or type(exc).__name__
+            print(f"{parser.prog} {args.command}: error: cannot open the file given: {reason}", file=sys.stderr)
+            return USAGE_ERROR
+        # Any other error keeps its traceback, masked: exception messages quote what they were given.
+        print(_masked("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
+        return 1
     return result
 
 
