@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import re
@@ -450,10 +451,16 @@ def test_unknown_name_in_order_is_a_configuration_error() -> None:
     err = info.value
     assert err.key == "order"
     message = str(err)
-    assert "'retyr' is not a policy" in message
+    assert message.startswith(
+        "order = ['mine', 'retyr'] (from config=): 'retyr' is not a policy or an installed plugin"
+    )
     assert "did you mean 'retry'" in message
-    # The known policies: every policy contributed, explicit and first-party, sorted.
-    assert f"known: {', '.join(sorted([*first_party, 'mine']))}" in message
+    # The known policies: every policy contributed, explicit and first-party, sorted; and the plugins.
+    assert f"policies: {', '.join(sorted([*first_party, 'mine']))};" in message
+    installed = sorted(ep.name for ep in importlib.metadata.entry_points(group="resilient"))
+    assert f"plugins: {', '.join(sorted([*installed, 'test-policies']))}" in message
+    with pytest.raises(ConfigurationError, match=r"^order = \['retyr'\] \(from env RESILIENT_ORDER\)"):
+        Pipeline(env={"RESILIENT_ORDER": "retyr"}, config={})
 
 
 def test_disable_retry_removes_it() -> None:
@@ -497,7 +504,40 @@ def test_disable_a_policy_by_name_or_a_plugin_by_name() -> None:
     plugins = (Contribute(a, b, name="ab"), Contribute(c, name="c-plugin"))
     assert build(*plugins, config={"disable": ["b"]}).policies == (a, c)
     assert build(*plugins, config={"disable": ["c-plugin"]}).policies == (a, b)
-    assert build(*plugins, config={"disable": ["not-loaded"]}).policies == (a, b, c)
+    # An installed entry-point plugin may be named even when it was not discovered.
+    assert build(*plugins, config={"disable": ["retry"]}).policies == (a, b, c)
+
+
+def test_unknown_name_in_disable_is_a_configuration_error() -> None:
+    # It used to be a log warning, and the pipeline kept the plugin meant to be left out.
+    with pytest.raises(ConfigurationError) as info:
+        Pipeline(env={}, config={"disable": ["quota", "retri"]})
+    err = info.value
+    assert err.key == "disable"
+    assert err.value == ["quota", "retri"]
+    assert err.source == "config="
+    message = str(err)
+    assert message.startswith("disable = ['quota', 'retri'] (from config=): 'retri' is not an installed plugin")
+    installed = sorted(ep.name for ep in importlib.metadata.entry_points(group="resilient"))
+    assert f"plugins: {', '.join(installed)};" in message
+    assert "did you mean 'retry'" in message
+    # From the environment, the variable is named.
+    with pytest.raises(ConfigurationError, match=r"^disable = \['retri'\] \(from env RESILIENT_DISABLE\)"):
+        Pipeline(env={"RESILIENT_DISABLE": "retri"}, config={})
+    with pytest.raises(ConfigurationError, match="'not-loaded' is not an installed plugin"):
+        build(Contribute(Named("a")), config={"disable": ["not-loaded"]})
+
+
+def test_order_may_name_an_installed_plugin_that_contributes_no_policy() -> None:
+    # The example of docs/concepts.md on a default install: the cache plugin is loaded but not enabled.
+    pipeline = Pipeline(env={}, config={"order": ["cache", "metrics"]})
+    assert "cache" not in policy_names(pipeline)
+    assert policy_names(pipeline)[0] == "metrics"
+    enabled = Pipeline(env={}, config={"order": ["cache", "metrics"], "cache": {"enabled": True}})
+    assert policy_names(enabled)[:2] == ["cache", "metrics"]
+    # Disabled, or installed but not discovered: no typo either.
+    assert policy_names(Pipeline(env={}, config={"order": ["retry", "metrics"], "disable": ["retry"]}))[0] == "metrics"
+    assert policy_names(build(Contribute(Named("a")), config={"order": ["cache", "a"]})) == ["a"]
 
 
 def test_two_policies_with_the_same_name_is_an_error() -> None:

@@ -197,6 +197,11 @@ def load_plugins(
     return plugins
 
 
+def installed_plugin_names() -> frozenset[str]:
+    """The names of the plugins installed under the entry-point group, loaded or not."""
+    return frozenset(ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+
+
 def raise_for_errors(plugins: PluginSet, on_error: str) -> None:
     """Raise (or log) the first broken plugin according to ``on_plugin_error``."""
     for info in plugins.errors:

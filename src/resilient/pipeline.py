@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
-from ._plugins import PluginInfo, PluginSet, load_plugins, raise_for_errors
+from ._plugins import PluginInfo, PluginSet, installed_plugin_names, load_plugins, raise_for_errors
 from ._streams import drive_astream, drive_stream
 from .call import Call, Kind, Target
 from .clock import SYSTEM_CLOCK, Clock
@@ -147,7 +147,11 @@ class Pipeline:
                     raise PluginError(plugin, f"resilient_policies returned {policy!r}, not a resilient.Policy")
                 contributed.append((plugin, policy))
         known = frozenset(info.name for info in self._plugins.infos)
-        self.policies: tuple[Policy, ...] = _order(contributed, self.settings.core, known)
+        if not discover and (self.settings.core.order or self.settings.core.disable):
+            # Names of installed plugins not discovered are no typo either (reading them costs ~10 ms).
+            known |= installed_plugin_names()
+        sources = {row.key: row.source for row in self.settings.describe() if row.key in ("order", "disable")}
+        self.policies: tuple[Policy, ...] = _order(contributed, self.settings.core, known, sources)
         self._owner = {id(p): plugin for plugin, p in contributed}
 
     # ------------------------------------------------------------------ introspection
@@ -466,9 +470,17 @@ def _core_only(raw: Mapping[str, Any], file: str | None, env_vars: Mapping[str, 
 
 
 def _order(
-    contributed: Sequence[tuple[str, Policy]], core: CoreOptions, known_plugins: frozenset[str] = frozenset()
+    contributed: Sequence[tuple[str, Policy]],
+    core: CoreOptions,
+    known_plugins: frozenset[str] = frozenset(),
+    sources: Mapping[str, str] | None = None,
 ) -> tuple[Policy, ...]:
-    """Default order by ``Policy.order`` then name; ``order`` names go first; ``disable`` drops."""
+    """Default order by ``Policy.order`` then name; ``order`` names go first; ``disable`` drops.
+
+    A name in ``order`` or ``disable`` must be a policy or a plugin in ``known_plugins``;
+    ``sources`` says where each of the two keys was set, for the error.
+    """
+    sources = sources or {}
     seen: dict[str, str] = {}
     for plugin, policy in contributed:
         if not policy.name:
@@ -476,20 +488,32 @@ def _order(
         if policy.name in seen:
             raise PluginError(plugin, f"policy name {policy.name!r} is already used by plugin {seen[policy.name]!r}")
         seen[policy.name] = plugin
-    # ``disable`` may name plugins that were never loaded, so only ``order`` is checked here.
+    policies = sorted(seen)
+    # A plugin found but inactive (the cache until enabled, a disabled one, an installed one not
+    # discovered) contributes no policy here, but its name is no typo: in ``order`` it takes no place.
     for name in core.order:
-        if name not in seen and name not in core.disable:
+        if name not in seen and name not in known_plugins:
+            candidates = sorted({*seen, *known_plugins})
             raise ConfigurationError(
                 "order",
                 list(core.order),
-                f"{name!r} is not a policy; known: {', '.join(sorted(seen)) or '(none)'}",
-                suggestions=difflib.get_close_matches(name, sorted(seen), n=2, cutoff=0.6),
+                f"{name!r} is not a policy or an installed plugin; policies: {', '.join(policies) or '(none)'}; "
+                f"plugins: {', '.join(sorted(known_plugins)) or '(none)'}",
+                source=sources.get("order"),
+                suggestions=difflib.get_close_matches(name, candidates, n=2, cutoff=0.6),
             )
-    unknown = [n for n in core.disable if n not in seen and n not in seen.values() and n not in known_plugins]
-    for name in unknown:
-        close = difflib.get_close_matches(name, sorted({*seen, *seen.values(), *known_plugins}), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        _log.warning("disable names %r, which is no plugin or policy%s", name, hint)
+    # Policies of a disabled plugin are not known (it is not loaded), and need no entry of their own.
+    for name in core.disable:
+        if name not in seen and name not in known_plugins:
+            candidates = sorted({*seen, *known_plugins})
+            raise ConfigurationError(
+                "disable",
+                list(core.disable),
+                f"{name!r} is not an installed plugin or a policy of an enabled one; "
+                f"plugins: {', '.join(sorted(known_plugins)) or '(none)'}; policies: {', '.join(policies) or '(none)'}",
+                source=sources.get("disable"),
+                suggestions=difflib.get_close_matches(name, candidates, n=2, cutoff=0.6),
+            )
     position = {name: i for i, name in enumerate(core.order)}
     disabled = set(core.disable)
     kept = [p for plugin, p in contributed if p.name not in disabled and plugin not in disabled]
