@@ -14,7 +14,6 @@ import math
 import re
 import sys
 from typing import Any
-from unittest import mock
 
 import limits
 import limits.storage.memory
@@ -24,13 +23,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resilient import _http
+from resilient._clocked import on_clock, strategies_on
 from resilient._http import HttpCore, TenantCache, new_request_id
 from resilient.asgi import ResilientMiddleware
 from resilient.context import current
 from resilient.testing import FakeClock
 
 from ._webapps import Events, pipeline
-from .conftest import _LimitsTime
 
 TABLE = {"/a": "2/second;5/minute", "/b": "1/10 seconds", "*": "3/10 seconds"}
 
@@ -49,36 +48,35 @@ TABLE = {"/a": "2/second;5/minute", "/b": "1/10 seconds", "*": "3/10 seconds"}
 def test_route_limits_refuse_like_limits_fixed_windows(steps: list[tuple[float, str, str]]) -> None:
     clock = FakeClock(start=1_700_000_000.0)
     core = HttpCore(pipeline(Events(), clock=clock), tenant="header:x-tenant-id", rate_limits=TABLE, mask_logs=False)
-    shim = _LimitsTime(clock)
-    with mock.patch.object(limits.storage.memory, "time", shim), mock.patch.object(limits.strategies, "time", shim):
-        storage = limits.storage.MemoryStorage()
-        try:
-            reference = limits.strategies.FixedWindowRateLimiter(storage)
-            for advance, route, tenant in steps:
-                clock.advance(advance)
-                expected = None
-                # Each limit of the route in order; the first one spent refuses, the later ones are not counted.
-                for i, item in enumerate(limits.parse_many(TABLE.get(route, TABLE["*"]))):
-                    if not reference.hit(item, "http", route, tenant, str(i)):
-                        stats = reference.get_window_stats(item, "http", route, tenant, str(i))
-                        expected = (item.amount, stats.remaining, stats.reset_time)
-                        break
-                got = core.check_sync(route, None, tenant)
-                if expected is None:
-                    assert got is None
-                    continue
-                assert got is not None
-                error, headers = got
-                amount, remaining, reset = expected
-                assert error.status == 429
-                assert error.retry_after == max(0.0, reset - clock.time())
-                assert headers == [
-                    ("ratelimit-limit", str(amount)),
-                    ("ratelimit-remaining", str(remaining)),
-                    ("ratelimit-reset", str(max(0, math.ceil(reset - clock.time())))),
-                ]
-        finally:
-            storage.timer.cancel()
+    # limits' own memory storage and fixed window, on the test's clock
+    storage = on_clock(limits.storage.MemoryStorage, clock)()
+    try:
+        reference = strategies_on(clock)["fixed-window"](storage)
+        for advance, route, tenant in steps:
+            clock.advance(advance)
+            expected = None
+            # Each limit of the route in order; the first one spent refuses, the later ones are not counted.
+            for i, item in enumerate(limits.parse_many(TABLE.get(route, TABLE["*"]))):
+                if not reference.hit(item, "http", route, tenant, str(i)):
+                    stats = reference.get_window_stats(item, "http", route, tenant, str(i))
+                    expected = (item.amount, stats.remaining, stats.reset_time)
+                    break
+            got = core.check_sync(route, None, tenant)
+            if expected is None:
+                assert got is None
+                continue
+            assert got is not None
+            error, headers = got
+            amount, remaining, reset = expected
+            assert error.status == 429
+            assert error.retry_after == max(0.0, reset - clock.time())
+            assert headers == [
+                ("ratelimit-limit", str(amount)),
+                ("ratelimit-remaining", str(remaining)),
+                ("ratelimit-reset", str(max(0, math.ceil(reset - clock.time())))),
+            ]
+    finally:
+        storage.timer.cancel()
 
 
 def test_route_hits_are_bound_once_per_route_and_none_without_a_limit() -> None:

@@ -7,8 +7,6 @@ label children against what the families hold, and bounded.
 
 from __future__ import annotations
 
-from unittest import mock
-
 import limits
 import limits.storage.memory
 import limits.strategies
@@ -18,10 +16,9 @@ from hypothesis import strategies as st
 
 import resilient_metrics
 from resilient import Pipeline
+from resilient._clocked import on_clock, strategies_on
 from resilient._http import HttpRequestFinished, HttpRequestStarted, MemoryWindows
 from resilient.testing import FakeClock
-
-from .conftest import _LimitsTime
 
 ITEMS = [limits.parse("3/second"), limits.parse("5/minute"), limits.parse("2/10 seconds")]
 
@@ -39,26 +36,25 @@ ITEMS = [limits.parse("3/second"), limits.parse("5/minute"), limits.parse("2/10 
 )
 def test_memory_windows_count_like_limits_memory_storage(steps: list[tuple[float, int, str]]) -> None:
     clock = FakeClock(start=1_700_000_000.0)
-    shim = _LimitsTime(clock)
-    with mock.patch.object(limits.storage.memory, "time", shim), mock.patch.object(limits.strategies, "time", shim):
-        storage = limits.storage.MemoryStorage()
-        try:
-            reference = limits.strategies.FixedWindowRateLimiter(storage)
-            ours = MemoryWindows(clock.time)
-            counters = [ours.counter(item, "/r", i) for i, item in enumerate(ITEMS)]
-            for advance, index, client in steps:
-                clock.advance(advance)
-                item = ITEMS[index]
-                allowed = reference.hit(item, "http", "/r", client, str(index))
-                stats = reference.get_window_stats(item, "http", "/r", client, str(index))
-                refused = counters[index](client)
-                assert (refused is None) == allowed
-                if refused is not None:
-                    assert refused[0] is item
-                    assert max(0, refused[1]) == stats.remaining
-                    assert refused[2] == stats.reset_time
-        finally:
-            storage.timer.cancel()
+    # limits' own memory storage and fixed window, on the test's clock
+    storage = on_clock(limits.storage.MemoryStorage, clock)()
+    try:
+        reference = strategies_on(clock)["fixed-window"](storage)
+        ours = MemoryWindows(clock.time)
+        counters = [ours.counter(item, "/r", i) for i, item in enumerate(ITEMS)]
+        for advance, index, client in steps:
+            clock.advance(advance)
+            item = ITEMS[index]
+            allowed = reference.hit(item, "http", "/r", client, str(index))
+            stats = reference.get_window_stats(item, "http", "/r", client, str(index))
+            refused = counters[index](client)
+            assert (refused is None) == allowed
+            if refused is not None:
+                assert refused[0] is item
+                assert max(0, refused[1]) == stats.remaining
+                assert refused[2] == stats.reset_time
+    finally:
+        storage.timer.cancel()
 
 
 def test_memory_windows_stay_bounded() -> None:

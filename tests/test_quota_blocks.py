@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resilient import Pipeline, QuotaExceeded
+from resilient._clocked import on_clock, strategies_on
 from resilient.testing import FakeClock
 from resilient_quota import QuotaPolicy, _store
 from resilient_quota._steps import drive
@@ -48,10 +49,10 @@ def test_blocks_decide_and_report_what_limits_does_hit_by_hit(
 ) -> None:
     clock = limits_on
     clock.advance(1000.0)
-    ours = Limiters("memory://", "x:")
+    ours = Limiters("memory://", "x:", limits_on)
     assert ours.blocks is not None
     hit = ours.hits["fixed-window"]
-    reference = limits.strategies.FixedWindowRateLimiter(limits.storage.MemoryStorage())
+    reference = strategies_on(clock)["fixed-window"](on_clock(limits.storage.MemoryStorage, clock)())
     items = [limits.parse(f"{amount}/minute") for amount in amounts]
     for kind, which, n in history:
         item = items[which]
@@ -82,7 +83,7 @@ def test_blocks_decide_and_report_what_limits_does_hit_by_hit(
 
 
 def test_a_window_with_room_is_hit_a_block_at_a_time(limits_on: FakeClock) -> None:
-    lim = Limiters("memory://", "x:")
+    lim = Limiters("memory://", "x:", limits_on)
     assert lim.blocks is not None
     item = limits.parse("1000/minute")
     key = item.key_for(*IDS)
@@ -99,7 +100,7 @@ def test_a_window_with_room_is_hit_a_block_at_a_time(limits_on: FakeClock) -> No
 
 
 def test_hits_near_the_limit_are_single_and_nothing_past_it_is_admitted(limits_on: FakeClock) -> None:
-    lim = Limiters("memory://", "x:")
+    lim = Limiters("memory://", "x:", limits_on)
     item = limits.parse("100/minute")
     key = item.key_for(*IDS)
     hit = lim.hits["fixed-window"]
@@ -111,7 +112,7 @@ def test_hits_near_the_limit_are_single_and_nothing_past_it_is_admitted(limits_o
 
 
 def test_a_block_larger_than_the_room_left_keeps_only_the_room(limits_on: FakeClock) -> None:
-    lim = Limiters("memory://", "x:")
+    lim = Limiters("memory://", "x:", limits_on)
     item = limits.parse("1000/minute")
     key = item.key_for(*IDS)
     hit = lim.hits["fixed-window"]
@@ -126,7 +127,7 @@ def test_a_block_larger_than_the_room_left_keeps_only_the_room(limits_on: FakeCl
 
 def test_unused_hits_end_with_their_window(limits_on: FakeClock) -> None:
     clock = limits_on
-    lim = Limiters("memory://", "x:")
+    lim = Limiters("memory://", "x:", limits_on)
     item = limits.parse("1000/minute")
     key = item.key_for(*IDS)
     hit = lim.hits["fixed-window"]

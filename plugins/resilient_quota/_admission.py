@@ -107,13 +107,13 @@ def request_refusal(
     state: QuotaState, options: QuotaOptions, item: limits.RateLimitItem, ids: tuple[str, ...], local: bool
 ) -> Ops[Refusal]:
     stats = yield WindowStats(options.strategy, item, ids, local)
-    return Refusal(label("requests", item), _retry_after(stats.reset_time, state.clock.time()))
+    return Refusal(label("requests", item), _retry_after(stats.reset_time, state.wall()))
 
 
 def _token_refusal(
     state: QuotaState, options: QuotaOptions, item: limits.RateLimitItem, ids: tuple[str, ...], kind: str, local: bool
 ) -> Ops[Refusal]:
-    now = state.clock.time()
+    now = state.wall()
     if options.token_strategy == "fixed-window":
         wait = (yield WindowStats(options.token_strategy, item, ids, local)).reset_time - now
     else:
@@ -191,7 +191,7 @@ def attempt(
                 yield from settlement(state, plan, held, None)
                 return (yield from _token_refusal(state, options, item, ids, kind, local)), []
             # Held even at cost 0: the real usage is recorded when the call settles.
-            held.append(Held(kind, item, ids, cost, local, state.clock.time()))
+            held.append(Held(kind, item, ids, cost, local, state.wall()))
     except BaseException:
         yield from settlement(state, plan, held, None)  # interrupted half-way: release what was taken
         raise
@@ -236,7 +236,7 @@ def _batched(
                     keep = len(plan.requests)
                 break
     if refusal is None:
-        at = state.clock.time()
+        at = state.wall()
         return None, [Held(kind, item, ids, cost, False, at) for kind, item, ids, cost in token_hits]
     try:
         for hit, (allowed, stamp) in list(zip(hits, results, strict=True))[keep:]:
@@ -319,7 +319,7 @@ def share_pause(state: QuotaState, call: Call, seconds: float | None) -> Ops[Non
 def remaining(state: QuotaState, call: Call, plan: Plan, local: bool) -> Ops[None]:
     """Read what is left of each limit of the call's key and tell the observers (metrics, /ready)."""
     options = plan.options
-    now = state.clock.time()
+    now = state.wall()
     rows = [(label("requests", item), options.strategy, item, plan.ids) for item in plan.requests]
     rows += [(label(kind, item), options.token_strategy, item, ids) for kind, item, ids in plan.tokens]
     try:

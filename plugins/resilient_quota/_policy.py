@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -88,7 +87,9 @@ class QuotaState:
         self.events = runtime.events
         core = runtime.settings.core
         uri = section.base.storage or core.store
-        self.limiters = Limiters(uri, core.key_prefix)
+        self.limiters = Limiters(uri, core.key_prefix, self.clock)
+        #: Wall time as the store counts it (the clock's in memory, else time.time): reset times, reservations.
+        self.wall = self.limiters.wall
         self.in_memory = is_memory(uri)
         #: Whether the store takes a call's limits (and pause read) in one round trip (see ._batch).
         self.batches = self.limiters.batch is not None
@@ -183,7 +184,7 @@ class QuotaState:
         by_model, by_tenant = self._by_model, self._by_tenant
         monotonic, pauses, reports, events = self.clock.monotonic, self._pauses, self._reports, self.events
         hits, batches, run = self.limiters.hits, self.batches, self.run
-        blocks = self.limiters.blocks
+        blocks, wall = self.limiters.blocks, self.limiters.wall
 
         def enter(call: Call) -> Plan | _Admitted | None:
             model = None
@@ -224,7 +225,7 @@ class QuotaState:
                 for item, key, expiry in plan.request_keys:
                     if held is not None:  # Blocks.hit written out (a used-up block: take a new one)
                         block = held.get(key)
-                        if block is not None and time.time() < block.until:
+                        if block is not None and wall() < block.until:
                             try:
                                 block.left.pop()
                             except IndexError:
@@ -602,7 +603,7 @@ class QuotaPolicy(Policy):
 
     def _status(self, plan: Plan, options: QuotaOptions, lim: Limiters, local: bool) -> dict[str, Any]:
         rows: list[dict[str, Any]] = []
-        now = self.state.clock.time()
+        now = self.state.wall()
         for kind, strategy, items in [("requests", options.strategy, [(i, plan.ids) for i in plan.requests])] + [
             (k, options.token_strategy, [(i, ids)]) for k, i, ids in plan.tokens
         ]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ import limits.aio.strategies
 import limits.storage
 import limits.strategies
 
+from resilient._clocked import on_clock, strategies_on, wall_of
+from resilient.clock import Clock
 from resilient.storage import LoopBoundStorage, close_sync, is_memory, sync_storage
 
 from ._batch import (
@@ -84,7 +85,7 @@ def current_window_key(storage: Any, item: limits.RateLimitItem, key: str) -> st
     """
     keys = getattr(storage, "sliding_window_keys", None)
     if keys is not None:
-        return str(keys(key, item.get_expiry(), time.time())[1])
+        return str(keys(key, item.get_expiry(), wall_of(storage)())[1])
     current = getattr(storage, "_current_window_key", None)
     if current is not None:
         return str(current(key))
@@ -184,12 +185,13 @@ class Blocks:
       so ``limits`` reads the exact count;
     * hits unused when the window ends end with it: they were never calls.
 
-    ``limits`` keeps time with ``time.time()``, and so does this (read through
-    the module, as the test clocks patch it).
+    ``limits`` keeps time with ``time.time()``, and so does this, or with the
+    clock the storage counts on (:func:`resilient._clocked.wall_of`).
     """
 
     def __init__(self, storage: limits.storage.MemoryStorage) -> None:
         self._storage = storage
+        self.wall = wall_of(storage)
         incr = type(storage).incr
         # The storage's own method, under the error wrapper limits puts around every storage call
         # (it turns a backend's errors into StorageError; a dict raises none): one frame less.
@@ -200,7 +202,7 @@ class Blocks:
     def hit(self, key: str, amount: int, expiry: int, cost: int) -> bool:
         """:data:`HitFn`: count ``cost`` hits if the window has room; whether it had."""
         block = self.held.get(key)
-        if block is not None and cost == 1 and time.time() < block.until:
+        if block is not None and cost == 1 and self.wall() < block.until:
             try:
                 block.left.pop()
             except IndexError:
@@ -218,7 +220,7 @@ class Blocks:
                 return bool(incr(storage, key, expiry, cost) <= amount)
             block = held.get(key)
             size = 1
-            if block is not None and time.time() < block.until:
+            if block is not None and self.wall() < block.until:
                 try:
                     block.left.pop()  # another thread took a block meanwhile
                 except IndexError:
@@ -267,7 +269,7 @@ class Blocks:
             except IndexError:
                 break
             unused += 1
-        if unused and time.time() < block.until:
+        if unused and self.wall() < block.until:
             self._storage.decr(key, unused)
 
 
@@ -361,7 +363,8 @@ class Adjust:
         if delta < 0:
             if self.reserved_at is not None:
                 expires = float((yield _call("get_expiry", key)))
-                if self.reserved_at < window_start(storage, strategy, item, time.time(), expires) - _TTL_RESOLUTION:
+                now = wall_of(storage)()
+                if self.reserved_at < window_start(storage, strategy, item, now, expires) - _TTL_RESOLUTION:
                     return
             delta = -min(-delta, max(int((yield _call("get", key))), 0))
             if delta == 0:
@@ -379,7 +382,7 @@ class PauseGet:
     def steps(self, storage: Any) -> Steps[StorageCall, float]:
         if int((yield _call("get", self.key))) <= 0:
             return 0.0
-        return max(float((yield _call("get_expiry", self.key))) - time.time(), 0.0)
+        return max(float((yield _call("get_expiry", self.key))) - wall_of(storage)(), 0.0)
 
 
 @dataclass(slots=True)
@@ -393,7 +396,7 @@ class PauseSet:
     def steps(self, storage: Any) -> Steps[StorageCall, None]:
         key = self.key
         if int((yield _call("get", key))) > 0:
-            if float((yield _call("get_expiry", key))) - time.time() >= self.seconds:
+            if float((yield _call("get_expiry", key))) - wall_of(storage)() >= self.seconds:
                 return  # a pause only ever grows: a shorter signal leaves the longer one
             yield _call("clear", key)
         yield _call("incr", key, max(int(self.seconds + 0.999), 1))
@@ -410,17 +413,23 @@ StoreOp = Hit | Test | WindowStats | Adjust | PauseGet | PauseSet | Batch | Rele
 class Limiters:
     """Sync limiters on the configured storage, and on a local memory fallback."""
 
-    def __init__(self, uri: str, prefix: str) -> None:
+    def __init__(self, uri: str, prefix: str, clock: Clock | None = None) -> None:
         self.uri = uri
-        self.storage = sync_storage(uri, f"{prefix}quota")
-        self.local = limits.storage.MemoryStorage()
-        self._by_strategy = {name: cls(self.storage) for name, cls in _SYNC.items()}
-        self._local_by_strategy = {name: cls(self.local) for name, cls in _SYNC.items()}
+        # In memory, windows run on the pipeline's clock (a FakeClock in a test); a network store's run on
+        # its server's time, and so does the local fallback standing in for it.
+        on = clock if clock is not None and is_memory(uri) else None
+        self.storage = sync_storage(uri, f"{prefix}quota", clock=on)
+        self.local = limits.storage.MemoryStorage() if on is None else on_clock(limits.storage.MemoryStorage, on)()
+        #: The wall time the storage's windows are counted on: what reset times are measured against.
+        self.wall = wall_of(self.storage)
+        strategies = _SYNC if on is None else strategies_on(on)
+        self._by_strategy = {name: strategies[name](self.storage) for name in _SYNC}
+        self._local_by_strategy = {name: strategies[name](self.local) for name in _SYNC}
         self.hits = {name: prepared_hit(self.storage, name) for name in _SYNC}  # type: ignore[arg-type]
         #: Fixed-window request hits in memory, a block at a time (see Blocks): every other operation on a
         #: key of the storage gives its block back first.
         self.blocks: Blocks | None = None
-        if type(self.storage) is limits.storage.MemoryStorage:
+        if isinstance(self.storage, limits.storage.MemoryStorage):
             self.blocks = Blocks(self.storage)
             self.hits["fixed-window"] = self.blocks.hit
         #: Several limits (and the pause) in one round trip, when the store is a Redis that can (see ._batch).

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypedDict, TypeVar
 import limits
 import orjson
 
+from ._clocked import strategies_on
 from .call import Outcome
 from .context import RequestContext
 from .errors import ConfigurationError, ProviderUnavailable, QuotaExceeded, ResilientError
@@ -773,6 +775,10 @@ class HttpCore:
         self._memory = is_memory(self.store_uri)
         # memory:// with fixed windows (the default) is counted here rather than by limits' storage.
         self._windows = MemoryWindows(self.clock.time) if self._memory and self.strategy == "fixed-window" else None
+        #: The wall time the limits count on: in memory the pipeline's clock (a FakeClock in a test), a network
+        #: store's own time otherwise. Reset times are measured against it.
+        self._rate_clock = self.clock if self._memory else None
+        self._wall: Callable[[], float] = self.clock.time if self._memory else time.time
         self.metrics_path = _path_option("metrics_path", metrics_path)
         self.health_path = _path_option("health_path", health_path)
         self.ready_path = _path_option("ready_path", ready_path)
@@ -802,7 +808,7 @@ class HttpCore:
             self.cache = ResponseCache(float(cache_get), cache_max_entries, cache_max_body, self.clock.monotonic)
         self._sync_limiter: Any = None
         self._lock = threading.Lock()
-        self._async_storage = LoopBoundStorage(self.store_uri, self.key_prefix)
+        self._async_storage = LoopBoundStorage(self.store_uri, self.key_prefix, clock=self._rate_clock)
         self._async_limiters = PerLoop(self._new_async_limiter)
         #: :meth:`http_counts` remembered by (route, method), for an adapter to look up before calling it.
         self.bound_http: dict[tuple[str, str], HttpCounts | None] = {}
@@ -874,8 +880,12 @@ class HttpCore:
             with self._lock:
                 limiter = self._sync_limiter
                 if limiter is None:
-                    storage = sync_storage(self.store_uri, self.key_prefix)
-                    strategy: Any = limits.strategies.STRATEGIES[self.strategy]
+                    storage = sync_storage(self.store_uri, self.key_prefix, clock=self._rate_clock)
+                    strategy: Any = (
+                        limits.strategies.STRATEGIES[self.strategy]
+                        if self._rate_clock is None
+                        else strategies_on(self._rate_clock)[self.strategy]
+                    )
                     limiter = self._sync_limiter = strategy(storage)
         return limiter
 
@@ -884,7 +894,11 @@ class HttpCore:
         return self._async_limiters.get()
 
     def _new_async_limiter(self) -> Any:
-        strategy: Any = limits.aio.strategies.STRATEGIES[self.strategy]
+        strategy: Any = (
+            limits.aio.strategies.STRATEGIES[self.strategy]
+            if self._rate_clock is None
+            else strategies_on(self._rate_clock, aio=True)[self.strategy]
+        )
         return strategy(self._async_storage.get())
 
     def client_of(self, request: RequestInfo | None, tenant: str | None = None) -> str | None:
@@ -909,13 +923,13 @@ class HttpCore:
         return ("http", _key_part(route), _key_part(self.client_of(request, tenant)))
 
     def denied(self, item: limits.RateLimitItem, reset_time: float) -> QuotaExceeded:
-        retry_after = max(0.0, reset_time - self.clock.time())
+        retry_after = max(0.0, reset_time - self._wall())
         return QuotaExceeded("Rate limit exceeded for this route.", limit=str(item), retry_after=retry_after)
 
     def rate_limit_headers(
         self, item: limits.RateLimitItem, remaining: int, reset_time: float
     ) -> list[tuple[str, str]]:
-        reset = max(0, math.ceil(reset_time - self.clock.time()))
+        reset = max(0, math.ceil(reset_time - self._wall()))
         return [
             ("ratelimit-limit", str(item.amount)),
             ("ratelimit-remaining", str(max(0, remaining))),

@@ -20,6 +20,9 @@ from urllib.parse import quote
 import limits.storage
 from limits.errors import StorageError
 
+from ._clocked import is_real_time, on_clock
+from .clock import Clock
+
 __all__ = [
     "STORE_ERRORS",
     "key_part",
@@ -292,17 +295,21 @@ def _async_connection_class() -> Any:
 
 
 def sync_storage(
-    uri: str, prefix: str, timeout: float = SOCKET_TIMEOUT, pause: float = STORE_PAUSE
+    uri: str, prefix: str, timeout: float = SOCKET_TIMEOUT, pause: float = STORE_PAUSE, clock: Clock | None = None
 ) -> limits.storage.Storage:
     """A sync ``limits`` storage for ``uri``, its errors wrapped in ``limits.errors.StorageError``.
 
     After an operation fails, the next ones fail at once for ``pause`` seconds
-    (0: never) instead of reaching for a store that is down.
+    (0: never) instead of reaching for a store that is down. In memory, its
+    windows run on ``clock`` (see :mod:`resilient._clocked`).
     """
-    storage = limits.storage.storage_from_string(uri, wrap_exceptions=True, **_options(uri, prefix, timeout))
+    options = _options(uri, prefix, timeout)
+    storage = limits.storage.storage_from_string(uri, wrap_exceptions=True, **options)
     if not isinstance(storage, limits.storage.Storage):
         raise ValueError(f"store {uri!r} is an async-only storage; give its sync URI")
     if is_memory(uri):
+        if clock is not None and not is_real_time(clock):
+            storage = on_clock(type(storage), clock)(uri, wrap_exceptions=True, **options)
         return storage
     guarded: limits.storage.Storage = _guard(storage, _Pause(pause, wait=timeout))
     return guarded
@@ -319,8 +326,16 @@ class LoopBoundStorage:
     :func:`sync_storage`.
     """
 
-    def __init__(self, uri: str, prefix: str, timeout: float = SOCKET_TIMEOUT, pause: float = STORE_PAUSE) -> None:
+    def __init__(
+        self,
+        uri: str,
+        prefix: str,
+        timeout: float = SOCKET_TIMEOUT,
+        pause: float = STORE_PAUSE,
+        clock: Clock | None = None,
+    ) -> None:
         self.uri = uri
+        self._clock = clock
         self._prefix = prefix
         self._timeout = timeout
         self._pause = pause
@@ -340,6 +355,8 @@ class LoopBoundStorage:
                         options["implementation"] = "redispy"
                     # One factory for both: an "async+" scheme gives the limits.aio storage.
                     storage = limits.storage.storage_from_string("async+" + self.uri, wrap_exceptions=True, **options)
+                    if is_memory(self.uri) and self._clock is not None and not is_real_time(self._clock):
+                        storage = on_clock(type(storage), self._clock)(wrap_exceptions=True, **options)
                     if not is_memory(self.uri):  # a pause per loop: its waiters await a future of that loop
                         storage = _guard(storage, _AsyncPause(self._pause, wait=self._timeout))
                     self._by_loop[loop] = storage
