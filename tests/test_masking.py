@@ -159,6 +159,66 @@ def test_a_pattern_compiles_as_the_engine_compiles_it() -> None:
         load_masker(config={"masking": {"patterns": {"emp": r"(?i)emp-[0-9]{6}"}}}, env={})
 
 
+# Each form a group is referred to by: by number, by name, in a conditional, inside groups, lookarounds and repeats.
+_BACKREFERENCES = [
+    r"EMP-([0-9])\1",
+    r"(a)(b)\2",
+    r"(a)\1+",
+    r"(a)(?:b|(c\1))",
+    r"(a)(?=x\1)",
+    r"(a)(?!\1)",
+    r"(a)(?>\1)",
+    r"(a)?(?(1)b|c)",
+    r"(a)?(?(1)b)",
+]
+# Forms that need a named group too, refused for both.
+_NAMED_BACKREFERENCES = [r"(?P<n>a)(?P=n)", r"(?P<n>a)?(?(n)b|c)"]
+
+
+@pytest.mark.parametrize("pattern", _BACKREFERENCES + _NAMED_BACKREFERENCES)
+@pytest.mark.parametrize("flags", [0, re.VERBOSE])
+def test_a_backreference_is_refused_when_the_detector_is_built(pattern: str, flags: int) -> None:
+    # The engine joins patterns and renumbers their groups: \1 meant another group in the joined pattern, and the
+    # merged pass and its fallback masked differently.
+    with pytest.raises(ConfigurationError) as caught:
+        Detector("emp", pattern, flags=flags)
+    message = str(caught.value)
+    assert message.startswith(f"detector 'emp' pattern = {pattern!r}: it has ")
+    assert "a backreference" in message
+    assert "no named groups ((?P<name>...)) and no backreferences (\\1, (?P=name), (?(1)...|...))" in message
+    assert ("a named group" in message) == (pattern in _NAMED_BACKREFERENCES)
+
+
+@pytest.mark.parametrize("pattern", _BACKREFERENCES + _NAMED_BACKREFERENCES + [r"(?P<n>EMP)-[0-9]{6}"])
+def test_a_backreference_in_the_patterns_option_is_a_configuration_error(pattern: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        load_masker(config={"masking": {"patterns": {"emp": pattern}}}, env={})
+    message = str(caught.value)
+    assert f"patterns.emp = {pattern!r}: it has " in message
+    assert ("a backreference" in message) == (pattern != r"(?P<n>EMP)-[0-9]{6}")
+    assert "no named groups ((?P<name>...)) and no backreferences" in message
+
+
+@pytest.mark.parametrize(
+    ("pattern", "flags", "text", "masked"),
+    [
+        (r"EMP[\1]-[0-9]{3}", 0, "id EMP\x01-123 ok", "id [REDACTED:emp] ok"),  # in a class: the character \x01
+        (r"(EMP)[\\1]-[0-9]{3}", 0, "id EMP1-123 EMP\\-456", "id [REDACTED:emp] [REDACTED:emp]"),
+        (r"(EMP)\\1-[0-9]{3}", 0, "id EMP\\1-123 EMP1-123", "id [REDACTED:emp] EMP1-123"),  # a backslash, then 1
+        (r"(E)\101-[0-9]{3}", 0, "id EA-123 EE-123", "id [REDACTED:emp] EE-123"),  # octal: A
+        (r"(EMP)-[0-9]{3}  # \1 in a comment", re.VERBOSE, "id EMP-123 ok", "id [REDACTED:emp] ok"),
+    ],
+)
+def test_text_that_only_looks_like_a_backreference_is_accepted(
+    pattern: str, flags: int, text: str, masked: str
+) -> None:
+    masker = Masker([*default_detectors(), Detector("emp", pattern, flags=flags)])
+    assert masker.mask(text) == masked == _alternation_mask(masker, text)
+    if not flags:
+        options_masker, _ = load_masker(config={"masking": {"patterns": {"emp": pattern}}}, env={})
+        assert options_masker.mask(text) == masked
+
+
 def test_validators_ignore_digits_int_rejects() -> None:
     assert luhn_valid("4111 1111 1111 1111\u00b2")  # "²" is a digit to isdigit, not to int()
     assert not luhn_valid("\u00b2" * 16)

@@ -7,10 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from resilient import Pipeline
+from resilient.masking import mask
 from resilient.testing import (
     Chunks,
     FakeClock,
@@ -21,6 +22,7 @@ from resilient.testing import (
     ScriptedProvider,
     redis_server,
 )
+from resilient.testing.strategies import Secret, text_with_secret
 
 
 @given(steps=st.lists(st.floats(0, 1e6), max_size=20))
@@ -146,3 +148,31 @@ def test_redis_server_is_stopped_after_the_block() -> None:
         port = server.port
     with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
         pass
+
+
+# ---------------------------------------------------------------- strategies
+
+
+@settings(max_examples=100, deadline=None)
+@given(text_with_secret())
+def test_text_with_secret_has_the_value_once_where_it_was_put(pair: tuple[str, Secret]) -> None:
+    text, secret = pair
+    at = text.find(secret.value)
+    assert at != -1
+    assert text.find(secret.value, at + 1) == -1  # overlapping repeats count too
+    planted = text.find(secret.snippet)
+    assert planted <= at < planted + len(secret.snippet)  # and it is the secret's own
+
+
+@settings(max_examples=100, deadline=None)
+@given(text_with_secret(st.just(Secret("password", "password=00000000", "00000000")), st.just("00000000 00000000")))
+def test_text_with_secret_leaves_out_filler_that_repeats_the_value(pair: tuple[str, Secret]) -> None:
+    text, secret = pair
+    assert text.count(secret.value) == 1  # the filler is dropped, not the example
+
+
+@settings(max_examples=100, deadline=None)
+@given(text_with_secret())
+def test_the_obvious_masking_property_holds_without_assume(pair: tuple[str, Secret]) -> None:
+    text, secret = pair
+    assert secret.value not in mask(text)

@@ -16,6 +16,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..errors import ConfigurationError
+
+# re's parser, which finds backreferences in a pattern; from 3.11 on, importing it as sre_parse warns.
+if sys.version_info >= (3, 11):
+    from re import _parser as _sre_parse
+else:
+    import sre_parse as _sre_parse
+
 __all__ = ["Detector", "default_detectors", "iban_valid", "luhn_valid"]
 
 _Starts = Callable[[str], list[int]]
@@ -29,7 +37,8 @@ class Detector:
     groups). ``secret_groups`` are the numbers of the pattern's groups that
     hold the secret, first matched wins; ``0`` (the default) replaces the
     whole match, so ``password=`` can be kept while its value is replaced.
-    Backreferences by number (``\\1``) are not allowed: the engine renumbers groups.
+    Backreferences (``\\1``, ``(?P=name)``, ``(?(1)...)``) are refused like named
+    groups (:class:`~resilient.errors.ConfigurationError`): the engine renumbers groups.
     ``validator`` receives the secret text and returns ``False`` to leave a
     candidate as it is. ``flags`` apply to the pattern alone (as an inline
     group), so one detector may be case-insensitive and the next not.
@@ -73,8 +82,9 @@ class Detector:
                 f"detector {self.name!r}: the pattern does not compile as a group ({exc}); give flags with "
                 "flags= or a scoped group such as (?i:...)"
             ) from None
-        if compiled.groupindex:
-            raise ValueError(f"detector {self.name!r}: named groups are reserved for the engine; use plain groups")
+        problem = _group_problem(self.pattern, self.flags)
+        if problem:
+            raise ConfigurationError(f"detector {self.name!r} pattern", self.pattern, problem)
         if self.gate:
             re.compile(self.gate)
         if self.extend_left:
@@ -100,6 +110,46 @@ def _alternative(pattern: str, flags: int) -> str:
     if "x" in inline:
         return f"(?{inline}:{pattern}\n)"
     return f"(?{inline}:{pattern})" if inline else f"(?:{pattern})"
+
+
+#: What a pattern may not hold, and why: said by every error that refuses one.
+_GROUPS_ALLOWED = (
+    "a pattern may hold no named groups ((?P<name>...)) and no backreferences (\\1, (?P=name), (?(1)...|...)): "
+    "the engine joins patterns into one and renumbers their groups; use plain groups"
+)
+
+
+def _group_problem(pattern: str, flags: int) -> str:
+    """Why ``pattern`` cannot be joined with others (its named groups, its backreferences), or ``""``.
+
+    The pattern must compile as :func:`_alternative` writes it. Backreferences are found in the parsed
+    pattern, not its text: ``[\\1]`` (a character class) and ``\\\\1`` (a backslash, then 1) are none.
+    """
+    found = [
+        what
+        for what, present in (
+            ("a named group", bool(re.compile(pattern, flags).groupindex)),
+            ("a backreference", _refers_back(_sre_parse.parse(_alternative(pattern, flags)))),
+        )
+        if present
+    ]
+    return f"it has {' and '.join(found)}; {_GROUPS_ALLOWED}" if found else ""
+
+
+def _refers_back(parsed: _sre_parse.SubPattern) -> bool:
+    """Whether the parsed pattern matches a group's text again or tests whether a group took part."""
+    refs = (_sre_parse.GROUPREF, _sre_parse.GROUPREF_EXISTS)
+    todo: list[object] = [parsed]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, _sre_parse.SubPattern):
+            for op, av in item.data:
+                if op in refs:
+                    return True
+                todo.append(av)
+        elif isinstance(item, (tuple, list)):  # the arguments of an opcode: groups, branches, repeated items
+            todo.extend(item)
+    return False
 
 
 def _inline_flags(flags: int) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..config import option
-from ._detectors import _alternative
+from ._detectors import _alternative, _group_problem
 
 __all__ = ["MaskingOptions"]
 
@@ -42,9 +42,10 @@ class MaskingOptions:
             if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
                 raise ValueError(f"patterns: detector name {name!r} must be lower_snake_case")
             try:
-                compiled = re.compile(pattern)
+                re.compile(pattern)
                 re.compile(_alternative(pattern, 0))  # as the engine compiles it: "(?i)..." fails there
             except re.error as exc:
                 raise ValueError(f"patterns.{name} = {pattern!r} is not a valid regular expression: {exc}") from None
-            if compiled.groupindex:
-                raise ValueError(f"patterns.{name}: named groups are not allowed")
+            problem = _group_problem(pattern, 0)
+            if problem:
+                raise ValueError(f"patterns.{name} = {pattern!r}: {problem}")

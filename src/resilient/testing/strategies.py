@@ -15,6 +15,7 @@ import string
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hypothesis import reject
 from hypothesis import strategies as st
 
 __all__ = [
@@ -460,6 +461,15 @@ def secrets() -> st.SearchStrategy[Secret]:
 _SEPARATORS = st.sampled_from([" ", "\n", "\t", ", ", "; ", " (", ") ", " [", "] ", ' "', '" ', " '", "' ", " | "])
 
 
+def _only_at(text: str, value: str, at: int) -> bool:
+    """Whether ``value`` occurs in ``text`` at ``at`` and nowhere else (overlapping occurrences count)."""
+    return text.find(value) == at and text.find(value, at + 1) == -1
+
+
+def _value_once(secret: Secret) -> bool:
+    return secret.value in secret.snippet and _only_at(secret.snippet, secret.value, secret.snippet.find(secret.value))
+
+
 @st.composite
 def text_with_secret(
     draw: st.DrawFn, secret: st.SearchStrategy[Secret] | None = None, text: st.SearchStrategy[str] | None = None
@@ -468,12 +478,23 @@ def text_with_secret(
 
     The secret sits between separators (a space, a newline, a bracket, a
     quote...), as in a log line; glued to letters on both sides it would be
-    a different token.
+    a different token. ``secret.value`` occurs in the text exactly once,
+    where the secret was put, so ``secret.value not in mask(text)`` is the
+    whole property: secrets whose snippet repeats the value (a URL whose
+    user is its password) are not drawn, and filler that repeats it
+    (Hypothesis likes to draw the same string twice) is left out.
     """
-    chosen = draw(secret if secret is not None else secrets())
+    chosen = draw((secret if secret is not None else secrets()).filter(_value_once))
     filler = text if text is not None else st.text(max_size=200)
-    before, after = draw(filler), draw(filler)
-    return before + draw(_SEPARATORS) + chosen.snippet + draw(_SEPARATORS) + after, chosen
+    before, after, left = draw(filler), draw(filler), draw(_SEPARATORS)
+    middle = left + chosen.snippet + draw(_SEPARATORS)
+    at = len(left) + chosen.snippet.index(chosen.value)
+    # Filler that repeats the value loses the side(s) that do; the text stays as drawn in every other case.
+    sides = ((before, after), ("", after), (before, ""), ("", ""))
+    found = next((b + middle + a for b, a in sides if _only_at(b + middle + a, chosen.value, len(b) + at)), None)
+    if found is None:  # the separators themselves make a second occurrence: vanishingly rare
+        reject()
+    return found, chosen
 
 
 @st.composite
