@@ -6,6 +6,7 @@ from typing import Literal
 import limits
 
 from resilient import Duration, option
+from resilient.config import StoreURI
 
 __all__ = ["STRATEGIES", "QuotaOptions", "Strategy", "parse_limits"]
 
@@ -14,11 +15,25 @@ STRATEGIES: tuple[Strategy, ...] = ("moving-window", "fixed-window", "sliding-wi
 TOKEN_KINDS = ("input_tokens", "output_tokens", "total_tokens")
 
 
+#: What a limit string may be, for errors.
+LIMIT_FORMS = (
+    "limits like '50/minute', several separated by ';' ('50/minute;1000/day'), each '<amount>/<unit>', "
+    "'<amount>/<n> <unit>s' or '<amount> per <unit>', the unit one of second, minute, hour, day, month, year; "
+    "or '' for no limit"
+)
+
+
 def parse_limits(text: str) -> list[limits.RateLimitItem]:
-    """Parse ``"50/minute;1000/day"`` with the ``limits`` library; ``""`` is no limit."""
+    """Parse ``"50/minute;1000/day"`` with the ``limits`` library; ``""`` is no limit.
+
+    A string that is not one is a ``ValueError`` saying what is allowed.
+    """
     if not text.strip():
         return []
-    return list(limits.parse_many(text))
+    try:
+        return list(limits.parse_many(text))
+    except ValueError:
+        raise ValueError(f"must be {LIMIT_FORMS}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -32,10 +47,10 @@ class QuotaOptions:
     """
 
     enabled: bool = option(True, doc="Enforce quotas at all.")
-    requests: str = option("", doc="Request limits, e.g. '50/minute;1000/day'.")
-    input_tokens: str = option("", doc="Input-token limits, e.g. '400000/minute'.")
-    output_tokens: str = option("", doc="Output-token limits, e.g. '80000/minute'.")
-    total_tokens: str = option("", doc="Total-token (input + output) limits.")
+    requests: str = option("", doc="Request limits, e.g. '50/minute;1000/day'.", check=parse_limits)
+    input_tokens: str = option("", doc="Input-token limits, e.g. '400000/minute'.", check=parse_limits)
+    output_tokens: str = option("", doc="Output-token limits, e.g. '80000/minute'.", check=parse_limits)
+    total_tokens: str = option("", doc="Total-token (input + output) limits.", check=parse_limits)
     strategy: Strategy = option("moving-window", doc="Window strategy for request limits.")
     token_strategy: Literal["fixed-window", "sliding-window-counter"] = option(
         "sliding-window-counter",
@@ -46,7 +61,7 @@ class QuotaOptions:
         min=1,
         doc="A moving-window request limit above this amount is refused: it stores one entry per request.",
     )
-    storage: str = option("", doc="Store URI for quota state; empty means the core 'store'.")
+    storage: StoreURI = option("", doc="Store URI for quota state; empty means the core 'store'.")
     key: tuple[Literal["provider", "model", "tenant"], ...] = option(
         ("provider", "model", "tenant"), doc="What a quota is counted per."
     )
@@ -94,7 +109,7 @@ class QuotaOptions:
             try:
                 items = parse_limits(getattr(self, name))
             except ValueError as exc:
-                raise ValueError(f"{name} = {getattr(self, name)!r} is not a limit string ({exc})") from None
+                raise ValueError(f"{name} = {getattr(self, name)!r}: {exc}") from None
             if name == "requests" and self.strategy == "moving-window":
                 for item in items:
                     if item.amount > self.max_moving_window:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import itertools
 import math
 import os
@@ -50,8 +51,11 @@ __all__ = [
     "CoreOptions",
     "Duration",
     "Section",
+    "STORE_URI",
     "Settings",
+    "StoreURI",
     "mask_secret",
+    "mask_uri",
     "option",
     "parse_duration",
 ]
@@ -74,11 +78,70 @@ DURATION = _DurationMarker()
 Duration = Annotated[float, DURATION]
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+# In a configuration value a sign is read, so '-5m' is told its bound rather than that it is no duration.
+_SIGNED_DURATION_RE = re.compile(r"^\s*([-+]?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+class _StoreURIMarker:
+    def __repr__(self) -> str:
+        return "STORE_URI"
+
+
+#: Marks a ``str`` field as a store URI whose scheme is checked when the configuration is loaded.
+#: A field whose default is ``""`` ("use the core store") also accepts ``""``.
+STORE_URI = _StoreURIMarker()
+StoreURI = Annotated[str, STORE_URI]
+
+#: The store schemes named first in errors: the ones the docs describe.
+_MAIN_SCHEMES = ("memory", "redis", "rediss", "redis+cluster")
+
+
+@functools.cache
+def store_schemes() -> tuple[str, ...]:
+    """The schemes a store URI may have: those of ``limits``' sync storages, the documented ones first."""
+    import limits.storage
+
+    registry: Mapping[str, Any] = getattr(limits.storage, "SCHEMES", {})
+    known = sorted(s for s in registry if not s.startswith("async+")) or list(_MAIN_SCHEMES)
+    return (*(s for s in _MAIN_SCHEMES if s in known), *(s for s in known if s not in _MAIN_SCHEMES))
+
+
+def mask_uri(value: str) -> str:
+    """``value`` with the user info of a URI hidden: ``redis://:****@host``, ``redis://user:****@host``.
+
+    Whatever precedes the last ``@`` may hold a password, with or without a
+    user name, so all of it goes but a user name before a ``:``; a value that
+    is no URI at all (``redis//:pw@host``) loses everything before the ``@``.
+    """
+    head, sep, rest = value.partition("://")
+    if not sep:
+        head, rest = "", value
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return value
+    user = userinfo.split(":", 1)[0] if sep and ":" in userinfo else ""
+    return f"{head}{sep}{user + ':' if user or (sep and ':' in userinfo) else ''}****@{host}"
+
+
+def _check_store_uri(value: str) -> None:
+    schemes = store_schemes()
+    allowed = ", ".join(f"{s}://" for s in schemes)
+    scheme, sep, _ = value.partition("://")
+    if not sep:
+        raise ValueError(f"must be a store URI such as 'memory://' or 'redis://host:6379/0'; schemes: {allowed}")
+    if scheme not in schemes:
+        close = difflib.get_close_matches(scheme, schemes, n=1, cutoff=0.6)
+        hint = f" (did you mean '{close[0]}://'?)" if close else ""
+        raise ValueError(f"unknown store scheme {scheme + '://'!r}{hint}; schemes: {allowed}")
 
 
 def parse_duration(value: object) -> float:
     """Seconds from a number or a string such as ``"250ms"``, ``"2s"``, ``"5m"``."""
+    return _parse_duration(value, _DURATION_RE)
+
+
+def _parse_duration(value: object, pattern: re.Pattern[str]) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like '250ms'")
     if isinstance(value, (int, float)):
@@ -86,7 +149,7 @@ def parse_duration(value: object) -> float:
             raise ValueError("a duration must be finite")
         return float(value)
     if isinstance(value, str):
-        m = _DURATION_RE.match(value)
+        m = pattern.match(value)
         if m:
             return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
     raise ValueError("a duration is a number of seconds or a string like '250ms', '2s', '5m'")
@@ -100,14 +163,18 @@ def option(
     max: float | None = None,
     secret: bool = False,
     default_factory: Callable[[], Any] | None = None,
+    check: Callable[[Any], object] | None = None,
 ) -> Any:
     """Declare a configuration field: its default, what it means, its bounds.
 
     ``doc`` is shown by ``resilient config`` and in the docs; ``min``/``max``
     bound numbers (inclusive); ``secret`` masks the value wherever it is
-    shown or named in an error.
+    shown or named in an error. ``check`` is called with the converted value
+    when the configuration is loaded; a ``ValueError`` it raises says what is
+    allowed and becomes a :class:`ConfigurationError` naming the key (with its
+    section and override path), the value and where it came from.
     """
-    metadata = {"doc": doc, "min": min, "max": max, "secret": secret}
+    metadata = {"doc": doc, "min": min, "max": max, "secret": secret, "check": check}
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -172,7 +239,7 @@ def _coerce(value: Any, tp: Any, from_env: bool) -> Any:
     if origin is Annotated:
         base, *marks = get_args(tp)
         if DURATION in marks:
-            return parse_duration(value)
+            return _parse_duration(value, _SIGNED_DURATION_RE)
         return _coerce(value, base, from_env)
     if origin is Literal:
         if value in get_args(tp):
@@ -251,19 +318,47 @@ class _Field:
     min: float | None
     max: float | None
     secret: bool
+    validate: Callable[[Any], object] | None = None
+
+    @property
+    def marks(self) -> tuple[Any, ...]:
+        return get_args(self.type)[1:] if get_origin(self.type) is Annotated else ()
+
+    def show(self, value: Any) -> str:
+        """The value as TOML for ``resilient config``, secrets and store passwords hidden."""
+        if STORE_URI in self.marks and isinstance(value, str):
+            value = mask_uri(value)
+        return mask_secret(value, self.secret)
 
     def check(self, key: str, value: Any, source: str, from_env: bool) -> Any:
-        shown = "****" if self.secret else value
+        marks = self.marks
+        store = STORE_URI in marks
+        if self.secret:
+            shown: Any = "****"
+        elif store and isinstance(value, str):
+            shown = mask_uri(value)
+        else:
+            shown = value
         try:
             out = _coerce(value, self.type, from_env)
         except ValueError:
             raise ConfigurationError(key, shown, f"must be {_type_name(self.type)}", source=source) from None
         if isinstance(out, (int, float)) and not isinstance(out, bool):
-            shown = "****" if self.secret else out
+            # A duration is shown as written ('-5m'), a number as read.
+            if not self.secret and not (DURATION in marks and isinstance(value, str)):
+                shown = out
+            unit = " seconds" if DURATION in marks else ""
             if self.min is not None and out < self.min:
-                raise ConfigurationError(key, shown, f"must be >= {self.min:g}", source=source)
+                raise ConfigurationError(key, shown, f"must be >= {self.min:g}{unit}", source=source)
             if self.max is not None and out > self.max:
-                raise ConfigurationError(key, shown, f"must be <= {self.max:g}", source=source)
+                raise ConfigurationError(key, shown, f"must be <= {self.max:g}{unit}", source=source)
+        try:
+            if store and not (out == "" and self.default == ""):
+                _check_store_uri(out)
+            if self.validate is not None:
+                self.validate(out)
+        except ValueError as exc:
+            raise ConfigurationError(key, shown, str(exc), source=source) from None
         return out
 
 
@@ -289,6 +384,7 @@ def _schema(cls: type[Any]) -> dict[str, _Field]:
             f.metadata.get("min"),
             f.metadata.get("max"),
             bool(f.metadata.get("secret", False)),
+            f.metadata.get("check"),
         )
     return fields
 
@@ -318,7 +414,7 @@ def _unknown(key: str, value: Any, known: Iterable[str], source: str, what: str)
 class CoreOptions:
     """Top-level keys: the ones every plugin shares."""
 
-    store: str = option(
+    store: StoreURI = option(
         "memory://",
         doc="Default store URI for stateful plugins: memory://, redis://, rediss://, redis+cluster://.",
     )
@@ -603,8 +699,9 @@ class Settings:
                 value, source = values[section].get(key, (fld.default, "default"))
                 merged[key] = value
                 shown = f"{section}.{key}" if section else key
-                rows.append(Setting(shown, mask_secret(value, fld.secret), source, fld.doc))
-            _construct(options_cls, merged, section, file_label)
+                rows.append(Setting(shown, fld.show(value), source, fld.doc))
+            sources = {key: found for key, (_, found) in values[section].items()}
+            _construct(options_cls, merged, section, file_label, sources)
             return merged
 
         core = CoreOptions(**finish(CORE_SECTION, CoreOptions))
@@ -618,17 +715,21 @@ class Settings:
                     plain[kind][target] = {k: v for k, (v, _) in kv.items()}
                     for key, (value, source) in kv.items():
                         shown = f"{name}.{kind}.{target}.{key}"
-                        rows.append(Setting(shown, mask_secret(value, schemas[name][key].secret), source, ""))
+                        rows.append(Setting(shown, schemas[name][key].show(value), source, ""))
             built[name] = Section(name, options_cls, base_values, plain)
             built[name].validate(file_label)
         return cls(core, built, rows, file)
 
 
-def _construct(cls: type[Any], kwargs: dict[str, Any], where: str, source: str) -> Any:
+def _construct(
+    cls: type[Any], kwargs: dict[str, Any], where: str, source: str, sources: Mapping[str, str] | None = None
+) -> Any:
     """Build an options object; turn its own cross-field checks into ConfigurationError.
 
     The options class wrote the message; values of ``secret`` fields are
-    blanked out of it in case it quoted one.
+    blanked out of it in case it quoted one. A message that starts with
+    ``<field> = <value!r>`` is about that field: the error names
+    ``<where>.<field>``, its value and (from ``sources``) where it was set.
     """
     try:
         return cls(**kwargs)
@@ -636,10 +737,18 @@ def _construct(cls: type[Any], kwargs: dict[str, Any], where: str, source: str) 
         raise
     except (ValueError, TypeError) as exc:
         message = str(exc)
-        for f in dataclasses.fields(cls):
+        fields = dataclasses.fields(cls)
+        for f in fields:
             value = kwargs.get(f.name)
             if f.metadata.get("secret") and isinstance(value, str) and value:
                 message = message.replace(value, "****")
+        for f in fields:
+            prefix = f"{f.name} = {kwargs.get(f.name)!r}"
+            if f.name in kwargs and not f.metadata.get("secret") and message.startswith(prefix):
+                rest = message[len(prefix) :].lstrip(":").strip()
+                key = f"{where}.{f.name}" if where else f.name
+                found = (sources or {}).get(f.name, source)
+                raise ConfigurationError(key, kwargs[f.name], rest, source=found) from None
         raise ConfigurationError(where or "resilient", _HIDDEN, message, source=source) from None
 
 
