@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from resilient import Pipeline
+from resilient import Pipeline, QuotaExceeded
 from resilient.masking import mask
 from resilient.testing import (
     Chunks,
@@ -22,6 +22,7 @@ from resilient.testing import (
     ScriptedProvider,
     redis_server,
 )
+from resilient.testing.pytest_plugin import StoreFixture
 from resilient.testing.strategies import Secret, text_with_secret
 
 
@@ -176,3 +177,37 @@ def test_text_with_secret_leaves_out_filler_that_repeats_the_value(pair: tuple[s
 def test_the_obvious_masking_property_holds_without_assume(pair: tuple[str, Secret]) -> None:
     text, secret = pair
     assert secret.value not in mask(text)
+
+
+# ---------------------------------------------------------------- stores of one shape
+
+
+@pytest.fixture(params=["memory_store", "redis_store"])
+def store(request: pytest.FixtureRequest) -> StoreFixture:
+    found: StoreFixture = request.getfixturevalue(request.param)
+    found.flush()
+    return found
+
+
+def test_memory_and_redis_stores_have_one_shape(store: StoreFixture, fake_clock: FakeClock) -> None:
+    assert isinstance(store, StoreFixture)
+    assert store.url.split("://")[0] in ("memory", "redis")
+    assert store.key_prefix
+    config = store.config(quota={"requests": "1/minute"}, disable=["retry", "breaker"])
+    assert config == {
+        "store": store.url,
+        "key_prefix": store.key_prefix,
+        "quota": {"requests": "1/minute"},
+        "disable": ["retry", "breaker"],
+    }
+    assert store.config(key_prefix="mine:")["key_prefix"] == "mine:"
+    first = Pipeline(config=config, env={}, clock=fake_clock)
+    call = first.guard(lambda: "ok", provider="p", operation="o")
+    assert call() == "ok"
+    with pytest.raises(QuotaExceeded):
+        call()
+    first.close()
+    store.flush()  # the next pipeline starts on an empty store: its window is new
+    second = Pipeline(config=config, env={}, clock=fake_clock)
+    assert second.guard(lambda: "ok", provider="p", operation="o")() == "ok"
+    second.close()

@@ -4,8 +4,9 @@
 ``ScriptedProvider`` plays a sequence of outcomes. The pytest plugin
 (registered through the ``pytest11`` entry point) provides the ``fake_clock``,
 ``scripted_provider``, ``resilient_pipeline``, ``memory_store`` and ``redis_store``
-fixtures;
-``redis_server()`` starts a throwaway redis-server outside pytest.
+fixtures (the two stores of one shape, ``pytest_plugin.StoreFixture``, for
+tests parametrised over stores); ``redis_server()`` starts a throwaway
+redis-server outside pytest.
 ``check_quota``, ``check_breaker``, ``check_retry`` and ``check_masking``
 (property checks for a user's configuration, :mod:`.checks`) are imported on
 first use: they need ``hypothesis``, a test dependency.

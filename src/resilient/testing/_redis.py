@@ -13,6 +13,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from urllib.parse import quote
 
+from ._stores import StoreFixture
+
 __all__ = ["RedisServer", "redis_server", "redis_required"]
 
 
@@ -27,7 +29,15 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _ping(port: int, timeout: float = 0.2, password: str | None = None, ca: str | None = None) -> bool:
+def _resp(*words: bytes) -> bytes:
+    """A command in the Redis protocol (RESP): an array of bulk strings."""
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
+def _command(
+    port: int, words: Sequence[bytes], reply: bytes, timeout: float, password: str | None, ca: str | None
+) -> bool:
+    """Send one command (after AUTH when a password is set); whether the answer starts with ``reply``."""
     try:
         with contextlib.ExitStack() as stack:
             sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=timeout))
@@ -35,21 +45,26 @@ def _ping(port: int, timeout: float = 0.2, password: str | None = None, ca: str 
                 context = ssl.create_default_context(cafile=ca)
                 sock = stack.enter_context(context.wrap_socket(sock, server_hostname="127.0.0.1"))
             if password:
-                secret = password.encode()
-                sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+                sock.sendall(_resp(b"AUTH", password.encode()))
                 if not sock.recv(16).startswith(b"+OK"):
                     return False
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
+            sock.sendall(_resp(*words))
+            return sock.recv(16).startswith(reply)
     except OSError:  # ssl.SSLError included
         return False
 
 
-class RedisServer:
+def _ping(port: int, timeout: float = 0.2, password: str | None = None, ca: str | None = None) -> bool:
+    return _command(port, [b"PING"], b"+PONG", timeout, password, ca)
+
+
+class RedisServer(StoreFixture):
     """A throwaway ``redis-server`` on a free loopback port, no persistence.
 
     ``url`` is ``redis://127.0.0.1:<port>/0`` (with the password when one is
-    set). :meth:`stop`, :meth:`kill`, :meth:`pause` and :meth:`resume` act on
+    set); with ``key_prefix`` (default ``"test:"``), :meth:`config` and
+    :meth:`flush` it has the shape of every store the pytest fixtures give
+    (:class:`StoreFixture`). :meth:`stop`, :meth:`kill`, :meth:`pause` and :meth:`resume` act on
     the process this object started (by its PID) and nothing else;
     :meth:`restart` starts a new, empty one on the same port, as a store
     that came back after a crash does.
@@ -70,8 +85,10 @@ class RedisServer:
         password: str | None = None,
         users: Sequence[Sequence[str]] = (),
         tls: tuple[str, str, str] | None = None,
+        key_prefix: str = "test:",
     ) -> None:
         self.port = port
+        self.key_prefix = key_prefix
         self.password = password
         self.tls = tls
         auth = f":{quote(password, safe='')}@" if password else ""
@@ -119,6 +136,11 @@ class RedisServer:
             # Waiting for a real process to start: the one sleep the toolkit allows.
             time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} not ready after {timeout}s")
+
+    def flush(self) -> None:
+        """FLUSHALL: every key of every database gone, as if the server had just started."""
+        if not _command(self.port, [b"FLUSHALL"], b"+OK", 5.0, self.password, self.tls[2] if self.tls else None):
+            raise RuntimeError(f"redis-server on port {self.port} did not flush")
 
     def kill(self) -> None:
         """SIGKILL: the store vanishes mid-sentence, its connections reset, its data gone."""

@@ -1,10 +1,14 @@
-"""pytest fixtures for resilient users (registered through ``pytest11``)."""
+"""pytest fixtures for resilient users (registered through ``pytest11``).
+
+``memory_store`` and ``redis_store`` give stores of one shape,
+:class:`StoreFixture` (``url``, ``key_prefix``, ``config()``, ``flush()``),
+so that a test can be parametrised over both.
+"""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -13,9 +17,13 @@ from ..pipeline import Pipeline
 from ._clock import FakeClock
 from ._redis import RedisServer, redis_required, redis_server
 from ._scripted import ScriptedProvider
+from ._stores import MemoryStore, StoreFixture
 
 if TYPE_CHECKING:
     from .simulator import SimulatorServer
+
+# The fixtures are found by pytest; the stores' classes are here for annotations.
+__all__ = ["MemoryStore", "StoreFixture"]
 
 
 @pytest.fixture
@@ -59,39 +67,24 @@ def resilient_pipeline(fake_clock: FakeClock) -> Iterator[Callable[..., Pipeline
         pipeline.close()
 
 
-@dataclass(frozen=True)
-class MemoryStore:
-    """The in-process store, shaped like :class:`RedisServer` for tests parametrised over stores.
-
-    ``url`` is ``memory://``; ``key_prefix`` is unique to the test, so
-    pipelines of different tests never see each other's state.
-    """
-
-    url: str
-    key_prefix: str
-
-    def config(self, **sections: Any) -> dict[str, Any]:
-        """A ``config=`` for :class:`Pipeline` on this store: ``store``, ``key_prefix`` and ``sections``."""
-        return {"store": self.url, "key_prefix": self.key_prefix, **sections}
-
-
 _memory_stores = itertools.count()
 
 
 @pytest.fixture
 def memory_store() -> MemoryStore:
-    """The ``memory://`` store under a key prefix of its own (``memory_store.url``, ``.key_prefix``, ``.config()``)."""
+    """The ``memory://`` store under a key prefix of the test's own: a :class:`StoreFixture`."""
     return MemoryStore("memory://", f"test{next(_memory_stores)}:")
 
 
 @pytest.fixture(scope="session")
 def redis_store() -> Iterator[RedisServer]:
-    """A throwaway redis-server on a free loopback port for the test session.
+    """A throwaway redis-server on a free loopback port for the test session: a :class:`StoreFixture`.
 
     Skips when ``redis-server`` is not installed, unless
     ``RESILIENT_REQUIRE_REDIS=1`` (as in CI), where it fails instead. Use
-    ``redis_store.url`` as the store URI; flush it between tests if they
-    must not see each other's keys.
+    ``redis_store.config(...)`` or ``redis_store.url`` and ``.key_prefix``;
+    one server serves the whole session, so ``redis_store.flush()`` where a
+    test must not see the keys of those before it.
     """
     try:
         with redis_server() as server:
