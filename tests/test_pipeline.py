@@ -579,10 +579,118 @@ def test_astream_kind_on_a_coroutine_returning_an_async_iterator() -> None:
         return chunks()
 
     async def collect(pipeline: Pipeline) -> list[int]:
-        return [c async for c in pipeline.guard(kind="astream")(create)()]
+        guarded = pipeline.guard(kind="astream")(create)
+        # Called as the undecorated function is: awaited, then iterated.
+        assert inspect.iscoroutinefunction(guarded)
+        return [c async for c in await guarded()]
 
     assert asyncio.run(collect(build())) == [0, 1, 2]
     assert asyncio.run(collect(build(watcher))) == [0, 1, 2]
+    assert watcher.chunks == [0, 1, 2]
+    assert watcher.ends == [SUCCESS]
+
+
+def test_astream_coroutine_keeps_its_calling_convention_with_policies_and_failures() -> None:
+    watcher = Watcher()
+
+    async def chunks(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            yield i
+
+    async def create(n: int) -> AsyncIterator[int]:
+        if n < 0:
+            raise ValueError("refused before any chunk")
+        return chunks(n)
+
+    guarded = build(watcher, *NOOPS).guard(kind="astream")(create)
+    assert inspect.iscoroutinefunction(guarded)
+    assert not inspect.isasyncgenfunction(guarded)
+    assert inspect.signature(guarded) == inspect.signature(create)
+
+    async def scenario() -> None:
+        stream = await guarded(3)
+        assert watcher.starts == 1  # awaiting made the call, as it does unguarded
+        assert watcher.chunks == [0]  # the stream was started: its first chunk read, nothing more
+        assert [c async for c in stream] == [0, 1, 2]
+        assert watcher.ends == [SUCCESS]
+        # A failure before the first chunk raises from the await, not from the iteration.
+        with pytest.raises(ValueError, match="refused before any chunk"):
+            await guarded(-1)
+        assert len(watcher.ends) == 2
+        assert watcher.ends[1] is not SUCCESS
+        # An empty stream, and one left early: closed, and seen abandoned.
+        assert [c async for c in await guarded(0)] == []
+        async with await guarded(5) as early:
+            assert await early.__anext__() == 0
+        assert watcher.ends[-1] == ABANDONED
+
+    asyncio.run(scenario())
+
+
+def test_stream_kind_on_a_function_returning_an_iterator_keeps_its_calling_convention() -> None:
+    watcher = Watcher()
+
+    def create(n: int) -> Iterator[int]:
+        if n < 0:
+            raise ValueError("refused before any chunk")
+        return iter(range(n))
+
+    guarded = build(watcher).guard(kind="stream")(create)
+    assert not inspect.isgeneratorfunction(guarded)
+    stream = guarded(3)
+    assert watcher.starts == 1  # the call was made when the function was called
+    assert list(stream) == [0, 1, 2]
+    assert watcher.chunks == [0, 1, 2]
+    assert watcher.ends == [SUCCESS]
+    with pytest.raises(ValueError, match="refused before any chunk"):
+        guarded(-1)
+    with guarded(5) as early:
+        assert next(early) == 0
+    assert watcher.ends[-1] == ABANDONED
+    # Without a policy acting, the function's own return value comes back.
+    marker = iter([1])
+    assert build().guard(kind="stream")(lambda: marker)() is marker
+
+    # A generator function stays a generator function, lazy as before.
+    def gen() -> Iterator[int]:
+        yield 1
+
+    assert inspect.isgeneratorfunction(build(watcher).guard(gen))
+
+
+def test_astream_coroutine_with_the_anthropic_sdk_against_the_simulator() -> None:
+    """README's shape: ``return await client.messages.create(..., stream=True)`` under ``kind="astream"``."""
+    import anthropic
+
+    from resilient.testing.simulator import Simulator, run_simulator
+
+    watcher = Watcher()
+    with run_simulator(Simulator(retry_after=0)) as server:
+        pipeline = Pipeline(plugins=[Contribute(watcher)], env={}, config={})
+
+        async def scenario() -> list[str]:
+            client = anthropic.AsyncAnthropic(api_key="sk-ant-test", base_url=server.base_url, max_retries=0)
+
+            @pipeline.guard(provider="anthropic", operation="messages.create", kind="astream")
+            async def ask_stream(prompt: str) -> Any:
+                return await client.messages.create(
+                    model="claude-test-1",
+                    max_tokens=20,
+                    messages=[{"role": "user", "content": prompt}],
+                    stream=True,
+                )
+
+            assert inspect.iscoroutinefunction(ask_stream)
+            try:
+                stream = await ask_stream("hi")
+                return [event.type async for event in stream]
+            finally:
+                await client.close()
+
+        types = asyncio.run(scenario())
+    assert types[0] == "message_start"
+    assert types[-1] == "message_stop"
+    assert [c.type for c in watcher.chunks] == types
     assert watcher.ends == [SUCCESS]
 
 

@@ -86,6 +86,99 @@ def detect_kind(fn: Callable[..., Any]) -> Kind:
     return "sync"
 
 
+def _is_generator(fn: Callable[..., Any], check: Callable[[Any], bool]) -> bool:
+    """``check`` (``inspect.isgeneratorfunction``, ...) on ``fn``, through wrappers and an object's ``__call__``."""
+    fn = inspect.unwrap(fn)
+    probe = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
+    return check(fn) or check(probe)
+
+
+class _Started:
+    """A guarded stream whose first chunk was read when the function was called.
+
+    What a guarded *function that returns a stream* (``kind="stream"`` on a
+    plain function) returns: the call, its policies and the provider's start
+    ran in the call, as they do unguarded, so a refusal or a failed start
+    raises there; iterating yields the first chunk, then the rest.
+    """
+
+    __slots__ = ("_first", "_pending", "_rest")
+
+    def __init__(self, rest: Iterator[Any]) -> None:
+        self._rest = rest
+        try:
+            self._first = next(rest)
+            self._pending = True
+        except StopIteration:
+            self._first = None
+            self._pending = False
+
+    def __iter__(self) -> _Started:
+        return self
+
+    def __next__(self) -> Any:
+        if self._pending:
+            self._pending = False
+            first, self._first = self._first, None
+            return first
+        return next(self._rest)
+
+    def close(self) -> None:
+        """Stop early: the provider's iterator is closed and the policies see the stream abandoned."""
+        self._pending = False
+        close = getattr(self._rest, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> _Started:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _AStarted:
+    """:class:`_Started` for ``kind="astream"`` on a coroutine function: awaiting the call starts the stream."""
+
+    __slots__ = ("_first", "_pending", "_rest")
+
+    def __init__(self, rest: AsyncIterator[Any], first: Any, pending: bool) -> None:
+        self._rest = rest
+        self._first = first
+        self._pending = pending
+
+    @classmethod
+    async def start(cls, rest: AsyncIterator[Any]) -> _AStarted:
+        try:
+            first = await rest.__anext__()
+        except StopAsyncIteration:
+            return cls(rest, None, False)
+        return cls(rest, first, True)
+
+    def __aiter__(self) -> _AStarted:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._pending:
+            self._pending = False
+            first, self._first = self._first, None
+            return first
+        return await self._rest.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop early: the provider's iterator is closed and the policies see the stream abandoned."""
+        self._pending = False
+        aclose = getattr(self._rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def __aenter__(self) -> _AStarted:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 class Pipeline:
     """Policies from plugins, composed into one chain per guarded target.
 
@@ -218,7 +311,11 @@ class Pipeline:
 
         Works on sync and async functions, generators and async generators
         (streams); the result keeps ``fn``'s name, docstring, signature and
-        type. ``operation`` defaults to the function's name; ``model``, when
+        type, and is called the same way: with ``kind="stream"`` a function
+        that returns an iterator stays a function and with ``kind="astream"``
+        a coroutine function returning an async iterator stays a coroutine
+        function; calling (awaiting) it makes the call through the policies
+        and returns the guarded stream with its first chunk already read. ``operation`` defaults to the function's name; ``model``, when
         not given, is read from each call's ``model`` argument; ``tenant`` is
         a key function (default: the request context's tenant).
         """
@@ -391,6 +488,20 @@ def _build_wrapper(pipeline: Pipeline, fn: Callable[..., Any], target: Target) -
             return iter(gfn(*call.args, **call.kwargs))
 
         shandler = pipeline.compile(target, sterminal)
+        if not _is_generator(fn, inspect.isgeneratorfunction):
+            # A function that returns a stream (``return client.messages.create(stream=True)``) stays a
+            # function: calling it makes the call and returns the guarded stream, started.
+            if shandler is sterminal:
+
+                def sreturn_bare(*args: Any, **kwargs: Any) -> Any:
+                    return gfn(*args, **kwargs)
+
+                return sreturn_bare
+
+            def sreturn_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return _Started(drive_stream(Call(target, args, kwargs), shandler, classify))
+
+            return sreturn_wrapper
         if shandler is sterminal:
 
             def sbare(*args: Any, **kwargs: Any) -> Any:
@@ -405,7 +516,7 @@ def _build_wrapper(pipeline: Pipeline, fn: Callable[..., Any], target: Target) -
 
     agfn = cast("Callable[..., AsyncIterator[Any]]", fn)
 
-    if inspect.isasyncgenfunction(inspect.unwrap(fn)):
+    if _is_generator(fn, inspect.isasyncgenfunction):
 
         def asterminal(call: Call) -> AsyncIterator[Any]:
             return aiter(agfn(*call.args, **call.kwargs))
@@ -419,6 +530,23 @@ def _build_wrapper(pipeline: Pipeline, fn: Callable[..., Any], target: Target) -
                 result = await result
             async for item in result:
                 yield item
+
+        if _is_generator(fn, inspect.iscoroutinefunction):
+            # ... and stays a coroutine function: awaiting the call makes it and gives the guarded
+            # stream, started (a refusal or a failed start raises from the await, as unguarded).
+            aafn = cast("Callable[..., Awaitable[Any]]", fn)
+            acompiled = pipeline.compile(target, asterminal)
+            if acompiled is asterminal:
+
+                async def areturn_bare(*args: Any, **kwargs: Any) -> Any:
+                    return await aafn(*args, **kwargs)
+
+                return areturn_bare
+
+            async def areturn_wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await _AStarted.start(drive_astream(Call(target, args, kwargs), acompiled, classify))
+
+            return areturn_wrapper
 
     ashandler = pipeline.compile(target, asterminal)
     if ashandler is asterminal:
