@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -622,3 +625,21 @@ def test_importing_resilient_testing_does_not_load_starlette() -> None:
     code = "import sys, resilient.testing, resilient.testing.pytest_plugin; print('starlette' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# -- docs/simulator.md -------------------------------------------------------------------------------
+
+
+def test_the_simulator_page_examples_run(tmp_path: Path) -> None:
+    """Each python block of docs/simulator.md runs: the scripts as scripts, the fixture test with pytest."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "simulator.md").read_text()
+    server, fixture, in_process = re.findall(r"^```python\n(.*?)^```", page, re.M | re.S)
+    (tmp_path / "server.py").write_text(server)
+    (tmp_path / "in_process.py").write_text(in_process)
+    (tmp_path / "test_fixture.py").write_text(fixture)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESILIENT_", "ANTHROPIC_", "OPENAI_"))}
+    for argv in (["server.py"], ["in_process.py"], ["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_fixture.py"]):
+        done = subprocess.run(
+            [sys.executable, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, f"{argv}: {done.stdout}{done.stderr}"
