@@ -643,3 +643,47 @@ def test_the_simulator_page_examples_run(tmp_path: Path) -> None:
             [sys.executable, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False
         )
         assert done.returncode == 0, f"{argv}: {done.stdout}{done.stderr}"
+
+
+def _printed_as_documented(block: str) -> list[str]:
+    """What a docs block says its prints show: ``print(x)  # shown`` or ``print(x)`` then a ``# shown`` line."""
+    shown: list[str] = []
+    lines = block.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("print("):
+            comment = line.partition("  # ")[2] or lines[i + 1].removeprefix("# ")
+            shown.append(comment)
+    return shown
+
+
+def test_the_concepts_page_examples_print_what_it_shows(tmp_path: Path) -> None:
+    """docs/concepts.md: calls, their metadata and the request totals, run against the simulator."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "concepts.md").read_text()
+    blocks = [b for b in re.findall(r"^```python\n(.*?)^```", page, re.M | re.S) if re.search(r"^print\(", b, re.M)]
+    assert len(blocks) == 2  # capture_calls, then request_context (which calls the first block's create)
+    (tmp_path / "run.py").write_text(
+        "import os, sys\n"
+        "from resilient.testing.simulator import run_simulator\n"
+        "with run_simulator() as server:\n"
+        "    os.environ['ANTHROPIC_BASE_URL'] = server.base_url\n"
+        "    namespace = {}\n"
+        "    for block in sys.argv[1:]:\n"
+        "        exec(open(block).read(), namespace)\n"
+    )
+    names = []
+    for i, block in enumerate(blocks):
+        (tmp_path / f"block{i}.py").write_text(block)
+        names.append(f"block{i}.py")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RESILIENT_", "ANTHROPIC_", "OPENAI_"))}
+    env["ANTHROPIC_API_KEY"] = "test"
+    done = subprocess.run(
+        [sys.executable, "run.py", *names],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [line for block in blocks for line in _printed_as_documented(block)]
