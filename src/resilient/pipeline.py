@@ -315,9 +315,10 @@ class Pipeline:
         that returns an iterator stays a function and with ``kind="astream"``
         a coroutine function returning an async iterator stays a coroutine
         function; calling (awaiting) it makes the call through the policies
-        and returns the guarded stream with its first chunk already read. ``operation`` defaults to the function's name; ``model``, when
-        not given, is read from each call's ``model`` argument; ``tenant`` is
-        a key function (default: the request context's tenant).
+        and returns the guarded stream with its first chunk already read.
+        ``operation`` defaults to the function's name; ``model``, when not
+        given, is read from each call's ``model`` argument; ``tenant`` is a
+        key function (default: the request context's tenant).
         """
 
         def decorate(func: Callable[..., Any]) -> Guarded[..., Any]:
