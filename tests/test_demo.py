@@ -42,7 +42,8 @@ def test_terminal_demo_shows_retries_recovering_failures(capsys: pytest.CaptureF
     # Two tenants alternate, 12 calls each, against 10 requests a minute per tenant.
     assert refused == 4
     assert "quota.rejected" in out
-    assert numbers["provider requests"] > 24
+    # Every call that reached the provider asked it once, and the retried ones more than once.
+    assert numbers["provider requests"] >= ok + 2 * recovered + failed
     assert "retry.scheduled" in out
     assert clock.sleeps, "backoff waits went through the injected clock"
     # The demo's policies in their order (other first-party plugins, such as metrics, may sit among them).
