@@ -74,12 +74,16 @@ def test_valid_store_uris_pass_and_are_masked_in_the_settings_rows() -> None:
         assert Settings.load(config={"store": uri}, env={}).core.store == uri
 
 
-def test_plugin_store_option_is_checked_and_may_stay_empty() -> None:
-    assert build({"quota": {"storage": ""}}).settings.sections["quota"].base.storage == ""
-    err = error({"quota": {"storage": "memroy://"}})
-    assert err.key == "quota.storage"
+@pytest.mark.parametrize("section", ["quota", "breaker", "cache", "bulkhead"])
+def test_plugin_store_option_is_checked_and_may_stay_empty(section: str) -> None:
+    assert build({section: {"storage": ""}}).settings.sections[section].base.storage == ""
+    err = error({section: {"storage": "memroy://"}})
+    assert err.key == f"{section}.storage"
     assert "did you mean 'memory://'?" in str(err)
+    assert "s3cret" not in str(error({section: {"storage": "redsi://:s3cret@localhost:6379"}}))
 
+
+def test_a_store_option_of_ones_own_is_checked() -> None:
     @dataclass(frozen=True, kw_only=True)
     class Opts:
         storage: StoreURI = option("memory://", doc="a store with a default of its own")

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from resilient import Duration, option
+from resilient.config import StoreURI
 
 __all__ = ["BreakerOptions"]
 
@@ -43,7 +44,7 @@ class BreakerOptions:
         min=1,
         doc="Seconds a trial call may take; a trial not back by then is presumed lost and a new round starts.",
     )
-    storage: str = option("", doc="Store URI for breaker state; empty means the core 'store'.")
+    storage: StoreURI = option("", doc="Store URI for breaker state; empty means the core 'store'.")
     on_store_error: Literal["local", "allow"] = option(
         "local", doc="Store unreachable: 'local' keeps state in this process, 'allow' lets calls through."
     )

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from resilient import Duration, option
+from resilient.config import StoreURI
 
 __all__ = ["KEY_PARTS", "BulkheadOptions", "KeyPart"]
 
@@ -40,7 +41,7 @@ class BulkheadOptions:
     fleet: bool = option(
         False, doc="Share the limit across processes through the store (a lease per slot); else per process."
     )
-    storage: str = option("", doc="Store URI for fleet mode; empty means the core 'store'.")
+    storage: StoreURI = option("", doc="Store URI for fleet mode; empty means the core 'store'.")
     lease_ttl: Duration = option(
         300.0, min=1, doc="Fleet mode: a slot's lease expires this long after it was taken if not released."
     )

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from resilient import Duration, option
+from resilient.config import StoreURI
 
 __all__ = ["CacheOptions", "DEFAULT_IGNORE"]
 
@@ -28,7 +29,7 @@ class CacheOptions:
     enabled: bool = option(
         False, doc="Cache responses at all (off unless turned on: a cache changes what callers see)."
     )
-    storage: str = option(
+    storage: StoreURI = option(
         "",
         doc="Store URI for entries shared by workers; empty means the core 'store'. "
         "memory:// keeps only the local layer.",
