@@ -17,12 +17,10 @@ Requires ``hypothesis`` (a test dependency).
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import itertools
 import logging
-import types
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,40 +80,6 @@ def _overrides(config: Mapping[str, Any], section: str, kind: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- quota
-
-
-@contextlib.contextmanager
-def limits_clock(clock: FakeClock) -> Iterator[FakeClock]:
-    """Make the ``limits`` library's memory storage and strategies (and the quota plugin) read ``clock``.
-
-    ``limits`` reads ``time.time()`` itself; inside this block it reads the
-    fake clock's wall time. Not thread-safe: for tests.
-    """
-    import time as real_time
-
-    class _Time:
-        def time(self) -> float:
-            return clock.time()
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real_time, name)
-
-    shim = _Time()
-    modules = ["limits.storage.memory", "limits.strategies", "resilient_quota._store", "resilient_quota._policy"]
-    saved: list[tuple[types.ModuleType, Any]] = []
-    for name in modules:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "time"):
-            saved.append((module, module.time))
-            module.time = shim  # type: ignore[attr-defined]
-    try:
-        yield clock
-    finally:
-        for module, original in saved:
-            module.time = original  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -281,34 +245,33 @@ def check_quota(
     @given(steps=st.lists(step, min_size=1, max_size=12))
     def windows_hold(steps: list[_Step]) -> None:
         clock = FakeClock()
-        with limits_clock(clock):
-            pipeline, section = _pipeline(config, "quota", plugins, clock)
-            try:
-                guarded: dict[tuple[str, str | None], Callable[..., Any]] = {}
-                hits: list[_Hit] = []
-                for s in steps:
-                    clock.advance(s.advance)
-                    p, m, t = who[s.who]
-                    fn = guarded.get((p, m))
-                    if fn is None:
-                        fn = guarded[(p, m)] = pipeline.guard(provider=p, model=m)(
-                            lambda max_tokens, messages, used: _Reply(used)
-                        )
-                    options = section.for_call(p, m, t)
-                    parts = {"provider": p, "model": m, "tenant": t}
-                    group = tuple(parts[k] for k in getattr(options, "key", ("provider", "model", "tenant")))
-                    used = int(s.max_tokens * s.used)
-                    for _ in range(s.burst):
-                        with request_context(tenant=t):
-                            try:
-                                fn(max_tokens=s.max_tokens, messages=[{"role": "user", "content": "hi"}], used=used)
-                            except QuotaExceeded as exc:
-                                hits.append(_Hit(clock.time(), False, exc.limit, options, group, 0))
-                            else:
-                                hits.append(_Hit(clock.time(), True, None, options, group, used))
-                _check_windows(hits, steps)
-            finally:
-                pipeline.close()
+        pipeline, section = _pipeline(config, "quota", plugins, clock)
+        try:
+            guarded: dict[tuple[str, str | None], Callable[..., Any]] = {}
+            hits: list[_Hit] = []
+            for s in steps:
+                clock.advance(s.advance)
+                p, m, t = who[s.who]
+                fn = guarded.get((p, m))
+                if fn is None:
+                    fn = guarded[(p, m)] = pipeline.guard(provider=p, model=m)(
+                        lambda max_tokens, messages, used: _Reply(used)
+                    )
+                options = section.for_call(p, m, t)
+                parts = {"provider": p, "model": m, "tenant": t}
+                group = tuple(parts[k] for k in getattr(options, "key", ("provider", "model", "tenant")))
+                used = int(s.max_tokens * s.used)
+                for _ in range(s.burst):
+                    with request_context(tenant=t):
+                        try:
+                            fn(max_tokens=s.max_tokens, messages=[{"role": "user", "content": "hi"}], used=used)
+                        except QuotaExceeded as exc:
+                            hits.append(_Hit(clock.time(), False, exc.limit, options, group, 0))
+                        else:
+                            hits.append(_Hit(clock.time(), True, None, options, group, used))
+            _check_windows(hits, steps)
+        finally:
+            pipeline.close()
 
     windows_hold()
 
