@@ -65,6 +65,7 @@ def test_testing_exports() -> None:
         "ProviderHTTPError",
         "RedisServer",
         "ScriptedProvider",
+        "StoreFixture",
         "check_breaker",
         "check_masking",
         "check_quota",

@@ -4,8 +4,8 @@
 ``ScriptedProvider`` plays a sequence of outcomes. The pytest plugin
 (registered through the ``pytest11`` entry point) provides the ``fake_clock``,
 ``scripted_provider``, ``resilient_pipeline``, ``memory_store`` and ``redis_store``
-fixtures (the two stores of one shape, ``pytest_plugin.StoreFixture``, for
-tests parametrised over stores); ``redis_server()`` starts a throwaway
+fixtures (the two stores of one shape, :class:`StoreFixture`, for tests
+parametrised over stores); ``redis_server()`` starts a throwaway
 redis-server outside pytest.
 ``check_quota``, ``check_breaker``, ``check_retry`` and ``check_masking``
 (property checks for a user's configuration, :mod:`.checks`) are imported on
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from ._clock import FakeClock
 from ._redis import RedisServer, redis_server
 from ._scripted import Chunks, HTTPStatus, Latency, ProviderHTTPError, ScriptedProvider
+from ._stores import StoreFixture
 
 if TYPE_CHECKING:
     from .checks import check_breaker, check_masking, check_quota, check_retry
@@ -31,6 +32,7 @@ __all__ = [
     "ProviderHTTPError",
     "RedisServer",
     "ScriptedProvider",
+    "StoreFixture",
     "check_breaker",
     "check_masking",
     "check_quota",
