@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import re
@@ -18,6 +19,16 @@ import resilient.masking as masking
 from resilient import ConfigurationError, hookimpl
 from resilient.cli import main
 from resilient.masking import Detector, Masker, MaskingFilter, default_detectors, iban_valid, load_masker, luhn_valid
+from resilient.masking._detectors import (
+    _GATES,
+    _SECRET_SUFFIXES,
+    _SHAPE_GATES,
+    _shape,
+    _shape_gate,
+    _split,
+    _starts_finder,
+)
+from resilient.masking._engine import _FOLD
 from resilient.testing.strategies import SECRET_STRATEGIES, Secret, secrets, text_with_secret, text_without_secrets
 
 MASKER = Masker(default_detectors())
@@ -388,26 +399,32 @@ def test_the_pass_with_user_detectors_masks_as_one_alternation_would(text: str) 
         assert masker.mask(text) == _alternation_mask(masker, text)
 
 
+def _assert_parts_and_starts_cover_every_match(d: Detector, text: str) -> None:
+    """At every position of ``text``: at most one of ``d``'s literal-led parts matches, as its pattern does there
+    (span and groups); and where the pattern matches, its start finder proposed the position (ascending)."""
+    whole = re.compile(d.pattern, d.flags)
+    parts = [re.compile(p, d.flags) for p in _split(d)]
+    finder = _starts_finder(d)
+    starts = finder(text) if finder is not None else None
+    if starts is not None:
+        assert starts == sorted(starts), d.name  # the pass bisects them
+    for at in range(len(text) + 1):
+        m = whole.match(text, at)
+        if parts:
+            found = [p.match(text, at) for p in parts]
+            found = [f for f in found if f is not None]
+            assert len(found) <= 1, (d.name, at)
+            expected = (m.span(), m.groups()) if m is not None else None
+            assert ((found[0].span(), found[0].groups()) if found else None) == expected, (d.name, at)
+        if starts is not None and m is not None:
+            assert at in starts, (d.name, at)
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_LOG_PIECE, max_size=24).map("".join))
 def test_split_patterns_and_candidate_starts_cover_every_match(text: str) -> None:
-    from resilient.masking._detectors import _split, _starts_finder
-
     for d in default_detectors():
-        whole = re.compile(d.pattern, d.flags)
-        parts = [re.compile(p, d.flags) for p in _split(d)]
-        finder = _starts_finder(d)
-        starts = finder(text) if finder is not None else None
-        for at in range(len(text) + 1):
-            m = whole.match(text, at)
-            if parts:
-                found = [p.match(text, at) for p in parts]
-                found = [f for f in found if f is not None]
-                assert len(found) <= 1, (d.name, at)
-                expected = (m.span(), m.groups()) if m is not None else None
-                assert ((found[0].span(), found[0].groups()) if found else None) == expected, (d.name, at)
-            if starts is not None and m is not None:
-                assert at in starts, (d.name, at)
+        _assert_parts_and_starts_cover_every_match(d, text)
 
 
 @pytest.mark.parametrize(
@@ -453,6 +470,134 @@ def test_digit_detectors_behind_their_shape_gates(text: str) -> None:
     masked = MASKER.mask(text)
     assert masked == _alternation_mask(MASKER, text)
     assert masked != text
+
+
+# ---------------------------------------------------------------------------- the engine's tables held to the patterns
+# The engine keeps tables that apply only while a pattern is exactly a first-party detector's: its anchors, its
+# gate checked on the text's shape (_SHAPE_GATES for _GATES), its candidate-start finder (_STARTS) and its parts led
+# by a literal (_SPLITS). A pattern edited without its table would make the masker miss secrets, silently. These
+# properties hold each table to its pattern, on text built around that detector's own generated secrets, whole,
+# cut anywhere (near misses) or in another case, with random text and log pieces between them.
+
+_FIRST_PARTY = {d.name: d for d in default_detectors()}
+# Characters the first-party patterns turn on: digits and their separators, capitals, quotes, key separators.
+_EDGE = st.text(alphabet="0123456789 -.+()AZGBSKakeyt_=:\"'?&@/\n", max_size=10)
+# Keys ending in every name secret_assignment knows, in any case, then a separator and a value.
+_SECRET_KEYS = st.builds(
+    lambda prefix, name, upper, quote, spaces, sep, value: (
+        ((prefix + name).upper() if upper else prefix + name) + quote + spaces + sep + spaces + value
+    ),
+    st.sampled_from(["", "db_", "X-", "client", '"', "'", "a" * 79]),
+    st.sampled_from(_SECRET_SUFFIXES),
+    st.booleans(),
+    st.sampled_from(["", '"', "'"]),
+    st.sampled_from(["", " ", "\t", "     ", "      "]),
+    st.sampled_from(["=", ":", "=>", ":="]),
+    st.sampled_from(["", "x1", '"s3"', "'s3'"]),
+)
+# Lookbehind assertions, dropped from a pattern to generate text from it: from_regex filters for them, too slowly
+# or never (stripe_key). What is generated then matches more than the pattern does; the properties only ask about
+# what the pattern itself matches.
+_LOOKBEHIND = re.compile(r"\(\?<[=!](?:\\.|\[(?:\\.|[^\]\\])*\]|[^()\\])*\)")
+
+
+def _secrets_of(name: str) -> st.SearchStrategy[str]:
+    """Secrets of detector ``name``: the shipped strategy's (realistic) and ones generated from the pattern itself
+    (every alternative it has, whsec_ and sk-None- keys too; they follow an edit of the pattern)."""
+    shipped = SECRET_STRATEGIES[name]().map(lambda s: s.snippet)
+    if name == "secret_assignment":  # generated from the pattern, almost nothing matches it: keys and values instead
+        return st.one_of(shipped, _SECRET_KEYS)
+    d = _FIRST_PARTY[name]
+    return st.one_of(shipped, st.from_regex(re.compile(_LOOKBEHIND.sub("", d.pattern), d.flags), fullmatch=True))
+
+
+def _pieces_of(snippet: str) -> st.SearchStrategy[str]:
+    n = len(snippet)
+    return st.one_of(
+        st.just(snippet),
+        st.tuples(st.integers(0, n), st.integers(0, n)).map(lambda ij: snippet[min(ij) : max(ij)]),
+        st.sampled_from([snippet.upper(), snippet.swapcase()]),
+    )
+
+
+def _text_around(name: str) -> st.SearchStrategy[str]:
+    """Text built around the secrets of detector ``name``: whole, cut anywhere (near misses) or in another case,
+    between log pieces, characters its pattern turns on and random text."""
+    secret = _secrets_of(name).flatmap(_pieces_of)
+    piece = st.one_of(secret, secret, _NOISE, _EDGE, _SECRET_KEYS, st.text(max_size=4))
+    # Glued to a letter or digit a token is another token: mostly a separator between pieces, sometimes none.
+    glue = st.sampled_from(["", " ", " ", "\n", "\t", '"', "'", ",", "(", ")", "=", ": ", "/", "-", "_", ".", "@"])
+    return st.lists(st.tuples(piece, glue), min_size=1, max_size=8).map(
+        lambda pieces: "".join(p + g for p, g in pieces)
+    )
+
+
+def _matches(d: Detector, text: str) -> Iterator[re.Match[str]]:
+    """Every match of ``d``'s pattern, at every position of ``text`` (not only finditer's, which do not overlap)."""
+    compiled = re.compile(d.pattern, d.flags)
+    for at in range(len(text) + 1):
+        m = compiled.match(text, at)
+        if m is not None:
+            yield m
+
+
+def test_the_tables_name_first_party_detectors_and_only_their_own_patterns() -> None:
+    gated = sorted(d.name for d in default_detectors() if d.gate)
+    assert sorted(_SHAPE_GATES) == sorted(_GATES) == gated
+    assert set(SECRET_STRATEGIES) == set(_FIRST_PARTY)
+    for d in default_detectors():
+        assert bool(_shape_gate(d)) == bool(d.gate), d.name  # every first-party gate is checked on the shape
+        # The same name with another pattern or gate (a plugin's, or an edit without the table): its own pattern.
+        edited = dataclasses.replace(d, pattern=d.pattern + "x")
+        assert _shape_gate(edited) == _split(edited) == ()
+        assert _starts_finder(edited) is None
+        assert _shape_gate(dataclasses.replace(d, gate=d.gate + "x")) == ()
+
+
+@pytest.mark.parametrize("name", sorted(_GATES))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_gate_passes_wherever_its_detector_matches(name: str, data: st.DataObject) -> None:
+    d = _FIRST_PARTY[name]
+    text = data.draw(_text_around(name))
+    compiled = re.compile(d.pattern, d.flags)
+    for m in _matches(d, text):
+        # The match with the characters its lookarounds read, alone: the rest of the text must not pass for it.
+        window = text[max(0, m.start() - 2) : m.end() + 1]
+        assert compiled.search(window) is not None, (name, window)
+        for where in (window, text):
+            assert re.search(d.gate, where) is not None, (name, where)
+            shape = _shape(where)
+            assert any(needle in shape for needle in _SHAPE_GATES[name]), (name, where, shape)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, d in _FIRST_PARTY.items() if d.anchors))
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_every_match_holds_one_of_its_detectors_anchors(name: str, data: st.DataObject) -> None:
+    d = _FIRST_PARTY[name]
+    text = data.draw(_text_around(name))
+    for m in _matches(d, text):
+        found = m.group().translate(_FOLD).lower()  # as the engine looks for anchors: folded, lower-cased
+        assert any(anchor in found for anchor in d.anchors), (name, m.group())
+
+
+@pytest.mark.parametrize("name", sorted(n for n, d in _FIRST_PARTY.items() if _split(d) or _starts_finder(d)))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_parts_and_start_finders_cover_every_match_of_their_detector(name: str, data: st.DataObject) -> None:
+    _assert_parts_and_starts_cover_every_match(_FIRST_PARTY[name], data.draw(_text_around(name)))
+
+
+@pytest.mark.parametrize("name", sorted(_FIRST_PARTY))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_engine_masks_each_detectors_secrets_as_finditer_would(name: str, data: st.DataObject) -> None:
+    # The detector alone (its anchors, gate, parts and starts decide) and among all the others.
+    text = data.draw(_text_around(name))
+    alone = Masker([_FIRST_PARTY[name]])
+    assert alone.mask(text) == _alternation_mask(alone, text)
+    assert MASKER.mask(text) == _alternation_mask(MASKER, text)
 
 
 # ---------------------------------------------------------------------------- the logging filter
