@@ -3,9 +3,10 @@
 A :class:`Detector` is a regular expression for one kind of secret (or
 personal data), the part of a match to replace, and optionally a validator
 that confirms a candidate (Luhn for card numbers, mod-97 for IBANs) so that
-look-alikes are left alone. Detectors never use named groups or numbered
-backreferences: the engine may join them into one alternation (after a
-match of the empty string), which renumbers their groups.
+look-alikes are left alone. Detectors never use named groups or
+backreferences: a pattern must keep its meaning when the engine compiles
+it among others (one alternation renumbers groups), as it did until 2026-12
+and may again.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def _alternative(pattern: str, flags: int) -> str:
 #: What a pattern may not hold, and why: said by every error that refuses one.
 _GROUPS_ALLOWED = (
     "a pattern may hold no named groups ((?P<name>...)) and no backreferences (\\1, (?P=name), (?(1)...|...)): "
-    "the engine joins patterns into one and renumbers their groups; use plain groups"
+    "a pattern compiled among others (one alternation) has its groups renumbered; use plain groups"
 )
 
 

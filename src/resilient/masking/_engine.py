@@ -1,20 +1,23 @@
 """The masker: each enabled detector's own compiled pattern, its matches merged left to right in one pass.
 
-The pass gives what one ``finditer`` over the alternation of every detector
-would give (the reference the tests hold it to): the leftmost match wins, a
-tie goes to the detector first in order (the order of
-:func:`default_detectors`, then plugin detectors, then configured
-patterns), and the pass goes on at the end of the match, whether its
-validator accepted it or not. A validator that rejects a candidate leaves
-the text as it was.
+The pass gives what this plain rule gives (the reference the tests hold it
+to): at each position, left to right, the detectors are tried in order (the
+order of :func:`default_detectors`, then plugin detectors, then configured
+patterns); the first whose match there is a secret (not empty, and its
+validator accepts it) is masked, and the pass goes on at the end of its
+match. A candidate that is not a secret masks nothing and hides nothing:
+the next detector is tried at the same position, and its own detector one
+character on. (Up to 2026-12 a rejected candidate was skipped whole, as one
+``finditer`` over the alternation of the detectors does, so an IBAN after
+an IBAN-shaped word, or a phone number a failed card candidate began with,
+stayed in the text.)
 
-Why not that alternation itself, and why this merge is written out here:
-CPython's ``re`` has no multi-pattern scanner (no Aho-Corasick), so a
-pattern of twenty-odd alternatives is tried alternative by alternative at
-almost every position (about 10 MB/s on a log), while one detector alone,
-starting with a literal, is found by ``re``'s literal scan at 1,000 MB/s
-and more. After a match of the empty string the alternation itself runs
-(finditer's rule for what may follow one is the reference).
+Why the merge is written out here: CPython's ``re`` has no multi-pattern
+scanner (no Aho-Corasick), so a pattern of twenty-odd alternatives is tried
+alternative by alternative at almost every position (about 10 MB/s on a
+log), while one detector alone, starting with a literal, is found by
+``re``'s literal scan at 1,000 MB/s and more. Each detector's next match is
+kept, and only the one the pass chose or passed over is searched again.
 """
 
 from __future__ import annotations
@@ -37,12 +40,8 @@ _Starts = Callable[[str], list[int]]
 # One detector in a pass: its pattern's search and match, the finder of its candidate starts (or None),
 # the detector, its secret groups and, for extend_left, the pattern of the secret's left part.
 _Step = tuple[_Search, _Search, "_Starts | None", Detector, tuple[int, ...], "re.Pattern[str] | None"]
-_Entry = tuple[Detector, tuple[int, ...], "re.Pattern[str] | None"]
-#: At most this many sets of active detectors are kept with their steps (a few µs to put one together
-#: again), and this many joined alternations (each a pattern compiled; only for detectors that can
-#: match the empty string).
+#: At most this many sets of active detectors are kept with their steps (a few µs to put one together again).
 _MAX_SETS = 512
-_MAX_JOINED = 64
 
 
 def _secret_span(
@@ -94,7 +93,6 @@ class Masker:
         "_compiled",
         "_gated",
         "_hmac_key",
-        "_joined",
         "_own",
         "_shaped",
         "detectors",
@@ -165,7 +163,6 @@ class Masker:
         # turn on many different sets, so both are bounded (started over when full). Each detector's
         # own steps are compiled once and shared by every set, so a set costs a tuple to put together.
         self._compiled: dict[int, tuple[_Step, ...]] = {}
-        self._joined: dict[int, tuple[Callable[[str], Iterable[re.Match[str]]], dict[int, _Entry]]] = {}
         self._own: list[tuple[_Step, ...] | None] = [None] * len(self.detectors)
 
     def _steps(self, mask: int) -> tuple[_Step, ...]:
@@ -193,25 +190,6 @@ class Masker:
             compiled = re.compile(_alternative(pattern, d.flags))
             steps.append((compiled.search, compiled.match, _starts_finder(d), d, d.secret_groups, left))
         return tuple(steps)
-
-    def _joined_pattern(self, mask: int) -> tuple[Callable[[str], Iterable[re.Match[str]]], dict[int, _Entry]]:
-        """One pattern for the detectors in ``mask``: ``(?:pattern)()`` each, joined with ``|``.
-
-        The empty group closing each alternative is the last group to close,
-        so ``Match.lastindex`` names the detector.
-        """
-        parts: list[str] = []
-        by_group: dict[int, _Entry] = {}
-        group = 0
-        for i, d in enumerate(self.detectors):
-            if not mask >> i & 1:
-                continue
-            parts.append(_alternative(d.pattern, d.flags) + "()")
-            first = group + 1
-            group += d.groups + 1
-            left = re.compile(f"[{d.extend_left}]{{1,{d.extend_left_max}}}\\Z") if d.extend_left else None
-            by_group[group] = (d, tuple(first - 1 + g if g else 0 for g in d.secret_groups), left)
-        return re.compile("|".join(parts)).finditer, by_group
 
     def _active(self, text: str) -> int:
         active = self._always
@@ -287,14 +265,21 @@ class Masker:
                     best, best_start, chosen = m, start, i
             if best is None:
                 break
-            pos = best.end()
-            if pos == best_start:
-                # An empty match: finditer's rule for what may follow one is the alternation's to apply.
-                return self._mask_joined(text, active)
+            end = best.end()
             _, _, _, detector, groups, left = steps[chosen]
-            span = _secret_span(text, best, detector, groups, left, last)
+            span = None if end == best_start else _secret_span(text, best, detector, groups, left, last)
             if span is None:
+                # Not a secret (empty, or its validator said no): this detector looks again one character
+                # on, and the others keep their matches at this position. A rejected candidate hides
+                # nothing: "AA0000000000 CH36..." is one IBAN-shaped candidate with an IBAN inside it.
+                pos = best_start
+                at, after, step = starts[chosen], best_start + 1, steps[chosen]
+                if after > len(text):  # search() would take the end of the text again
+                    heads[chosen] = None
+                else:
+                    heads[chosen] = step[0](text, after) if at is None else _next_at(step[1], text, at, after)
                 continue
+            pos = end
             start, end = span
             out.append(text[last:start])
             out.append(token(detector.name, text[start:end]))
@@ -305,31 +290,6 @@ class Masker:
         return "".join(out)
 
     __call__ = mask
-
-    def _mask_joined(self, text: str, active: int) -> str:
-        """The pass as one ``finditer`` over the alternation of the detectors in ``active``."""
-        joined = self._joined.get(active)
-        if joined is None:
-            if len(self._joined) >= _MAX_JOINED:
-                self._joined.clear()
-            joined = self._joined.setdefault(active, self._joined_pattern(active))
-        finditer, by_group = joined
-        out: list[str] = []
-        last = 0
-        token = self.token
-        for m in finditer(text):
-            detector, groups, left = by_group[m.lastindex or 0]
-            span = _secret_span(text, m, detector, groups, left, last)
-            if span is None:
-                continue
-            start, end = span
-            out.append(text[last:start])
-            out.append(token(detector.name, text[start:end]))
-            last = end
-        if not out:
-            return text
-        out.append(text[last:])
-        return "".join(out)
 
     def token(self, detector: str, secret: str) -> str:
         """What ``secret``, found by ``detector``, is replaced with."""
