@@ -873,3 +873,18 @@ def test_the_sets_of_active_detectors_kept_are_bounded(monkeypatch: pytest.Monke
             assert len(masker._compiled) <= 3
     assert [masker.mask(t) for t in texts] == [fresh.mask(t) for t in texts]
     assert "[REDACTED:email]" in masker.mask(texts[1])
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # One IBAN-shaped candidate (two groups, then the IBAN's) fails mod-97: the IBAN in it is still found.
+        ("AA0000000000 CH3600000000000000000 ", "AA0000000000 [REDACTED:iban] "),
+        # A card candidate (13 digits over the phone number and the group after it) fails Luhn.
+        (" 200-000-0000 000", " [REDACTED:phone_number] 000"),
+    ],
+)
+def test_a_candidate_that_is_not_a_secret_hides_nothing(text: str, masked: str) -> None:
+    masker = Masker(default_detectors())
+    assert masker.mask(text) == masked
+    assert _reference_mask(masker, text) == masked
