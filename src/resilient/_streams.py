@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from .call import ABANDONED, SUCCESS, Call, Outcome
 
-__all__ = ["drive_astream", "drive_stream"]
+__all__ = ["AsyncStarted", "Started", "drive_astream", "drive_stream"]
 
 _log = logging.getLogger("resilient")
 
@@ -109,3 +109,101 @@ async def drive_astream(
         raise
     if watch_end:
         _notify_end(call, SUCCESS)
+
+
+S = TypeVar("S", bound="Started")
+A = TypeVar("A", bound="AsyncStarted")
+
+
+class Started:
+    """A stream whose first item was read when it was made: what a call that returns a stream gives.
+
+    Made by :meth:`start`: the call, its policies and the provider's start
+    ran then, as they do for the unguarded call, so a refusal or a failed
+    start raises there; iterating yields the first item, then the rest.
+    Closing it early closes the iterator under it (the policies see the
+    stream abandoned). A guarded function returning a stream
+    (``kind="stream"`` on a plain function) returns one; the SDK wrapper's
+    :class:`~resilient.providers.WrappedStream` is one.
+    """
+
+    __slots__ = ("_first", "_pending", "_rest")
+
+    def __init__(self, rest: Iterator[Any], first: Any, pending: bool) -> None:
+        self._rest = rest
+        self._first = first
+        self._pending = pending
+
+    @classmethod
+    def start(cls: type[S], rest: Iterator[Any], *args: Any) -> S:
+        """Read the first item of ``rest``; ``args`` go to the subclass's constructor after the three."""
+        try:
+            first = next(rest)
+        except StopIteration:
+            return cls(rest, None, False, *args)
+        return cls(rest, first, True, *args)
+
+    def __iter__(self: S) -> S:
+        return self
+
+    def __next__(self) -> Any:
+        if self._pending:
+            self._pending = False
+            first, self._first = self._first, None
+            return first
+        return next(self._rest)
+
+    def close(self) -> None:
+        self._pending = False
+        close = getattr(self._rest, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self: S) -> S:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncStarted:
+    """:class:`Started` for an async stream: ``await AsyncStarted.start(rest)`` reads its first item."""
+
+    __slots__ = ("_first", "_pending", "_rest")
+
+    def __init__(self, rest: AsyncIterator[Any], first: Any, pending: bool) -> None:
+        self._rest = rest
+        self._first = first
+        self._pending = pending
+
+    @classmethod
+    async def start(cls: type[A], rest: AsyncIterator[Any], *args: Any) -> A:
+        try:
+            first = await rest.__anext__()
+        except StopAsyncIteration:
+            return cls(rest, None, False, *args)
+        return cls(rest, first, True, *args)
+
+    def __aiter__(self: A) -> A:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._pending:
+            self._pending = False
+            first, self._first = self._first, None
+            return first
+        return await self._rest.__anext__()
+
+    async def aclose(self) -> None:
+        self._pending = False
+        aclose = getattr(self._rest, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    close = aclose  # the SDKs' async streams are closed with ``await stream.close()``
+
+    async def __aenter__(self: A) -> A:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

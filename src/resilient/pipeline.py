@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from ._plugins import PluginInfo, PluginSet, installed_plugin_names, load_plugins, raise_for_errors
-from ._streams import drive_astream, drive_stream
+from ._streams import AsyncStarted, Started, drive_astream, drive_stream
 from .call import Call, Kind, Target
 from .clock import SYSTEM_CLOCK, Clock
 from .config import CoreOptions, Settings
@@ -91,92 +91,6 @@ def _is_generator(fn: Callable[..., Any], check: Callable[[Any], bool]) -> bool:
     fn = inspect.unwrap(fn)
     probe = fn if inspect.isfunction(fn) or inspect.ismethod(fn) else getattr(fn, "__call__", fn)  # noqa: B004
     return check(fn) or check(probe)
-
-
-class _Started:
-    """A guarded stream whose first chunk was read when the function was called.
-
-    What a guarded *function that returns a stream* (``kind="stream"`` on a
-    plain function) returns: the call, its policies and the provider's start
-    ran in the call, as they do unguarded, so a refusal or a failed start
-    raises there; iterating yields the first chunk, then the rest.
-    """
-
-    __slots__ = ("_first", "_pending", "_rest")
-
-    def __init__(self, rest: Iterator[Any]) -> None:
-        self._rest = rest
-        try:
-            self._first = next(rest)
-            self._pending = True
-        except StopIteration:
-            self._first = None
-            self._pending = False
-
-    def __iter__(self) -> _Started:
-        return self
-
-    def __next__(self) -> Any:
-        if self._pending:
-            self._pending = False
-            first, self._first = self._first, None
-            return first
-        return next(self._rest)
-
-    def close(self) -> None:
-        """Stop early: the provider's iterator is closed and the policies see the stream abandoned."""
-        self._pending = False
-        close = getattr(self._rest, "close", None)
-        if close is not None:
-            close()
-
-    def __enter__(self) -> _Started:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class _AStarted:
-    """:class:`_Started` for ``kind="astream"`` on a coroutine function: awaiting the call starts the stream."""
-
-    __slots__ = ("_first", "_pending", "_rest")
-
-    def __init__(self, rest: AsyncIterator[Any], first: Any, pending: bool) -> None:
-        self._rest = rest
-        self._first = first
-        self._pending = pending
-
-    @classmethod
-    async def start(cls, rest: AsyncIterator[Any]) -> _AStarted:
-        try:
-            first = await rest.__anext__()
-        except StopAsyncIteration:
-            return cls(rest, None, False)
-        return cls(rest, first, True)
-
-    def __aiter__(self) -> _AStarted:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._pending:
-            self._pending = False
-            first, self._first = self._first, None
-            return first
-        return await self._rest.__anext__()
-
-    async def aclose(self) -> None:
-        """Stop early: the provider's iterator is closed and the policies see the stream abandoned."""
-        self._pending = False
-        aclose = getattr(self._rest, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-    async def __aenter__(self) -> _AStarted:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
 
 class Pipeline:
@@ -500,7 +414,7 @@ def _build_wrapper(pipeline: Pipeline, fn: Callable[..., Any], target: Target) -
                 return sreturn_bare
 
             def sreturn_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return _Started(drive_stream(Call(target, args, kwargs), shandler, classify))
+                return Started.start(drive_stream(Call(target, args, kwargs), shandler, classify))
 
             return sreturn_wrapper
         if shandler is sterminal:
@@ -545,7 +459,7 @@ def _build_wrapper(pipeline: Pipeline, fn: Callable[..., Any], target: Target) -
                 return areturn_bare
 
             async def areturn_wrapper(*args: Any, **kwargs: Any) -> Any:
-                return await _AStarted.start(drive_astream(Call(target, args, kwargs), acompiled, classify))
+                return await AsyncStarted.start(drive_astream(Call(target, args, kwargs), acompiled, classify))
 
             return areturn_wrapper
 

@@ -23,7 +23,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._streams import drive_astream, drive_stream
+from .._streams import AsyncStarted, Started, drive_astream, drive_stream
 from ..call import Call, Kind, Target
 from ._usage import merge_usage, usage_from, usage_from_chunk
 
@@ -90,7 +90,7 @@ async def _aevents(call: Call, stream: Any) -> AsyncIterator[Any]:
         await stream.close()
 
 
-class WrappedStream:
+class WrappedStream(Started):
     """What ``create(stream=True)`` returns on a wrapped client: iterates like the SDK's ``Stream``.
 
     The request is made, retried and admitted when ``create`` is called, and
@@ -100,88 +100,30 @@ class WrappedStream:
     ``None``.
     """
 
-    def __init__(self, call: Call, events: Iterator[Any], first: Any, started: bool) -> None:
+    __slots__ = ("call",)
+
+    def __init__(self, rest: Iterator[Any], first: Any, pending: bool, call: Call) -> None:
+        super().__init__(rest, first, pending)
         self.call = call
-        self._events = events
-        self._first = first
-        self._pending = started
 
     @property
     def response(self) -> Any:
         """The HTTP response of the attempt that produced the stream (``None`` on a cache replay)."""
         return self.call.metadata.get("http_response")
 
-    def __iter__(self) -> WrappedStream:
-        return self
 
-    def __next__(self) -> Any:
-        if self._pending:
-            self._pending = False
-            first, self._first = self._first, None
-            return first
-        return next(self._events)
-
-    def close(self) -> None:
-        close = getattr(self._events, "close", None)
-        if close is not None:
-            close()
-
-    def __enter__(self) -> WrappedStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-class AsyncWrappedStream:
+class AsyncWrappedStream(AsyncStarted):
     """The async :class:`WrappedStream` (``await client.messages.create(stream=True)``)."""
 
-    def __init__(self, call: Call, events: AsyncIterator[Any], first: Any, started: bool) -> None:
+    __slots__ = ("call",)
+
+    def __init__(self, rest: AsyncIterator[Any], first: Any, pending: bool, call: Call) -> None:
+        super().__init__(rest, first, pending)
         self.call = call
-        self._events = events
-        self._first = first
-        self._pending = started
 
     @property
     def response(self) -> Any:
         return self.call.metadata.get("http_response")
-
-    def __aiter__(self) -> AsyncWrappedStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._pending:
-            self._pending = False
-            first, self._first = self._first, None
-            return first
-        return await self._events.__anext__()
-
-    async def close(self) -> None:
-        aclose = getattr(self._events, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-    async def __aenter__(self) -> AsyncWrappedStream:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-def _start(call: Call, events: Iterator[Any]) -> WrappedStream:
-    try:
-        first = next(events)
-    except StopIteration:
-        return WrappedStream(call, events, None, False)
-    return WrappedStream(call, events, first, True)
-
-
-async def _astart(call: Call, events: AsyncIterator[Any]) -> AsyncWrappedStream:
-    try:
-        first = await events.__anext__()
-    except StopAsyncIteration:
-        return AsyncWrappedStream(call, events, None, False)
-    return AsyncWrappedStream(call, events, first, True)
 
 
 def _targets(
@@ -239,7 +181,7 @@ def guard_method(
     def method(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("stream") is True and _raw_mode(kwargs) is None:
             call = Call(starget, args, kwargs)
-            return _start(call, drive_stream(call, shandler, classify))
+            return WrappedStream.start(drive_stream(call, shandler, classify), call)
         return handler(Call(target, args, kwargs))
 
     return method
@@ -286,7 +228,7 @@ def guard_amethod(
     async def method(*args: Any, **kwargs: Any) -> Any:
         if kwargs.get("stream") is True and _raw_mode(kwargs) is None:
             call = Call(starget, args, kwargs)
-            return await _astart(call, drive_astream(call, shandler, classify))
+            return await AsyncWrappedStream.start(drive_astream(call, shandler, classify), call)
         return await handler(Call(target, args, kwargs))
 
     return method
