@@ -534,29 +534,21 @@ def _order(
     policies = sorted(seen)
     # A plugin found but inactive (the cache until enabled, a disabled one, an installed one not
     # discovered) contributes no policy here, but its name is no typo: in ``order`` it takes no place.
-    for name in core.order:
-        if name not in seen and name not in known_plugins:
-            candidates = sorted({*seen, *known_plugins})
-            raise ConfigurationError(
-                "order",
-                list(core.order),
-                f"{name!r} is not a policy or an installed plugin; policies: {', '.join(policies) or '(none)'}; "
-                f"plugins: {', '.join(sorted(known_plugins)) or '(none)'}",
-                source=sources.get("order"),
-                suggestions=difflib.get_close_matches(name, candidates, n=2, cutoff=0.6),
-            )
     # Policies of a disabled plugin are not known (it is not loaded), and need no entry of their own.
-    for name in core.disable:
-        if name not in seen and name not in known_plugins:
-            candidates = sorted({*seen, *known_plugins})
-            raise ConfigurationError(
-                "disable",
-                list(core.disable),
-                f"{name!r} is not an installed plugin or a policy of an enabled one; "
-                f"plugins: {', '.join(sorted(known_plugins)) or '(none)'}; policies: {', '.join(policies) or '(none)'}",
-                source=sources.get("disable"),
-                suggestions=difflib.get_close_matches(name, candidates, n=2, cutoff=0.6),
-            )
+    for key, names, allowed in (
+        ("order", core.order, "a policy or an installed plugin"),
+        ("disable", core.disable, "an installed plugin or a policy of an enabled one"),
+    ):
+        for name in names:
+            if name not in seen and name not in known_plugins:
+                raise ConfigurationError(
+                    key,
+                    list(names),
+                    f"{name!r} is not {allowed}; policies: {', '.join(policies) or '(none)'}; "
+                    f"plugins: {', '.join(sorted(known_plugins)) or '(none)'}",
+                    source=sources.get(key),
+                    suggestions=difflib.get_close_matches(name, sorted({*seen, *known_plugins}), n=2, cutoff=0.6),
+                )
     position = {name: i for i, name in enumerate(core.order)}
     disabled = set(core.disable)
     kept = [p for plugin, p in contributed if p.name not in disabled and plugin not in disabled]
