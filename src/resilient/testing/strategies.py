@@ -278,6 +278,12 @@ def pem_private_keys() -> st.SearchStrategy[Secret]:
     return st.builds(block, st.sampled_from(["", "RSA ", "EC ", "OPENSSH ", "ENCRYPTED "]), _chars(_B64, 64, 400))
 
 
+def _unlike_its_token(secret: Secret) -> bool:
+    """Whether the value is not in its own replacement (``password`` is in ``[REDACTED:url_password]``):
+    masked text would still hold it, and ``secret.value not in mask(text)`` could not hold."""
+    return secret.value not in f"[REDACTED:{secret.detector}]"
+
+
 def url_passwords() -> st.SearchStrategy[Secret]:
     """Connection URLs with a password: ``redis://:pw@host``, ``postgresql://user:pw@host/db``."""
     return st.builds(
@@ -286,7 +292,7 @@ def url_passwords() -> st.SearchStrategy[Secret]:
         st.one_of(st.just(""), _chars(string.ascii_lowercase, 3, 12)),
         _chars(_ALNUM + "!$*~", 8, 32),
         st.sampled_from(["db.internal", "10.0.0.5", "cache.example.com"]),
-    )
+    ).filter(_unlike_its_token)
 
 
 def url_query_secrets() -> st.SearchStrategy[Secret]:
@@ -311,7 +317,8 @@ def secret_assignments() -> st.SearchStrategy[Secret]:
         snippet = (f"{name}={value}", f'"{name}": "{value}"', f"'{name}': '{value}'", f"{name}: {value}")[style]
         return Secret("secret_assignment", snippet, value)
 
-    return st.builds(build, st.sampled_from(names), st.integers(0, 3), _chars(_ALNUM + "!$*~", 8, 40))
+    values = _chars(_ALNUM + "!$*~", 8, 40)
+    return st.builds(build, st.sampled_from(names), st.integers(0, 3), values).filter(_unlike_its_token)
 
 
 # ---------------------------------------------------------------------------- personal data
