@@ -17,6 +17,15 @@ from resilient.cli import main
 from .conftest import AddDist
 
 RESILIENT_SCRIPT = Path(sys.executable).parent / "resilient"
+
+
+def console(cwd: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The installed ``resilient`` console script run with ``args`` in ``cwd`` and only ``env``."""
+    return subprocess.run(
+        [str(RESILIENT_SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 PASSWORD = "hunter2"
 
 
@@ -399,15 +408,7 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
 
 
 def test_console_script_plugins(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(RESILIENT_SCRIPT), "plugins"],
-        cwd=tmp_path,
-        env={},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = console(tmp_path, "plugins", env={})
     assert result.returncode == 0, result.stderr
     for name in FIRST_PARTY_HOOKS:
         assert any(line.split()[:2] == [name, "ok"] for line in result.stdout.splitlines())
@@ -416,15 +417,7 @@ def test_console_script_plugins(tmp_path: Path) -> None:
 
 
 def test_console_script_bad_config_exit_status(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(RESILIENT_SCRIPT), "config"],
-        cwd=tmp_path,
-        env={"RESILIENT_RETRY__MAX_ATTEMPTS": "0"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = console(tmp_path, "config", env={"RESILIENT_RETRY__MAX_ATTEMPTS": "0"})
     assert result.returncode == 2
     assert "retry.max_attempts = 0 (from env RESILIENT_RETRY__MAX_ATTEMPTS)" in result.stderr
 
@@ -445,15 +438,7 @@ def test_mask_given_text_instead_of_a_file_prints_a_short_error_without_it(
 
 
 def test_console_script_mask_given_text_instead_of_a_file(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [str(RESILIENT_SCRIPT), "mask", f"token {SECRET}"],
-        cwd=tmp_path,
-        env={},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = console(tmp_path, "mask", f"token {SECRET}", env={})
     assert result.returncode == 2
     assert SECRET not in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
